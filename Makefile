@@ -1,0 +1,48 @@
+# ipsec_exporter: the usual Prometheus target names.
+GO           ?= go
+CLANG        ?= clang-14
+GOLANGCI_LINT_VERSION ?= v2.6.2
+PKGS          = ./...
+
+.PHONY: all build test test-host test-vm lab generate lint vet fmt deps bench clean
+
+all: build test
+
+## build: the exporter binary, static, as it runs on nodes and in the lab.
+build:
+	CGO_ENABLED=0 $(GO) build -o ipsec_exporter .
+
+## deps: install what tests and the lab need (qemu, busybox, kernels' tools).
+deps:
+	bash scripts/install-deps.sh
+
+## test: host unit tests, then every TestLab* test inside each lab kernel.
+test: deps test-host test-vm
+
+test-host:
+	$(GO) vet $(PKGS)
+	$(GO) test -race $(PKGS)
+
+test-vm:
+	$(GO) run ./lab/cmd/ipsec-lab test
+
+## lab: boot the newest lab kernel with a two-node IPsec scenario and the
+## exporter inside; metrics are forwarded to the host (see README).
+lab: deps
+	$(GO) run ./lab/cmd/ipsec-lab run
+
+## generate: rebuild the BPF objects (bpf2go) with the pinned clang.
+generate:
+	BPF_CLANG=$(CLANG) $(GO) generate ./...
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -l -w .
+
+lint:
+	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run
+
+clean:
+	rm -f ipsec_exporter

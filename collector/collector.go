@@ -1,0 +1,186 @@
+// Package collector turns what the kernel readers return into Prometheus
+// metrics. Each collector lives in its own file and registers itself with a
+// name and a default; the name becomes the --[no-]collector.NAME flag.
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// namespace is the first part of every metric name this exporter exposes.
+const namespace = "ipsec"
+
+var (
+	scrapeDurationDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(namespace, "scrape", "collector_duration_seconds"),
+		"Duration of a collector scrape.",
+		[]string{"collector"}, nil,
+	)
+	scrapeSuccessDesc = prometheus.NewDesc(
+		prometheus.BuildFQName(namespace, "scrape", "collector_success"),
+		"Whether a collector succeeded (1) or failed (0) in this scrape.",
+		[]string{"collector"}, nil,
+	)
+)
+
+// ErrNoData tells the fan-out that a collector's source is absent on this
+// system. That is not a failure: it is logged at debug level and the
+// collector still reports success.
+var ErrNoData = errors.New("collector returned no data")
+
+// Collector is what each collector file implements.
+type Collector interface {
+	// Update sends the collector's metrics, read from the kernel now.
+	Update(ch chan<- prometheus.Metric) error
+}
+
+// Factory builds a collector. It runs once at start-up; a collector that
+// keeps kernel resources (BPF links, netlink sockets) also implements
+// io.Closer and is closed on shutdown.
+type Factory func(logger *slog.Logger) (Collector, error)
+
+type registration struct {
+	factory Factory
+	enabled *bool
+}
+
+var (
+	registryMu    sync.Mutex
+	registrations = map[string]registration{}
+)
+
+// registerCollector is called from each collector file's init. It adds the
+// --[no-]collector.NAME flag with the given default.
+func registerCollector(name string, enabledByDefault bool, factory Factory) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registrations[name]; dup {
+		panic(fmt.Sprintf("collector %q registered twice", name))
+	}
+	state := "disabled"
+	if enabledByDefault {
+		state = "enabled"
+	}
+	flag := kingpin.Flag("collector."+name, fmt.Sprintf("Enable the %s collector (default: %s).", name, state)).
+		Default(fmt.Sprint(enabledByDefault)).Bool()
+	registrations[name] = registration{factory: factory, enabled: flag}
+}
+
+// Names lists every registered collector, sorted.
+func Names() []string {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	names := make([]string, 0, len(registrations))
+	for name := range registrations {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Exporter fans a scrape out to the enabled collectors concurrently and
+// reports how each one did.
+type Exporter struct {
+	collectors map[string]Collector
+	logger     *slog.Logger
+}
+
+// NewExporter builds every collector enabled by its flag, or only the named
+// ones when filters are given (the ?collect[]= URL parameter). A collector
+// whose factory fails is a start-up error: the caller decides whether that is
+// fatal.
+func NewExporter(logger *slog.Logger, filters ...string) (*Exporter, error) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	wanted := map[string]bool{}
+	for _, f := range filters {
+		if _, ok := registrations[f]; !ok {
+			return nil, fmt.Errorf("unknown collector %q", f)
+		}
+		wanted[f] = true
+	}
+	e := &Exporter{collectors: map[string]Collector{}, logger: logger}
+	for name, r := range registrations {
+		if len(wanted) > 0 && !wanted[name] {
+			continue
+		}
+		if len(wanted) == 0 && !*r.enabled {
+			continue
+		}
+		c, err := r.factory(logger.With("collector", name))
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("collector %s: %w", name, err)
+		}
+		e.collectors[name] = c
+	}
+	return e, nil
+}
+
+// Enabled lists the collectors this exporter runs, sorted.
+func (e *Exporter) Enabled() []string {
+	names := make([]string, 0, len(e.collectors))
+	for name := range e.collectors {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Describe is empty on purpose: the exporter is an unchecked collector, as
+// collectors decide their series at scrape time from what the kernel has.
+func (e *Exporter) Describe(chan<- *prometheus.Desc) {}
+
+// Collect implements prometheus.Collector.
+func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
+	var wg sync.WaitGroup
+	for name, c := range e.collectors {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.run(name, c, ch)
+		}()
+	}
+	wg.Wait()
+}
+
+func (e *Exporter) run(name string, c Collector, ch chan<- prometheus.Metric) {
+	start := time.Now()
+	err := c.Update(ch)
+	duration := time.Since(start)
+	success := 1.0
+	switch {
+	case err == nil:
+		e.logger.Debug("collector succeeded", "collector", name, "duration_seconds", duration.Seconds())
+	case errors.Is(err, ErrNoData):
+		e.logger.Debug("collector returned no data", "collector", name, "err", err)
+	default:
+		success = 0
+		e.logger.Error("collector failed", "collector", name, "duration_seconds", duration.Seconds(), "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(scrapeDurationDesc, prometheus.GaugeValue, duration.Seconds(), name)
+	ch <- prometheus.MustNewConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, name)
+}
+
+// Close releases what the collectors hold (BPF links, netlink sockets) and
+// returns the first error.
+func (e *Exporter) Close() error {
+	var first error
+	for name, c := range e.collectors {
+		if closer, ok := c.(io.Closer); ok {
+			if err := closer.Close(); err != nil && first == nil {
+				first = fmt.Errorf("closing collector %s: %w", name, err)
+			}
+		}
+	}
+	return first
+}
