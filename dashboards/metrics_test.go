@@ -1,0 +1,168 @@
+package dashboards
+
+import (
+	"os"
+	"sort"
+	"strings"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
+	"go.yaml.in/yaml/v3"
+)
+
+// labScrape is a real scrape of the exporter in the lab VM with the lab's
+// traffic and failures, written by the end-to-end test with -update. It is
+// the only list of metric names the checks trust.
+const labScrape = "testdata/lab-scrape.prom"
+
+// rulesFile is the shipped rules file.
+const rulesFile = "../examples/prometheus/rules.yml"
+
+// targetLabels are added by Prometheus (or by relabeling), not by the
+// exporter, so a scrape does not show them.
+var targetLabels = map[string]bool{"job": true, "instance": true, "node": true}
+
+// TestEveryMetricIsProduced checks every series selector of the dashboards
+// and the rules against a real scrape: the metric must be exposed by the
+// exporter or recorded by our rules, every label a matcher names must exist
+// on it, and every value an equality matcher asks for must occur.
+func TestEveryMetricIsProduced(t *testing.T) {
+	scrape := loadScrape(t, labScrape)
+	rules := loadRules(t, rulesFile)
+	recorded := map[string]bool{}
+	for _, r := range rules {
+		if r.Record != "" {
+			recorded[r.Record] = true
+		}
+	}
+	var exprs []query
+	exprs = append(exprs, dashboardQueries(t)...)
+	for _, r := range rules {
+		name := r.Record + r.Alert
+		exprs = append(exprs, query{Where: rulesFile + ": " + name, Expr: r.Expr})
+	}
+	for _, q := range exprs {
+		expr, err := promql.ParseExpr(expandForParsing(q.Expr))
+		if err != nil {
+			t.Errorf("%s: %v", q.Where, err)
+			continue
+		}
+		for _, vs := range selectors(expr) {
+			switch {
+			case vs.Name == "up":
+				// Prometheus' own per target.
+			case recorded[vs.Name]:
+			default:
+				checkAgainstScrape(t, q.Where, vs, scrape)
+			}
+		}
+	}
+}
+
+func checkAgainstScrape(t *testing.T, where string, vs *parser.VectorSelector, scrape map[string]*dto.MetricFamily) {
+	t.Helper()
+	family, ok := scrape[vs.Name]
+	if !ok {
+		t.Errorf("%s: metric %s is neither in the lab scrape (%s) nor recorded by %s", where, vs.Name, labScrape, rulesFile)
+		return
+	}
+	values := map[string]map[string]bool{}
+	for _, m := range family.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if values[lp.GetName()] == nil {
+				values[lp.GetName()] = map[string]bool{}
+			}
+			values[lp.GetName()][lp.GetValue()] = true
+		}
+	}
+	for _, m := range vs.LabelMatchers {
+		if m.Name == labels.MetricName || targetLabels[m.Name] {
+			continue
+		}
+		seen, ok := values[m.Name]
+		if !ok {
+			t.Errorf("%s: %s has no label %q in the lab scrape", where, vs.Name, m.Name)
+			continue
+		}
+		if (m.Type == labels.MatchEqual || m.Type == labels.MatchNotEqual) && !seen[m.Value] {
+			t.Errorf("%s: %s{%s} never has %s=%q in the lab scrape (values: %s)", where, vs.Name, m.Name, m.Name, m.Value, keys(seen))
+		}
+		if m.Type == labels.MatchRegexp {
+			for _, alt := range strings.Split(m.Value, "|") {
+				if !seen[alt] && !strings.ContainsAny(alt, ".*+?[]()") {
+					t.Errorf("%s: %s never has %s=%q in the lab scrape (values: %s)", where, vs.Name, m.Name, alt, keys(seen))
+				}
+			}
+		}
+	}
+}
+
+func keys(m map[string]bool) string {
+	var k []string
+	for v := range m {
+		k = append(k, v)
+	}
+	sort.Strings(k)
+	return strings.Join(k, ",")
+}
+
+// selectors lists every vector selector in expr, also those inside range
+// selectors and subqueries.
+func selectors(expr parser.Expr) []*parser.VectorSelector {
+	var out []*parser.VectorSelector
+	parser.Inspect(expr, func(node parser.Node, _ []parser.Node) error {
+		if vs, ok := node.(*parser.VectorSelector); ok {
+			out = append(out, vs)
+		}
+		return nil
+	})
+	return out
+}
+
+func loadScrape(t *testing.T, path string) map[string]*dto.MetricFamily {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("%v (the end-to-end test writes it with -update)", err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", path, err)
+	}
+	// Families are keyed by their name; counters' samples carry _total in
+	// the exposition and in PromQL alike.
+	return families
+}
+
+type rule struct {
+	Record string `yaml:"record"`
+	Alert  string `yaml:"alert"`
+	Expr   string `yaml:"expr"`
+}
+
+func loadRules(t *testing.T, path string) []rule {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Groups []struct {
+			Rules []rule `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &file); err != nil {
+		t.Fatalf("parsing %s: %v", path, err)
+	}
+	var rules []rule
+	for _, g := range file.Groups {
+		rules = append(rules, g.Rules...)
+	}
+	return rules
+}

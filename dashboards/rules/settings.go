@@ -1,0 +1,114 @@
+// Package rules renders the Prometheus recording and alerting rules shipped
+// in examples/prometheus/rules.yml from one template and one set of
+// settings, in the spirit of a monitoring mixin's config: selectors and
+// thresholds live here, named and explained, not as numbers scattered
+// through expressions. Tests render the same template with short windows to
+// run the alerts against a real Prometheus in seconds.
+package rules
+
+// Settings are the knobs of the shipped rules. Default holds the values in
+// the committed rules.yml; change them there (and re-run
+// `go test ./rules -update` in dashboards/) rather than editing the YAML.
+type Settings struct {
+	// Selector picks the exporter's series in every rule: the label matchers
+	// of the scrape job that scrapes ipsec_exporter.
+	Selector string
+	// InstanceLabels are the labels that name one exporter (one node). The
+	// `node` label is what the Kubernetes example's relabeling adds; where it
+	// does not exist, grouping by it is harmless.
+	InstanceLabels string
+	// RateWindow is the range of every rate() in the rules. Keep it at four
+	// scrape intervals or more.
+	RateWindow string
+	// EvaluationInterval of the rule groups; empty uses Prometheus' global
+	// evaluation_interval.
+	EvaluationInterval string
+
+	// DecryptFailureRatio: share of a peer's inbound ESP packets that fail to
+	// decrypt (integrity, replay, no state, ...) above which
+	// IpsecDecryptFailures fires. A healthy tunnel has none; a few replays
+	// from reordering are normal on lossy paths, hence not zero.
+	DecryptFailureRatio float64
+	// DecryptFailureMinRate (failed packets per second) keeps a handful of
+	// failures on an almost idle tunnel from alerting.
+	DecryptFailureMinRate float64
+	DecryptFailureFor     string
+
+	// EncryptFailureRatio and EncryptFailureMinRate are the same for
+	// outbound packets that the kernel failed to encrypt or send.
+	EncryptFailureRatio   float64
+	EncryptFailureMinRate float64
+	EncryptFailureFor     string
+
+	// UnprotectedMinRate (packets per second) of plaintext traffic to an
+	// address that is an IPsec peer above which IpsecUnprotectedTrafficToPeer
+	// fires. Any sustained plaintext to a peer is a leak, so this is 0.
+	UnprotectedMinRate float64
+	UnprotectedFor     string
+
+	// SAGoneLookback: a peer that had SAs at any time in this window and has
+	// none now fires IpsecPeerSAsGone.
+	SAGoneLookback string
+	SAGoneFor      string
+
+	// SAExpiryHeadroomSeconds: an SA this close to its hard time expiry
+	// fires IpsecSANearHardExpiry. IKE daemons rekey at the soft expiry,
+	// usually minutes before the hard one, so an SA this close to it means
+	// the rekey did not happen.
+	SAExpiryHeadroomSeconds float64
+	SAExpiryFor             string
+
+	// RekeyStormEvents: SA lifecycle events (new, expired, deleted SAs) per
+	// RekeyStormWindow and node above which IpsecRekeyStorm fires. A normal
+	// tunnel rekeys once per lifetime (hours); tens per window means IKE is
+	// looping.
+	RekeyStormEvents float64
+	RekeyStormWindow string
+	RekeyStormFor    string
+
+	// BPFNotAttachedFor: how long a verdict program may stay detached.
+	BPFNotAttachedFor string
+	// ExporterDownFor: how long a target may fail its scrape.
+	ExporterDownFor string
+	// CollectorFailingFor: how long a collector may keep failing.
+	CollectorFailingFor string
+
+	// RunbookURL is the base of every runbook_url; each alert appends its
+	// anchor (#ipsecdecryptfailures, ...).
+	RunbookURL string
+}
+
+// Default is what examples/prometheus/rules.yml is rendered from.
+var Default = Settings{
+	Selector:           `job="ipsec"`,
+	InstanceLabels:     "job, node, instance",
+	RateWindow:         "5m",
+	EvaluationInterval: "",
+
+	DecryptFailureRatio:   0.01,
+	DecryptFailureMinRate: 0.1,
+	DecryptFailureFor:     "5m",
+
+	EncryptFailureRatio:   0.01,
+	EncryptFailureMinRate: 0.1,
+	EncryptFailureFor:     "5m",
+
+	UnprotectedMinRate: 0,
+	UnprotectedFor:     "5m",
+
+	SAGoneLookback: "1h",
+	SAGoneFor:      "5m",
+
+	SAExpiryHeadroomSeconds: 600,
+	SAExpiryFor:             "1m",
+
+	RekeyStormEvents: 20,
+	RekeyStormWindow: "10m",
+	RekeyStormFor:    "10m",
+
+	BPFNotAttachedFor:   "10m",
+	ExporterDownFor:     "5m",
+	CollectorFailingFor: "15m",
+
+	RunbookURL: "https://github.com/ipsec-exporter/ipsec_exporter/blob/main/docs/runbook.md",
+}
