@@ -1,0 +1,92 @@
+// Command ipsec-lab runs the project's VM tests on Debian's kernels under
+// qemu (`ipsec-lab test`, what `make test-vm` calls) and boots an interactive
+// two-node IPsec lab with the exporter inside (`ipsec-lab run`, `make lab`).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ipsec-exporter/ipsec_exporter/lab"
+)
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `usage:
+  ipsec-lab test [-kernel 6.1|6.12] [-run REGEX] [-pkg PATTERN]   run the TestLab tests in VMs
+  ipsec-lab run [-kernel 6.12] [-port 10871]                        interactive lab with the exporter
+`)
+	os.Exit(2)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "test":
+		err = test(ctx, os.Args[2:])
+	case "run":
+		err = run(ctx, os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ipsec-lab: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// kernels turns -kernel (comma-separated short names, empty for all) into specs.
+func kernels(names string) ([]lab.KernelSpec, error) {
+	if names == "" {
+		return lab.Kernels, nil
+	}
+	var specs []lab.KernelSpec
+	for _, n := range strings.Split(names, ",") {
+		k, err := lab.FindKernel(strings.TrimSpace(n))
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, k)
+	}
+	return specs, nil
+}
+
+func test(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("test", flag.ExitOnError)
+	kernel := fs.String("kernel", "", "kernels to run, comma-separated (default: all of "+names()+")")
+	run := fs.String("run", "^TestLab", "run only tests matching this regexp (go test -run)")
+	pkg := fs.String("pkg", "./...", "package pattern to search for TestLab tests")
+	accel := fs.String("accel", "tcg", "qemu accelerator: tcg or kvm")
+	cpus := fs.Int("smp", 2, "virtual CPUs")
+	timeout := fs.Duration("timeout", 10*time.Minute, "hard timeout per VM")
+	_ = fs.Parse(args)
+	specs, err := kernels(*kernel)
+	if err != nil {
+		return err
+	}
+	return lab.Test(ctx, lab.TestOptions{
+		Kernels: specs, Run: *run, Pkg: *pkg, Accel: *accel, CPUs: *cpus, Timeout: *timeout, Out: os.Stdout,
+	})
+}
+
+func run(ctx context.Context, args []string) error {
+	return fmt.Errorf("not implemented yet")
+}
+
+func names() string {
+	var n []string
+	for _, k := range lab.Kernels {
+		n = append(n, k.Name)
+	}
+	return strings.Join(n, ",")
+}

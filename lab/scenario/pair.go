@@ -1,0 +1,138 @@
+package scenario
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Node is one end of a veth link: a namespace, its interface and addresses.
+type Node struct {
+	*Netns
+	Link string     // interface name in the namespace
+	IPv4 netip.Addr // address on Link
+	IPv6 netip.Addr // address on Link (no DAD)
+	MAC  net.HardwareAddr
+}
+
+// Addr returns the node's IPv6 address if v6, else its IPv4 address.
+func (n *Node) Addr(v6 bool) netip.Addr {
+	if v6 {
+		return n.IPv6
+	}
+	return n.IPv4
+}
+
+// Pair is two namespaces A and B joined by a veth pair ("eth0" on both
+// sides), A = 10.77.0.1 / fd77::1, B = 10.77.0.2 / fd77::2. Neighbour entries
+// are static, so no ARP or neighbour discovery runs: every packet sent is one
+// the test asked for.
+type Pair struct {
+	A, B *Node
+}
+
+// NewPair builds a Pair and waits until the link is up both ways.
+func NewPair(t testing.TB) *Pair {
+	t.Helper()
+	a, b := NewNetns(t, "a"), NewNetns(t, "b")
+	p := &Pair{
+		A: &Node{Netns: a, Link: "eth0", IPv4: netip.MustParseAddr("10.77.0.1"), IPv6: netip.MustParseAddr("fd77::1")},
+		B: &Node{Netns: b, Link: "eth0", IPv4: netip.MustParseAddr("10.77.0.2"), IPv6: netip.MustParseAddr("fd77::2")},
+	}
+	Connect(t, p.A, p.B, 24, 64)
+	return p
+}
+
+// Connect joins x and y (whose Link, IPv4 and IPv6 are set) with a veth
+// pair, configures the addresses with the given prefix lengths, sets static
+// neighbours and waits for the link to be up on both sides.
+func Connect(t testing.TB, x, y *Node, prefix4, prefix6 int) {
+	t.Helper()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: x.Link},
+		PeerName:      y.Link,
+		PeerNamespace: netlink.NsFd(int(y.handle)),
+	}
+	if err := x.NL.LinkAdd(veth); err != nil {
+		t.Fatalf("veth %s/%s - %s/%s: %v", x.Name, x.Link, y.Name, y.Link, err)
+	}
+	for _, n := range []*Node{x, y} {
+		l, err := n.NL.LinkByName(n.Link)
+		if err != nil {
+			t.Fatalf("%s: %s: %v", n.Name, n.Link, err)
+		}
+		n.MAC = l.Attrs().HardwareAddr
+		for _, a := range []struct {
+			ip    netip.Addr
+			bits  int
+			flags int
+		}{{n.IPv4, prefix4, 0}, {n.IPv6, prefix6, unix.IFA_F_NODAD}} {
+			if !a.ip.IsValid() {
+				continue
+			}
+			addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a.ip, a.bits)), Flags: a.flags}
+			if err := n.NL.AddrAdd(l, addr); err != nil {
+				t.Fatalf("%s: add %s: %v", n.Name, addr, err)
+			}
+		}
+		if err := n.NL.LinkSetUp(l); err != nil {
+			t.Fatalf("%s: %s up: %v", n.Name, n.Link, err)
+		}
+	}
+	for _, pair := range [][2]*Node{{x, y}, {y, x}} {
+		StaticNeighbour(t, pair[0], pair[1].IPv4, pair[1].MAC)
+		StaticNeighbour(t, pair[0], pair[1].IPv6, pair[1].MAC)
+	}
+	waitUp(t, x)
+	waitUp(t, y)
+}
+
+// StaticNeighbour adds a permanent neighbour entry for ip on n's link.
+func StaticNeighbour(t testing.TB, n *Node, ip netip.Addr, mac net.HardwareAddr) {
+	t.Helper()
+	if !ip.IsValid() {
+		return
+	}
+	l, err := n.NL.LinkByName(n.Link)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	family := unix.AF_INET
+	if ip.Is6() {
+		family = unix.AF_INET6
+	}
+	err = n.NL.NeighSet(&netlink.Neigh{
+		LinkIndex: l.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
+		IP: ip.AsSlice(), HardwareAddr: mac,
+	})
+	if err != nil {
+		t.Fatalf("%s: neighbour %s: %v", n.Name, ip, err)
+	}
+}
+
+// waitUp waits until n's link reports carrier (operstate up).
+func waitUp(t testing.TB, n *Node) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := n.NL.LinkByName(n.Link)
+		if err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s not up after 5s (operstate %s)", n.Name, n.Link, l.Attrs().OperState)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

@@ -1,0 +1,235 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TestOptions configure a VM test run (`ipsec-lab test`).
+type TestOptions struct {
+	Kernels []KernelSpec
+	Run     string // -test.run regexp
+	Pkg     string // package pattern, as for go list
+	Accel   string
+	CPUs    int
+	Timeout time.Duration // per VM
+	Out     io.Writer
+}
+
+// kernelResult is what one kernel's VM reported.
+type kernelResult struct {
+	kernel   string
+	boot     time.Duration
+	wall     time.Duration
+	retried  bool
+	pkgs     map[string]int // import path -> exit code
+	order    []string
+	done     bool
+	problems []string
+}
+
+// Test builds the VM test binaries, boots every kernel and runs them there.
+// It returns an error if anything failed, hung or never ran.
+func Test(ctx context.Context, o TestOptions) error {
+	start := time.Now()
+	logf := func(format string, a ...any) { fmt.Fprintf(o.Out, "ipsec-lab: "+format+"\n", a...) }
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
+	pkgs, err := FindTestPackages(root, o.Pkg)
+	if err != nil {
+		return err
+	}
+	if len(pkgs) == 0 {
+		return fmt.Errorf("no package matching %s has a func TestLab", o.Pkg)
+	}
+	work := filepath.Join(root, ".build", "lab")
+	bin := filepath.Join(work, "bin")
+	if err := os.RemoveAll(bin); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return err
+	}
+	logf("building the exporter and %d test package(s)", len(pkgs))
+	exporter := filepath.Join(bin, "ipsec_exporter")
+	if err := BuildBinary(root, ".", exporter); err != nil {
+		return err
+	}
+	if err := BuildTests(root, bin, pkgs); err != nil {
+		return err
+	}
+	ir := &Initramfs{
+		Files: map[string]string{VMExporter: exporter},
+		Trees: map[string]string{},
+	}
+	var body strings.Builder
+	for _, p := range pkgs {
+		vmBin := path.Join("/lab/bin", filepath.Base(p.Binary))
+		vmDir := path.Join("/lab/src", filepath.ToSlash(p.Rel))
+		ir.Files[vmBin] = p.Binary
+		if _, err := os.Stat(filepath.Join(p.Dir, "testdata")); err == nil {
+			ir.Trees[path.Join(vmDir, "testdata")] = filepath.Join(p.Dir, "testdata")
+		}
+		testTimeout := o.Timeout - 30*time.Second
+		fmt.Fprintf(&body, "mkdir -p %s && cd %s\n", vmDir, vmDir)
+		fmt.Fprintf(&body, "echo %s >&3\n", shellQuote(Marker+"pkg-start "+p.ImportPath))
+		fmt.Fprintf(&body, "%s -test.v -test.run %s -test.timeout %s </dev/null >&3 2>&3\n",
+			vmBin, shellQuote(o.Run), testTimeout)
+		fmt.Fprintf(&body, "echo %s\"$?\" >&3\n", shellQuote(Marker+"pkg-end "+p.ImportPath+" "))
+	}
+
+	var results []*kernelResult
+	for _, spec := range o.Kernels {
+		k, err := Fetch(spec, logf)
+		if err != nil {
+			return err
+		}
+		ir.Init = initScript(k, body.String())
+		dir := filepath.Join(work, spec.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		initrd := filepath.Join(dir, "initrd.cpio")
+		if err := ir.Write(initrd, k); err != nil {
+			return err
+		}
+		logf("kernel %s: %s (%s), accel %s", spec.Name, k.Release, k.Package, o.Accel)
+		res := runKernel(ctx, o, k, initrd, dir)
+		results = append(results, res)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return summarize(o.Out, pkgs, results, time.Since(start))
+}
+
+// runKernel boots k, retrying once a boot that never reached init.
+func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string) *kernelResult {
+	res := &kernelResult{kernel: k.Spec.Name}
+	for attempt := 1; attempt <= 2; attempt++ {
+		res.pkgs = map[string]int{}
+		res.order = nil
+		res.done = false
+		vm := &VM{
+			Kernel: k, Initrd: initrd, Accel: o.Accel, CPUs: o.CPUs, MemoryMB: 2048,
+			Console: filepath.Join(dir, "console.log"), Results: filepath.Join(dir, "results.log"),
+			Timeout: o.Timeout, BootTimeout: 90 * time.Second,
+			OnLine: func(line string) { res.line(o.Out, line) },
+		}
+		out := vm.Run(ctx)
+		res.boot, res.wall = out.BootTime, out.Wall
+		if !out.ReachedInit && ctx.Err() == nil && attempt == 1 {
+			fmt.Fprintf(o.Out, "ipsec-lab: [%s] boot never reached init (%v); console tail:\n%s\nipsec-lab: [%s] retrying the boot once\n",
+				k.Spec.Name, describe(out), LogTail(vm.Console, 30), k.Spec.Name)
+			res.retried = true
+			continue
+		}
+		switch {
+		case !out.ReachedInit:
+			res.problems = append(res.problems, fmt.Sprintf("boot never reached init (%s)", describe(out)))
+		case out.TimedOut:
+			res.problems = append(res.problems, fmt.Sprintf("VM timed out after %s", o.Timeout))
+		case !res.done:
+			res.problems = append(res.problems, fmt.Sprintf("VM stopped before the tests finished (%s)", describe(out)))
+		case out.Err != nil:
+			res.problems = append(res.problems, out.Err.Error())
+		}
+		if len(res.problems) > 0 {
+			fmt.Fprintf(o.Out, "ipsec-lab: [%s] %s; console tail (%s):\n%s\n",
+				k.Spec.Name, strings.Join(res.problems, "; "), vm.Console, LogTail(vm.Console, 40))
+		}
+		break
+	}
+	return res
+}
+
+func describe(o Outcome) string {
+	switch {
+	case o.BootHung:
+		return "no sign of init, killed"
+	case o.TimedOut:
+		return "timed out, killed"
+	case o.Err != nil:
+		return o.Err.Error()
+	}
+	return fmt.Sprintf("qemu exited after %s", o.Wall.Round(time.Millisecond))
+}
+
+// line handles one line from the results port: markers are turned into
+// headers and recorded, test output is printed as it is.
+func (r *kernelResult) line(w io.Writer, line string) {
+	if !strings.HasPrefix(line, Marker) {
+		fmt.Fprintln(w, line)
+		return
+	}
+	f := strings.Fields(strings.TrimPrefix(line, Marker))
+	if len(f) == 0 {
+		return
+	}
+	switch f[0] {
+	case "init":
+		fmt.Fprintf(w, "ipsec-lab: [%s] init running on %s\n", r.kernel, strings.Join(f[1:], " "))
+	case "modfail":
+		fmt.Fprintf(w, "ipsec-lab: [%s] warning: could not load %s\n", r.kernel, strings.Join(f[1:], " "))
+	case "ready":
+		fmt.Fprintf(w, "ipsec-lab: [%s] modules loaded, uptime %ss\n", r.kernel, strings.Join(f[1:], " "))
+	case "pkg-start":
+		if len(f) > 1 {
+			fmt.Fprintf(w, "ipsec-lab: [%s] === %s\n", r.kernel, f[1])
+		}
+	case "pkg-end":
+		if len(f) > 2 {
+			code, err := strconv.Atoi(f[2])
+			if err != nil {
+				code = -1
+			}
+			r.pkgs[f[1]] = code
+			r.order = append(r.order, f[1])
+		}
+	case "done":
+		r.done = true
+	}
+}
+
+// summarize prints one line per kernel and package and returns an error if
+// anything failed or did not run.
+func summarize(w io.Writer, pkgs []TestPackage, results []*kernelResult, wall time.Duration) error {
+	failed := 0
+	fmt.Fprintf(w, "\nipsec-lab: summary\n")
+	for _, r := range results {
+		retry := ""
+		if r.retried {
+			retry = ", boot retried once"
+		}
+		fmt.Fprintf(w, "  kernel %s: boot %s, VM wall %s%s\n", r.kernel, r.boot.Round(10*time.Millisecond), r.wall.Round(10*time.Millisecond), retry)
+		for _, p := range pkgs {
+			code, ok := r.pkgs[p.ImportPath]
+			status := "ok"
+			switch {
+			case !ok:
+				status, failed = "FAIL (did not finish)", failed+1
+			case code != 0:
+				status, failed = fmt.Sprintf("FAIL (exit %d)", code), failed+1
+			}
+			fmt.Fprintf(w, "    %-60s %s\n", p.ImportPath, status)
+		}
+		for _, p := range r.problems {
+			fmt.Fprintf(w, "    problem: %s\n", p)
+			failed++
+		}
+	}
+	fmt.Fprintf(w, "ipsec-lab: total wall time %s\n", wall.Round(100*time.Millisecond))
+	if failed > 0 {
+		return fmt.Errorf("%d VM test failure(s)", failed)
+	}
+	return nil
+}
