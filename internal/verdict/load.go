@@ -1,0 +1,316 @@
+package verdict
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Hook modes.
+const (
+	ModeAuto   = "auto"
+	ModeFentry = "fentry"
+	ModeKprobe = "kprobe"
+)
+
+// Options say how to load the verdict programs.
+type Options struct {
+	// Mode is auto (fentry where it loads and attaches, else kprobe),
+	// fentry or kprobe.
+	Mode string
+	// MapSize is the number of counter keys; DefaultMapSize if zero.
+	MapSize uint32
+	// Strict makes every hook that does not attach an error.
+	Strict bool
+	Logger *slog.Logger
+}
+
+// Hook is one program and where it is attached.
+type Hook struct {
+	Program  string // the program's name in bpf/xfrm_verdict.bpf.c
+	Kind     string // fentry, fexit, tp_btf, kprobe, kretprobe, raw_tracepoint
+	Target   string // kernel function or tracepoint
+	Attached bool
+	Err      error // why it is not attached
+	prog     *ebpf.Program
+}
+
+// Verdicts are the loaded and attached programs with their maps.
+type Verdicts struct {
+	*Maps
+	mode  string
+	hooks []*Hook
+	links []link.Link
+}
+
+// required targets: without them no verdict is possible. A mode is only
+// chosen by auto when all of these attach.
+var required = []string{"xfrm_input", "xfrm_output_resume", "kfree_skb"}
+
+// alternatives: one target of each group is enough (the kernel has one or
+// the other); the missing one is not a failure.
+var alternatives = [][]string{{"xfrm_state_lookup", "xfrm_input_state_lookup"}}
+
+var memlockOnce sync.Once
+
+// removeMemlock lifts RLIMIT_MEMLOCK for kernels before 5.11, which charge
+// BPF memory to it. Once per process.
+func removeMemlock() {
+	memlockOnce.Do(func() { _ = rlimit.RemoveMemlock() })
+}
+
+// Load loads the verdict maps and programs and attaches the programs. It
+// returns an error when nothing can count (maps or the required hooks fail),
+// or, with Strict, when any hook fails. Call it once per process: fentry
+// attachment costs a trampoline rebuild per hook.
+func Load(opts Options) (*Verdicts, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MapSize == 0 {
+		opts.MapSize = DefaultMapSize
+	}
+	spec, err := loadXfrmVerdict()
+	if err != nil {
+		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	maps, err := newMaps(spec, opts.MapSize)
+	if err != nil {
+		return nil, err
+	}
+	// The programs' map specs must match the created maps to replace them.
+	spec.Maps["verdicts"].MaxEntries = opts.MapSize
+	modes := []string{opts.Mode}
+	switch opts.Mode {
+	case ModeAuto, "":
+		modes = []string{ModeFentry, ModeKprobe}
+	case ModeFentry, ModeKprobe:
+	default:
+		maps.Close()
+		return nil, fmt.Errorf("unknown hook mode %q (want auto, fentry or kprobe)", opts.Mode)
+	}
+	var errs []error
+	for _, mode := range modes {
+		start := time.Now()
+		v := &Verdicts{Maps: maps, mode: mode}
+		err := v.attach(spec, mode, logger)
+		if err == nil && opts.Strict {
+			err = v.strictCheck()
+		}
+		if err == nil {
+			logger.Info("BPF verdict programs attached", "mode", mode, "attached", v.attachedCount(),
+				"hooks", len(v.hooks), "duration_seconds", time.Since(start).Seconds())
+			return v, nil
+		}
+		v.detach()
+		errs = append(errs, fmt.Errorf("%s: %w", mode, err))
+		if len(modes) > 1 {
+			logger.Info("BPF hook mode unusable, trying the next", "mode", mode, "err", err)
+		}
+	}
+	maps.Close()
+	return nil, errors.Join(errs...)
+}
+
+// Mode is the hook mode in use: fentry or kprobe.
+func (v *Verdicts) Mode() string { return v.mode }
+
+// Hooks lists every program of the mode in use and whether it is attached.
+func (v *Verdicts) Hooks() []Hook {
+	out := make([]Hook, len(v.hooks))
+	for i, h := range v.hooks {
+		out[i] = *h
+	}
+	return out
+}
+
+// ProgramStats returns run time and count per attached program (non-zero
+// only while kernel.bpf_stats_enabled is 1).
+func (v *Verdicts) ProgramStats() map[string]*ebpf.ProgramStats {
+	out := map[string]*ebpf.ProgramStats{}
+	for _, h := range v.hooks {
+		if h.prog == nil {
+			continue
+		}
+		if s, err := h.prog.Stats(); err == nil {
+			out[h.Program] = s
+		}
+	}
+	return out
+}
+
+// Close detaches every program and frees the maps.
+func (v *Verdicts) Close() error {
+	v.detach()
+	return v.Maps.Close()
+}
+
+func (v *Verdicts) detach() {
+	// Entries first, so that no frame is pushed without its exit.
+	for i := len(v.links) - 1; i >= 0; i-- {
+		v.links[i].Close()
+	}
+	v.links = nil
+	for _, h := range v.hooks {
+		if h.prog != nil {
+			h.prog.Close()
+			h.prog = nil
+		}
+		h.Attached = false
+	}
+}
+
+func (v *Verdicts) attachedCount() int {
+	n := 0
+	for _, h := range v.hooks {
+		if h.Attached {
+			n++
+		}
+	}
+	return n
+}
+
+// modeKinds are the program kinds (section prefixes) of each mode.
+var modeKinds = map[string][]string{
+	ModeFentry: {"fentry", "fexit", "tp_btf"},
+	ModeKprobe: {"kprobe", "kretprobe", "raw_tracepoint"},
+}
+
+// hooksFor lists the mode's programs in attach order: markers, then exits,
+// then the entries that push frames, so that every pushed frame already has
+// its exit and its markers.
+func hooksFor(spec *ebpf.CollectionSpec, mode string) []*Hook {
+	var hooks []*Hook
+	for name, p := range spec.Programs {
+		kind, target, ok := strings.Cut(p.SectionName, "/")
+		if !ok || !slices.Contains(modeKinds[mode], kind) {
+			continue
+		}
+		hooks = append(hooks, &Hook{Program: name, Kind: kind, Target: target})
+	}
+	rank := func(h *Hook) int {
+		funnel := h.Target == "xfrm_input" || h.Target == "xfrm_output_resume"
+		switch {
+		case funnel && (h.Kind == "fentry" || h.Kind == "kprobe"):
+			return 2
+		case funnel:
+			return 1
+		}
+		return 0
+	}
+	slices.SortFunc(hooks, func(a, b *Hook) int {
+		if r := rank(a) - rank(b); r != 0 {
+			return r
+		}
+		return strings.Compare(a.Program, b.Program)
+	})
+	return hooks
+}
+
+// attach loads and attaches each program of the mode on its own, so that one
+// missing kernel function costs only its hook. It fails when a required
+// target does not attach.
+func (v *Verdicts) attach(spec *ebpf.CollectionSpec, mode string, logger *slog.Logger) error {
+	v.hooks = hooksFor(spec, mode)
+	for _, h := range v.hooks {
+		h.Err = v.attachOne(spec, h)
+		h.Attached = h.Err == nil
+		if h.Err == nil {
+			continue
+		}
+		if slices.Contains(required, h.Target) {
+			return fmt.Errorf("required hook %s/%s: %w", h.Kind, h.Target, h.Err)
+		}
+	}
+	for _, h := range v.hooks {
+		if h.Attached {
+			continue
+		}
+		if v.alternativeAttached(h) {
+			logger.Debug("BPF hook not attached, its alternative is", "program", h.Program,
+				"hook", h.Kind+"/"+h.Target, "reason", h.Err)
+			continue
+		}
+		logger.Warn("BPF hook not attached, verdicts lose what it gives", "program", h.Program,
+			"hook", h.Kind+"/"+h.Target, "reason", h.Err)
+	}
+	return nil
+}
+
+func (v *Verdicts) alternativeAttached(h *Hook) bool {
+	for _, group := range alternatives {
+		if !slices.Contains(group, h.Target) {
+			continue
+		}
+		for _, o := range v.hooks {
+			if o != h && o.Kind == h.Kind && o.Attached && slices.Contains(group, o.Target) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (v *Verdicts) strictCheck() error {
+	var errs []error
+	for _, h := range v.hooks {
+		if !h.Attached && !v.alternativeAttached(h) {
+			errs = append(errs, fmt.Errorf("hook %s/%s: %w", h.Kind, h.Target, h.Err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
+	one := &ebpf.CollectionSpec{
+		Maps:      spec.Maps,
+		Programs:  map[string]*ebpf.ProgramSpec{h.Program: spec.Programs[h.Program]},
+		Types:     spec.Types,
+		ByteOrder: spec.ByteOrder,
+	}
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: v.coll.Maps})
+	if err != nil {
+		return fmt.Errorf("loading: %w", loadError(err))
+	}
+	prog := coll.DetachProgram(h.Program)
+	coll.Close() // the maps stay: they are the replacements, owned by v.Maps
+	var l link.Link
+	switch h.Kind {
+	case "fentry", "fexit", "tp_btf":
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+	case "kprobe":
+		l, err = link.Kprobe(h.Target, prog, nil)
+	case "kretprobe":
+		l, err = link.Kretprobe(h.Target, prog, nil)
+	case "raw_tracepoint":
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: h.Target, Program: prog})
+	default:
+		err = fmt.Errorf("unknown program kind %q", h.Kind)
+	}
+	if err != nil {
+		prog.Close()
+		return fmt.Errorf("attaching: %w", err)
+	}
+	h.prog = prog
+	v.links = append(v.links, l)
+	return nil
+}
+
+// loadError keeps the verifier's last lines: the whole log is long, the end
+// says why.
+func loadError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) && len(ve.Log) > 3 {
+		return fmt.Errorf("%w (verifier: %s)", ve.Cause, strings.Join(ve.Log[len(ve.Log)-3:], " | "))
+	}
+	return err
+}
