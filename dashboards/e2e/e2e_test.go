@@ -1,0 +1,416 @@
+// Package e2e proves the dashboards and alerts against the real thing: a
+// lab VM runs the exporter with IPsec traffic and provoked failures, Debian's
+// Prometheus scrapes it through a host forward with our rules loaded, and
+// Debian's Alertmanager, configured from the shipped example, delivers the
+// alerts to a webhook in this test.
+//
+//	cd dashboards && go test ./e2e -e2e -v            # run it (2-3 minutes)
+//	cd dashboards && go test ./e2e -e2e -update       # also rewrite testdata/lab-scrape.prom
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ipsec-exporter/ipsec_exporter/dashboards"
+	"github.com/ipsec-exporter/ipsec_exporter/dashboards/rules"
+)
+
+var (
+	runE2E = flag.Bool("e2e", os.Getenv("IPSEC_E2E") == "1", "run the end-to-end test (boots a lab VM; also IPSEC_E2E=1)")
+	kernel = flag.String("kernel", "", "lab kernel for the end-to-end test (default: the newest of the matrix)")
+	update = flag.Bool("update", false, "rewrite ../testdata/lab-scrape.prom from the lab's scrape")
+)
+
+// Timings of the test's Prometheus: short, so alerts fire and resolve in
+// seconds. The rules get them through their settings, not by hand edits.
+const (
+	scrapeInterval = "1s"
+	evalInterval   = "1s"
+	// rateWindow is both the rules' RateWindow and what $__rate_interval
+	// stands for in dashboard queries: several scrapes, so a missed or
+	// slow scrape under emulation does not empty a rate.
+	rateWindow = "8s"
+	jobName    = "ipsec"
+	nodeName   = "lab"
+)
+
+// fastSettings are the shipped rules with the test's windows and for:
+// durations; thresholds stay as shipped.
+func fastSettings() rules.Settings {
+	s := rules.Default
+	s.Selector = `job="` + jobName + `"`
+	s.EvaluationInterval = evalInterval
+	s.RateWindow = rateWindow
+	s.DecryptFailureFor = "2s"
+	s.EncryptFailureFor = "2s"
+	s.UnprotectedFor = "2s"
+	s.SAGoneLookback = "1m"
+	s.SAGoneFor = "2s"
+	s.SAExpiryFor = "2s"
+	s.RekeyStormWindow = "30s"
+	s.RekeyStormFor = "2s"
+	s.BPFNotAttachedFor = "2s"
+	s.ExporterDownFor = "2s"
+	s.CollectorFailingFor = "2s"
+	return s
+}
+
+func TestEndToEnd(t *testing.T) {
+	if !*runE2E {
+		t.Skip("boots a lab VM: run with -e2e (or IPSEC_E2E=1), see the package comment")
+	}
+	if os.Getenv("IPSEC_LAB") == "1" {
+		t.Skip("host side of the end-to-end test")
+	}
+	prometheus := lookBinary(t, "prometheus")
+	alertmanager := lookBinary(t, "prometheus-alertmanager", "alertmanager")
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+
+	vm := bootLab(ctx, t)
+	t.Logf("lab up after %s: exporter at %s", time.Since(start).Round(time.Second), vm.exporter)
+
+	dir := t.TempDir()
+	hook := newWebhook(t)
+	amAddr := freeAddr(t)
+	writeFile(t, filepath.Join(dir, "alertmanager.yml"), alertmanagerConfig(t, hook.URL))
+	startProcess(ctx, t, "alertmanager", alertmanager,
+		"--config.file="+filepath.Join(dir, "alertmanager.yml"),
+		"--storage.path="+filepath.Join(dir, "am-data"),
+		"--web.listen-address="+amAddr,
+		"--cluster.listen-address=",
+	)
+	ruleFile, err := rules.Render(fastSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "rules.yml"), ruleFile)
+	writeFile(t, filepath.Join(dir, "prometheus.yml"), []byte(prometheusConfig(vm.exporter, amAddr)))
+	promAddr := freeAddr(t)
+	startProcess(ctx, t, "prometheus", prometheus,
+		"--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "prom-data"),
+		"--web.listen-address="+promAddr,
+		"--rules.alert.resend-delay=1s",
+	)
+	prom := &promClient{base: "http://" + promAddr}
+
+	// Healthy traffic first: rates need a full window of scrapes.
+	waitFor(ctx, t, "Prometheus scraping the lab exporter", 60*time.Second, func() (bool, error) {
+		v, err := prom.query(`up{job="` + jobName + `"} == 1`)
+		return len(v) > 0, err
+	})
+	waitFor(ctx, t, "decrypt traffic in the recording rules", 60*time.Second, func() (bool, error) {
+		v, err := prom.query(`instance_peer_direction:ipsec_xfrm_packets:rate{direction="decrypt"} > 0`)
+		return len(v) > 0, err
+	})
+	if firing, _ := prom.query(`ALERTS{alertname="IpsecDecryptFailures"}`); len(firing) > 0 {
+		t.Errorf("IpsecDecryptFailures is %v on healthy traffic", firing)
+	}
+
+	// Provoke integrity failures on B: the alert must reach Alertmanager.
+	vm.control(t, "/fault/wrong-key?on=1")
+	faultAt := time.Now()
+	hook.waitFor(ctx, t, "IpsecDecryptFailures", "firing", 90*time.Second)
+	t.Logf("IpsecDecryptFailures firing at the webhook %s after the fault", time.Since(faultAt).Round(time.Second))
+
+	// With traffic and failures both present, every dashboard query and
+	// every recording rule must return data, and the scrape is the one the
+	// host-side checks compare with.
+	checkQueries(t, prom)
+	checkScrape(t, vm.exporter)
+
+	vm.control(t, "/fault/wrong-key?on=0")
+	healAt := time.Now()
+	hook.waitFor(ctx, t, "IpsecDecryptFailures", "resolved", 90*time.Second)
+	t.Logf("IpsecDecryptFailures resolved at the webhook %s after the fault ended", time.Since(healAt).Round(time.Second))
+
+	fired, err := prom.query(`count by (alertname) (max_over_time(ALERTS{alertstate="firing"}[15m]))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range fired {
+		names = append(names, s.Metric["alertname"])
+	}
+	slices.Sort(names)
+	t.Logf("alerts that fired during the run: %s", strings.Join(names, ", "))
+	t.Logf("notifications received by the webhook: %s", strings.Join(hook.summary(), "; "))
+	vm.control(t, "/stop")
+	t.Logf("end-to-end wall time %s", time.Since(start).Round(time.Second))
+}
+
+// checkQueries runs every dashboard query and every recording rule's output
+// at the current time and fails for any that returns nothing.
+func checkQueries(t *testing.T, prom *promClient) {
+	t.Helper()
+	replacer := strings.NewReplacer(
+		"$__rate_interval", rateWindow,
+		"$job", jobName,
+		"$node", ".*",
+		"$instance", ".*",
+	)
+	type q struct{ where, expr string }
+	var qs []q
+	for _, d := range []dashboards.Dashboard{dashboards.Overview, dashboards.SADetail} {
+		for _, row := range d.Rows {
+			for _, p := range row.Panels {
+				for _, target := range p.Targets {
+					qs = append(qs, q{d.File + ": " + p.Title, replacer.Replace(target.Expr)})
+				}
+			}
+		}
+	}
+	for _, name := range recordingRules(t) {
+		qs = append(qs, q{"recording rule", name})
+	}
+	for _, q := range qs {
+		v, err := prom.query(q.expr)
+		switch {
+		case err != nil:
+			t.Errorf("%s: %v\n  %s", q.where, err, q.expr)
+		case len(v) == 0:
+			t.Errorf("NO DATA  %s\n  %s", q.where, q.expr)
+		default:
+			t.Logf("data (%d series)  %s", len(v), q.where+": "+q.expr)
+		}
+	}
+}
+
+func recordingRules(t *testing.T) []string {
+	t.Helper()
+	b, err := rules.Render(fastSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "- record: "); ok {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// prometheusConfig scrapes the lab exporter as job "ipsec" with a node
+// label, as the Kubernetes example's relabeling would, and sends alerts to
+// the test's Alertmanager.
+func prometheusConfig(exporter, alertmanager string) string {
+	return fmt.Sprintf(`global:
+  scrape_interval: %[1]s
+  scrape_timeout: %[1]s
+  evaluation_interval: %[2]s
+rule_files:
+  - rules.yml
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: [%[3]q]
+scrape_configs:
+  - job_name: %[4]s
+    static_configs:
+      - targets: [%[5]q]
+        labels:
+          node: %[6]s
+`, scrapeInterval, evalInterval, alertmanager, jobName, strings.TrimPrefix(exporter, "http://"), nodeName)
+}
+
+type promSample struct {
+	Metric map[string]string `json:"metric"`
+}
+
+type promClient struct{ base string }
+
+func (p *promClient) query(expr string) ([]promSample, error) {
+	resp, err := http.Get(p.base + "/api/v1/query?query=" + url.QueryEscape(expr))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			ResultType string       `json:"resultType"`
+			Result     []promSample `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return nil, fmt.Errorf("query %q: %w", expr, err)
+	}
+	if body.Status != "success" {
+		return nil, fmt.Errorf("query %q: %s", expr, body.Error)
+	}
+	return body.Data.Result, nil
+}
+
+// webhook is Alertmanager's receiver: it records every notification.
+type webhook struct {
+	*httptest.Server
+	mu     sync.Mutex
+	events []string // "alertname status"
+}
+
+func newWebhook(t *testing.T) *webhook {
+	h := &webhook{}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var msg struct {
+			Receiver string `json:"receiver"`
+			Alerts   []struct {
+				Status string            `json:"status"`
+				Labels map[string]string `json:"labels"`
+			} `json:"alerts"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&msg); err != nil {
+			t.Errorf("webhook: %v", err)
+			return
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, a := range msg.Alerts {
+			h.events = append(h.events, a.Labels["alertname"]+" "+a.Status+" via "+msg.Receiver)
+		}
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+func (h *webhook) has(alert, status string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, e := range h.events {
+		if strings.HasPrefix(e, alert+" "+status+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *webhook) summary() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range h.events {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (h *webhook) waitFor(ctx context.Context, t *testing.T, alert, status string, timeout time.Duration) {
+	t.Helper()
+	waitFor(ctx, t, alert+" "+status+" at the Alertmanager webhook", timeout, func() (bool, error) {
+		return h.has(alert, status), nil
+	})
+}
+
+// waitFor polls cond every 500ms until it holds, failing the test after
+// timeout.
+func waitFor(ctx context.Context, t *testing.T, what string, timeout time.Duration, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
+}
+
+func lookBinary(t *testing.T, names ...string) string {
+	t.Helper()
+	for _, n := range names {
+		if p, err := exec.LookPath(n); err == nil {
+			return p
+		}
+	}
+	t.Fatalf("%s not found: install Debian's prometheus and prometheus-alertmanager packages", strings.Join(names, " or "))
+	return ""
+}
+
+// startProcess runs a server for the rest of the test, its output in the
+// test log only when the test fails.
+func startProcess(ctx context.Context, t *testing.T, name, bin string, args ...string) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	logFile, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			t.Logf("%s log:\n%s", name, tailLines(string(b), 40))
+		}
+		logFile.Close()
+	})
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// freeAddr returns a 127.0.0.1 address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func httpGet(u string) (string, error) {
+	resp, err := http.Get(u)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return string(b), err
+}
