@@ -36,12 +36,17 @@ func TestShippedRulesMatchTemplate(t *testing.T) {
 }
 
 // TestPromtool runs Debian's promtool on the shipped rules: `check rules`
-// (syntax, PromQL, templates) and `test rules` on every unit test file.
+// (syntax, PromQL, templates), `check config` on the lab's Prometheus
+// configuration, and `test rules` on every unit test file.
 func TestPromtool(t *testing.T) {
 	promtool := lookPromtool(t)
 	out, err := exec.Command(promtool, "check", "rules", shipped).CombinedOutput()
 	if err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
+	}
+	out, err = exec.Command(promtool, "check", "config", "../../examples/prometheus/prometheus-lab.yml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool check config prometheus-lab.yml: %v\n%s", err, out)
 	}
 	tests, err := filepath.Glob("../../examples/prometheus/tests/*.yml")
 	if err != nil || len(tests) == 0 {
