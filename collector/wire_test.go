@@ -104,4 +104,23 @@ ipsec_wire_map_overflow_total{map="wire_counters"} 0
 	for _, p := range problems {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
+
+	// Scrapes read maps and dump XFRM over netlink: none may leak a
+	// file descriptor.
+	fds := openFDs(t)
+	for range 50 {
+		testutil.CollectAndCount(collectorFunc{c})
+	}
+	if after := openFDs(t); after > fds {
+		t.Errorf("%d open file descriptors after 50 scrapes, %d before", after, fds)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
 }
