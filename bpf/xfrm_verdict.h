@@ -135,8 +135,8 @@ struct {
 	__type(value, struct xv_stack);
 } frames SEC(".maps");
 
-/* Encrypt packets whose crypto went async: skb -> bytes the kernel added to
- * the SA's lifetime counter before the crypto step. */
+/* Encrypt packets on their way to the crypto step: skb -> bytes the kernel
+ * added to the SA's lifetime counter. Read by the async completion. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
@@ -469,6 +469,13 @@ static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct x
 	f->bytes = BPF_CORE_READ(skb, len);
 	f->flags |= F_SEQUENCED;
 	read_sa_peer(x, f);
+	/* Remember the bytes for an async completion now, before the crypto
+	 * step: pcrypt may complete on another CPU before this call returns.
+	 * A stale entry is harmless: the next packet with this skb address
+	 * passes here first and overwrites it. */
+	__u64 key = f->skb;
+	__u64 bytes = f->bytes;
+	bpf_map_update_elem(&pending_encrypt, &key, &bytes, BPF_ANY);
 }
 
 /* The encrypted packet leaves through skb_dst(skb)->ops->local_out: the SA
@@ -519,12 +526,8 @@ static __always_inline void on_output_exit(__u64 skb, int ret, bool match_skb)
 		emit_frame(f, encrypt_reason(f, ret));
 		return;
 	}
-	if (!(f->flags & F_SEQUENCED) || (f->flags & F_RESUME))
-		return; /* between SAs of a bundle, handed to netfilter */
-	/* PENDING: esp_output_done calls xfrm_output_resume(skb, err) later. */
-	__u64 key = f->skb;
-	__u64 bytes = f->bytes;
-	bpf_map_update_elem(&pending_encrypt, &key, &bytes, BPF_ANY);
+	/* PENDING: esp_output_done calls xfrm_output_resume(skb, err) later,
+	 * which finds the bytes in pending_encrypt. */
 }
 
 /* Output without state: xfrm_lookup found a policy that needs an SA and no

@@ -41,6 +41,7 @@ type Hook struct {
 	Attached bool
 	Err      error // why it is not attached
 	prog     *ebpf.Program
+	link     link.Link
 }
 
 // Verdicts are the loaded and attached programs with their maps.
@@ -148,6 +149,33 @@ func (v *Verdicts) ProgramStats() map[string]*ebpf.ProgramStats {
 	return out
 }
 
+// Missed returns, per attached program, the runs the kernel skipped: BPF
+// recursion misses (another program of the same kind was running on the
+// CPU, 5.12+) plus, for kprobes, the kprobe's own misses (a kprobe hit
+// inside another kprobe handler, reported from 6.7). Each miss can cost a
+// verdict; fentry programs only miss when the same program nests.
+func (v *Verdicts) Missed() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, h := range v.hooks {
+		if h.prog == nil {
+			continue
+		}
+		var n uint64
+		if s, err := h.prog.Stats(); err == nil {
+			n += s.RecursionMisses
+		}
+		if info, err := h.link.Info(); err == nil {
+			if pe := info.PerfEvent(); pe != nil {
+				if kp := pe.Kprobe(); kp != nil {
+					n += kp.Missed
+				}
+			}
+		}
+		out[h.Program] = n
+	}
+	return out
+}
+
 // Close detaches every program and frees the maps.
 func (v *Verdicts) Close() error {
 	v.detach()
@@ -163,7 +191,7 @@ func (v *Verdicts) detach() {
 	for _, h := range v.hooks {
 		if h.prog != nil {
 			h.prog.Close()
-			h.prog = nil
+			h.prog, h.link = nil, nil
 		}
 		h.Attached = false
 	}
@@ -300,7 +328,7 @@ func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
 		prog.Close()
 		return fmt.Errorf("attaching: %w", err)
 	}
-	h.prog = prog
+	h.prog, h.link = prog, l
 	v.links = append(v.links, l)
 	return nil
 }
