@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,12 +26,15 @@ const (
 )
 
 // TestLabDriver runs inside the lab VM for TestEndToEnd (and only then): it
-// builds a two-node ESP scenario, keeps traffic flowing both ways, runs the
-// exporter, and serves a small control API on vmControlPort so the host can
-// switch faults on and off while a real Prometheus watches:
+// builds a two-node ESP scenario, runs the exporter on node A as a node
+// agent would (in A's namespace, so the wire collector sees A's interface),
+// keeps traffic flowing both ways, and serves a small control API on
+// vmControlPort so the host can switch faults on and off while a real
+// Prometheus watches:
 //
 //	GET  /ready                   200 once traffic flows
-//	POST /fault/wrong-key?on=1|0  B's inbound SA gets a wrong key (integrity failures on B)
+//	POST /fault/wrong-key?on=1|0  A's inbound SA from B gets a wrong key: integrity failures on A
+//	POST /fault/leak?on=1|0       a policy hole on A: UDP to B's port 7777 leaves in clear
 //	POST /stop                    ends the test; the VM powers off
 func TestLabDriver(t *testing.T) {
 	scenario.RequireVM(t)
@@ -40,10 +45,12 @@ func TestLabDriver(t *testing.T) {
 
 	pair := scenario.NewPair(t)
 	esp := pair.ESP(t, scenario.ESPOptions{})
-	wrongKey := newKeyFault(t, pair.B, esp.AB)
+	wrongKey := newKeyFault(t, pair.A, esp.BA)
+	leak := newLeakFault(t, pair.A, esp)
 
-	exporter := exec.Command(scenario.ExporterBin(),
-		fmt.Sprintf("--web.listen-address=:%d", vmExporterPort), "--log.level=info")
+	exporter := exec.Command(scenario.IPBin(), "netns", "exec", pair.A.Name, scenario.ExporterBin(),
+		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", vmExporterPort),
+		"--web.disable-exporter-metrics", "--log.level=info")
 	exporter.Stdout, exporter.Stderr = os.Stdout, os.Stderr
 	if err := exporter.Start(); err != nil {
 		t.Fatalf("start exporter: %v", err)
@@ -52,15 +59,21 @@ func TestLabDriver(t *testing.T) {
 		_ = exporter.Process.Kill()
 		_ = exporter.Wait()
 	})
+	// qemu forwards to the VM's root namespace; relay into A's.
+	proxy(t, fmt.Sprintf(":%d", vmExporterPort), pair.A, fmt.Sprintf("127.0.0.1:%d", vmExporterPort))
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	var traffic sync.WaitGroup
 	traffic.Go(func() {
-		// About 25 pings a second each way: enough for every rate to move
-		// within a few 1 s scrapes, little enough for an emulated CPU.
+		// About 25 pings a second each way, and a few datagrams to the port
+		// the leak fault opens: enough for every rate to move within a few
+		// 1 s scrapes, little enough for an emulated CPU.
+		udp := udpSender(t, pair.A, esp.BAddr, leakPort)
+		defer udp.Close()
 		for ctx.Err() == nil {
 			pair.A.PingTimeout(t, esp.BAddr, 5, 150*time.Millisecond)
+			_, _ = udp.Write([]byte("ipsec-lab datagram"))
 			time.Sleep(50 * time.Millisecond)
 		}
 	})
@@ -68,14 +81,17 @@ func TestLabDriver(t *testing.T) {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
-	mux.HandleFunc("POST /fault/wrong-key", func(w http.ResponseWriter, r *http.Request) {
-		if err := wrongKey.set(r.URL.Query().Get("on") == "1"); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		t.Logf("fault wrong-key on=%s", r.URL.Query().Get("on"))
-		fmt.Fprintln(w, "ok")
-	})
+	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak} {
+		mux.HandleFunc("POST /fault/"+name, func(w http.ResponseWriter, r *http.Request) {
+			on := r.URL.Query().Get("on") == "1"
+			if err := f.set(on); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			t.Logf("fault %s on=%v", name, on)
+			fmt.Fprintln(w, "ok")
+		})
+	}
 	mux.HandleFunc("POST /stop", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "stopping")
 		stop()
@@ -92,6 +108,112 @@ func TestLabDriver(t *testing.T) {
 	shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
+}
+
+// leakPort is the UDP port the leak fault lets out in clear.
+const leakPort = 7777
+
+type fault interface{ set(on bool) error }
+
+// proxy accepts on listen in the current (root) namespace and relays each
+// connection to target dialled inside n.
+func proxy(t *testing.T, listen string, n *scenario.Node, target string) {
+	t.Helper()
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		t.Fatalf("proxy listen: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var up net.Conn
+				if err := n.Do(func() (err error) {
+					up, err = net.DialTimeout("tcp", target, 5*time.Second)
+					return err
+				}); err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { _, _ = io.Copy(up, c) }()
+				_, _ = io.Copy(c, up)
+			}()
+		}
+	}()
+}
+
+// udpSender is a UDP socket in n connected to dst:port.
+func udpSender(t *testing.T, n *scenario.Node, dst netip.Addr, port int) net.Conn {
+	t.Helper()
+	var c net.Conn
+	if err := n.Do(func() (err error) {
+		c, err = net.Dial("udp", netip.AddrPortFrom(dst, uint16(port)).String())
+		return err
+	}); err != nil {
+		t.Fatalf("udp socket: %v", err)
+	}
+	return c
+}
+
+// leakFault opens a hole in A's policies: an "allow" policy for UDP to
+// B's leakPort that wins over the ESP policy, as a too narrow or
+// mis-prioritised IKE configuration would. A's own out policies are moved
+// behind it (priority 10) once, at setup; the hole comes and goes.
+type leakFault struct {
+	mu   sync.Mutex
+	node *scenario.Node
+	hole netlink.XfrmPolicy
+	on   bool
+}
+
+func newLeakFault(t *testing.T, n *scenario.Node, esp *scenario.ESP) *leakFault {
+	t.Helper()
+	pols, err := n.NL.XfrmPolicyList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pol := range pols {
+		if pol.Dir == netlink.XFRM_DIR_OUT {
+			pol.Priority = 10
+			if err := n.NL.XfrmPolicyUpdate(&pol); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return &leakFault{node: n, hole: netlink.XfrmPolicy{
+		Src:      &net.IPNet{IP: esp.AAddr.AsSlice(), Mask: net.CIDRMask(esp.AAddr.BitLen(), esp.AAddr.BitLen())},
+		Dst:      &net.IPNet{IP: esp.BAddr.AsSlice(), Mask: net.CIDRMask(esp.BAddr.BitLen(), esp.BAddr.BitLen())},
+		Proto:    netlink.Proto(17),
+		DstPort:  leakPort,
+		Dir:      netlink.XFRM_DIR_OUT,
+		Priority: 1,
+		Action:   netlink.XFRM_POLICY_ALLOW,
+	}}
+}
+
+func (f *leakFault) set(on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if on == f.on {
+		return nil
+	}
+	hole := f.hole
+	var err error
+	if on {
+		err = f.node.NL.XfrmPolicyAdd(&hole)
+	} else {
+		err = f.node.NL.XfrmPolicyDel(&hole)
+	}
+	if err != nil {
+		return fmt.Errorf("policy hole: %w", err)
+	}
+	f.on = on
+	return nil
 }
 
 // upHostLink gives the VM's user-mode network interface qemu's default

@@ -71,6 +71,11 @@ func fastSettings() rules.Settings {
 	return s
 }
 
+// faultAlerts are the alerts the driver's faults must fire and, once the
+// faults end, resolve: decrypt failures (wrong key) and plaintext to a peer
+// (policy hole).
+var faultAlerts = []string{"IpsecDecryptFailures", "IpsecUnprotectedTrafficToPeer"}
+
 func TestEndToEnd(t *testing.T) {
 	if !*runE2E {
 		t.Skip("boots a lab VM: run with -e2e (or IPSEC_E2E=1), see the package comment")
@@ -125,11 +130,15 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("IpsecDecryptFailures is %v on healthy traffic", firing)
 	}
 
-	// Provoke integrity failures on B: the alert must reach Alertmanager.
+	// Provoke integrity failures on A (and a plaintext leak to B): the
+	// alerts must reach Alertmanager through the shipped routes.
 	vm.control(t, "/fault/wrong-key?on=1")
+	vm.control(t, "/fault/leak?on=1")
 	faultAt := time.Now()
-	hook.waitFor(ctx, t, "IpsecDecryptFailures", "firing", 90*time.Second)
-	t.Logf("IpsecDecryptFailures firing at the webhook %s after the fault", time.Since(faultAt).Round(time.Second))
+	for _, alert := range faultAlerts {
+		hook.waitFor(ctx, t, alert, "firing", 90*time.Second)
+		t.Logf("%s firing at the webhook %s after the faults", alert, time.Since(faultAt).Round(time.Second))
+	}
 
 	// With traffic and failures both present, every dashboard query and
 	// every recording rule must return data, and the scrape is the one the
@@ -138,9 +147,12 @@ func TestEndToEnd(t *testing.T) {
 	checkScrape(t, vm.exporter)
 
 	vm.control(t, "/fault/wrong-key?on=0")
+	vm.control(t, "/fault/leak?on=0")
 	healAt := time.Now()
-	hook.waitFor(ctx, t, "IpsecDecryptFailures", "resolved", 90*time.Second)
-	t.Logf("IpsecDecryptFailures resolved at the webhook %s after the fault ended", time.Since(healAt).Round(time.Second))
+	for _, alert := range faultAlerts {
+		hook.waitFor(ctx, t, alert, "resolved", 90*time.Second)
+		t.Logf("%s resolved at the webhook %s after the faults ended", alert, time.Since(healAt).Round(time.Second))
+	}
 
 	fired, err := prom.query(`count by (alertname) (max_over_time(ALERTS{alertstate="firing"}[15m]))`)
 	if err != nil {
