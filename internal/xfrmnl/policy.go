@@ -1,0 +1,123 @@
+package xfrmnl
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Policy directions (XFRM_POLICY_IN/OUT/FWD); +XFRM_POLICY_MAX (3) marks a
+// per-socket policy in the index.
+const (
+	PolicyIn  = 0
+	PolicyOut = 1
+	PolicyFwd = 2
+)
+
+// Policy is one security policy (xfrm_userpolicy_info and its templates).
+type Policy struct {
+	Family           uint16 // selector family; 0 for a wildcard selector
+	Src, Dst         netip.Prefix
+	Proto            uint8 // selector upper-layer protocol, 0 = any
+	Index            uint32
+	Priority         uint32
+	Dir              uint8 // PolicyIn, PolicyOut, PolicyFwd
+	Action           uint8 // 0 allow, 1 block
+	Limits           Limits
+	AddTime, UseTime uint64 // Unix seconds; UseTime is the last lookup, 0 = never
+	Templates        int    // number of xfrm_user_tmpl: SAs the policy requires
+	Mark, MarkMask   uint32
+	IfID             uint32
+}
+
+// ParsePolicy decodes an XFRM_MSG_NEWPOLICY / UPDPOLICY payload.
+func ParsePolicy(b []byte) (Policy, error) {
+	var p Policy
+	if len(b) < sizeofPolicyInfo {
+		return p, fmt.Errorf("%w: policy of %d bytes", ErrMalformed, len(b))
+	}
+	if err := decodePolicyInfo(&p, b[:sizeofPolicyInfo]); err != nil {
+		return p, err
+	}
+	attrs, err := parseAttrs(b[sizeofPolicyInfo:])
+	if err != nil {
+		return p, err
+	}
+	for _, a := range attrs {
+		switch a.typ {
+		case xfrmaTmpl:
+			const sizeofUserTmpl = 64
+			if len(a.data)%sizeofUserTmpl != 0 {
+				return p, fmt.Errorf("%w: templates of %d bytes", ErrMalformed, len(a.data))
+			}
+			p.Templates = len(a.data) / sizeofUserTmpl
+		case xfrmaMark:
+			if len(a.data) < 8 {
+				return p, fmt.Errorf("%w: mark of %d bytes", ErrMalformed, len(a.data))
+			}
+			p.Mark, p.MarkMask = ne.Uint32(a.data[0:]), ne.Uint32(a.data[4:])
+		case xfrmaIfID:
+			if len(a.data) < 4 {
+				return p, fmt.Errorf("%w: if_id of %d bytes", ErrMalformed, len(a.data))
+			}
+			p.IfID = ne.Uint32(a.data)
+		}
+	}
+	return p, nil
+}
+
+func decodePolicyInfo(p *Policy, b []byte) error {
+	// struct xfrm_selector: daddr 0, saddr 16, dport 32, dport_mask 34,
+	// sport 36, sport_mask 38, family 40, prefixlen_d 42, prefixlen_s 43,
+	// proto 44, ifindex 48, user 52. Then lft 56, curlft 120,
+	// priority 152, index 156, dir 160, action 161, flags 162, share 163.
+	p.Family = ne.Uint16(b[40:42])
+	if p.Family != 0 {
+		dst, err := addr(b[0:16], p.Family)
+		if err != nil {
+			return err
+		}
+		src, err := addr(b[16:32], p.Family)
+		if err != nil {
+			return err
+		}
+		if p.Dst, err = dst.Prefix(int(b[42])); err != nil {
+			return fmt.Errorf("%w: destination prefix /%d", ErrMalformed, b[42])
+		}
+		if p.Src, err = src.Prefix(int(b[43])); err != nil {
+			return fmt.Errorf("%w: source prefix /%d", ErrMalformed, b[43])
+		}
+	}
+	p.Proto = b[44]
+	p.Limits = decodeLimits(b[56:120])
+	p.AddTime = ne.Uint64(b[136:])
+	p.UseTime = ne.Uint64(b[144:])
+	p.Priority = ne.Uint32(b[152:])
+	p.Index = ne.Uint32(b[156:])
+	p.Dir = b[160]
+	p.Action = b[161]
+	return nil
+}
+
+// DirName names a policy direction as `ip xfrm policy` does.
+func DirName(d uint8) string {
+	switch d {
+	case PolicyIn:
+		return "in"
+	case PolicyOut:
+		return "out"
+	case PolicyFwd:
+		return "fwd"
+	}
+	return fmt.Sprintf("dir-%d", d)
+}
+
+// ActionName names a policy action.
+func ActionName(a uint8) string {
+	switch a {
+	case 0:
+		return "allow"
+	case 1:
+		return "block"
+	}
+	return fmt.Sprintf("action-%d", a)
+}
