@@ -37,23 +37,6 @@ func startLab(t *testing.T, n *scenario.Node) *Monitor {
 	return m
 }
 
-// wireCount is the packets of one direction and class on a monitor's only
-// interface.
-func wireCount(t *testing.T, m *Monitor, d Direction, c Class) uint64 {
-	t.Helper()
-	got, err := m.Objects().WireCounters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for k, v := range got {
-		if k.Direction == d && k.Class == c {
-			n += v.Packets
-		}
-	}
-	return n
-}
-
 // TestLabWireESP: real ESP (transport, IPv4 and IPv6, and NAT-T) between two
 // namespaces counts as esp or esp_in_udp, exactly as many packets as the SAs
 // carried, on both ends; nothing is plaintext; auto picks clsact on 6.1 and
@@ -103,8 +86,10 @@ func TestLabWireESP(t *testing.T) {
 			}
 			checkUnprotected(t, "A", mA, Egress, nil)
 			checkUnprotected(t, "B", mB, Ingress, nil)
-			t.Logf("kernel %s, %s: %d pings, %s %d packets each way on both ends, nothing unprotected",
-				scenario.Kernel(), labMode(t), pings, tc.class, sentAB)
+			t.Logf("kernel %s, %s: %d pings; SAs A->B %d, B->A %d packets; %s counted A egress %d, B ingress %d, B egress %d, A ingress %d",
+				scenario.Kernel(), labMode(t), pings, sentAB, sentBA, tc.class,
+				wireCount(t, mA, Egress, tc.class), wireCount(t, mB, Ingress, tc.class),
+				wireCount(t, mB, Egress, tc.class), wireCount(t, mA, Ingress, tc.class))
 		})
 	}
 }
@@ -181,6 +166,9 @@ func TestLabWirePolicyHole(t *testing.T) {
 		t.Errorf("A egress plaintext: %d, want at least %d", got, datagrams)
 	}
 	t.Logf("B's xfrm_stat moved: %s", p.B.XfrmStat(t).Sub(statB))
-	t.Logf("kernel %s, %s: %d datagrams through the hole counted as unprotected to %s on both ends, %d pings as esp",
-		scenario.Kernel(), labMode(t), datagrams, e.BAddr, pings)
+	uA, _ := mA.Objects().UnprotectedCounters()
+	uB, _ := mB.Objects().UnprotectedCounters()
+	t.Logf("kernel %s, %s: %d datagrams sent through the hole; unprotected A egress to %s %d, B ingress from %s %d; %d pings, A egress esp %d",
+		scenario.Kernel(), labMode(t), datagrams, e.BAddr, uA[PeerKey{Peer: e.BAddr, Direction: Egress}].Packets,
+		e.AAddr, uB[PeerKey{Peer: e.AAddr, Direction: Ingress}].Packets, pings, wireCount(t, mA, Egress, ClassESP))
 }
