@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
 // wire.bpf.c: counts every packet on an interface by IPsec class (ESP,
 // ESP-in-UDP, AH, IKE, plaintext, ...) and the plaintext packets to or from
@@ -318,4 +318,4 @@ int wire_egress(struct __sk_buff *skb)
 	return count(skb, WIRE_EGRESS);
 }
 
-char __license[] SEC("license") = "GPL";
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
