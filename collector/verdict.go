@@ -1,0 +1,260 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
+)
+
+// The verdict collector: one verdict per packet the kernel tried to encrypt
+// or decrypt, ok or failed with a reason, per direction and peer, counted by
+// the BPF programs of internal/verdict (bpf/xfrm_verdict.bpf.c).
+
+var (
+	bpfHookMode = kingpin.Flag("bpf.hook-mode",
+		"How the verdict programs hook the kernel: auto (fentry where it loads and attaches, else kprobes), fentry or kprobe.").
+		Default(verdict.ModeAuto).Enum(verdict.ModeAuto, verdict.ModeFentry, verdict.ModeKprobe)
+	bpfStrict = kingpin.Flag("bpf.strict",
+		"Fail at start-up when a verdict BPF program cannot be loaded or attached, instead of serving what works.").
+		Default("false").Bool()
+	bpfVerdictMapSize = kingpin.Flag("bpf.verdict-map-size",
+		"Maximum number of {direction, peer, result} counters in the verdict map; packets of new keys beyond it are counted in ipsec_bpf_verdict_map_overflow_total.").
+		Default(fmt.Sprint(verdict.DefaultMapSize)).Uint32()
+	verdictPeerNames = kingpin.Flag("collector.verdict.peer-names",
+		"File mapping peer addresses to names, added as label peer_name (YAML mapping, or \"address name\" lines); re-read when it changes.").
+		Default("").String()
+)
+
+var (
+	verdictLabels      = []string{"direction", "peer", "result"}
+	verdictNamedLabels = []string{"direction", "peer", "result", "peer_name"}
+
+	bpfProgramsAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_programs_attached"),
+		"Number of verdict BPF programs attached; 0 means no verdicts are counted (see ipsec_bpf_verdict_load_error_info).",
+		nil, nil)
+	bpfHookModeDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_hook_mode"),
+		"The hook mode of the verdict programs (fentry, kprobe, or none when they could not be loaded); always 1.",
+		[]string{"mode"}, nil)
+	bpfLoadErrorDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_load_error_info"),
+		"Present (1) when the verdict programs could not be loaded, with the reason class; the log has the details.",
+		[]string{"reason"}, nil)
+	bpfProgramAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_attached"),
+		"Whether a verdict BPF program is attached (1) or not (0: the kernel lacks its hook; see the log).",
+		[]string{"program", "hook"}, nil)
+	bpfMapEntriesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_entries"),
+		"Counter keys in the verdict map.", nil, nil)
+	bpfMapMaxEntriesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_max_entries"),
+		"Capacity of the verdict map (--bpf.verdict-map-size).", nil, nil)
+	bpfMapOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_overflow_total"),
+		"Verdicts not counted because their key was new and the verdict map was full.", nil, nil)
+	bpfAccountingErrorsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_accounting_errors_total"),
+		"Inconsistencies the verdict programs detected in their own bookkeeping (stack_full, stale_frame, unmatched_exit, pending_miss); each may cost a verdict.",
+		[]string{"kind"}, nil)
+	bpfProgramMissedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_missed_total"),
+		"Runs of a verdict program the kernel skipped (BPF recursion, or a kprobe hit inside another kprobe handler); each may cost a verdict.",
+		[]string{"program"}, nil)
+	bpfProgramRunSecondsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_run_seconds_total"),
+		"Time spent running a verdict program; only while kernel.bpf_stats_enabled=1.",
+		[]string{"program"}, nil)
+	bpfProgramRunsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_runs_total"),
+		"Runs of a verdict program; only while kernel.bpf_stats_enabled=1.",
+		[]string{"program"}, nil)
+)
+
+func init() {
+	registerCollector("verdict", true, func(logger *slog.Logger) (Collector, error) {
+		var peers *peerNames
+		if *verdictPeerNames != "" {
+			var err error
+			if peers, err = newPeerNames(*verdictPeerNames, logger); err != nil {
+				return nil, fmt.Errorf("--collector.verdict.peer-names: %w", err)
+			}
+		}
+		v, err := verdict.Load(verdict.Options{
+			Mode: *bpfHookMode, MapSize: *bpfVerdictMapSize, Strict: *bpfStrict, Logger: logger,
+		})
+		if err != nil {
+			if *bpfStrict {
+				return nil, fmt.Errorf("loading verdict BPF programs (--bpf.strict): %w", err)
+			}
+			return newVerdictCollector(logger, nil, err, peers), nil
+		}
+		return newVerdictCollector(logger, v, nil, peers), nil
+	})
+}
+
+// verdictSource is what the collector reads: *verdict.Verdicts, or in tests
+// real maps without programs.
+type verdictSource interface {
+	Read() ([]verdict.Entry, error)
+	Errors() (map[string]uint64, error)
+	MaxEntries() uint32
+	Mode() string
+	Hooks() []verdict.Hook
+	Missed() map[string]uint64
+	ProgramStats() map[string]*ebpf.ProgramStats
+	Close() error
+}
+
+type verdictCollector struct {
+	logger      *slog.Logger
+	src         verdictSource // nil when the programs could not be loaded
+	loadErr     string        // reason class when src is nil
+	peers       *peerNames    // nil without --collector.verdict.peer-names
+	statsSysctl string
+}
+
+// newVerdictCollector builds the collector around loaded programs, or, when
+// loading failed, a degraded one that says why in one log line and in
+// ipsec_bpf_verdict_load_error_info; the exporter's other collectors keep
+// working either way.
+func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers *peerNames) *verdictCollector {
+	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: "/proc/sys/kernel/bpf_stats_enabled"}
+	if src == nil {
+		c.loadErr = loadErrorReason(loadErr)
+		logger.Warn("verdict BPF programs not loaded: no ipsec_xfrm_* verdict metrics (everything else keeps working)",
+			"reason", c.loadErr, "err", loadErr)
+	}
+	return c
+}
+
+// loadErrorReason turns a load error into a short, bounded label value.
+func loadErrorReason(err error) string {
+	switch {
+	case err == nil:
+		return "unknown"
+	case errors.Is(err, fs.ErrPermission):
+		return "permission_denied"
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return "not_supported"
+	case strings.Contains(err.Error(), "required hook"):
+		return "hook_unavailable"
+	}
+	return "load_failed"
+}
+
+func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
+	if c.src == nil {
+		ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
+		ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
+		ch <- prometheus.MustNewConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
+		return nil
+	}
+	entries, err := c.src.Read()
+	if err != nil {
+		return fmt.Errorf("reading verdicts: %w", err)
+	}
+	var names map[string]string
+	if c.peers != nil {
+		names = c.peers.get()
+	}
+	for _, e := range entries {
+		peer := ""
+		if e.Peer.IsValid() {
+			peer = e.Peer.String()
+		}
+		packets, bytes := bpfVerdictDescs(names != nil)
+		labels := []string{e.Direction, peer, e.Result}
+		if names != nil {
+			labels = append(labels, names[peer])
+		}
+		ch <- prometheus.MustNewConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
+		ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
+	}
+	ch <- prometheus.MustNewConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	ch <- prometheus.MustNewConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
+
+	errs, err := c.src.Errors()
+	if err != nil {
+		return fmt.Errorf("reading verdict accounting errors: %w", err)
+	}
+	kinds := make([]string, 0, len(errs))
+	for k := range errs {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	for _, k := range kinds {
+		if k == "map_full" {
+			ch <- prometheus.MustNewConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
+	}
+	c.updateMeta(ch)
+	return nil
+}
+
+func bpfVerdictDescs(named bool) (packets, bytes *prometheus.Desc) {
+	if named {
+		return verdictNamedPacketsDesc, verdictNamedBytesDesc
+	}
+	return verdictPacketsDesc, verdictBytesDesc
+}
+
+const (
+	verdictPacketsHelp = "Packets the kernel tried to encrypt or decrypt, by direction, peer (outer source on decrypt, SA destination on encrypt) and result (ok or the failure reason; see bpf/README.md)."
+	verdictBytesHelp   = "Bytes of those packets: for ok, what the kernel added to the SA's byte counter; for failures, the packet length when the kernel took it up (0 for encrypt no_state)."
+)
+
+var (
+	verdictPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "packets_total"),
+		verdictPacketsHelp, verdictLabels, nil)
+	verdictBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "bytes_total"),
+		verdictBytesHelp, verdictLabels, nil)
+	// With --collector.verdict.peer-names: the same metrics plus peer_name.
+	verdictNamedPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "packets_total"),
+		verdictPacketsHelp, verdictNamedLabels, nil)
+	verdictNamedBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "bytes_total"),
+		verdictBytesHelp, verdictNamedLabels, nil)
+)
+
+// updateMeta reports how the programs are hooked and what they cost.
+func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
+	hooks := c.src.Hooks()
+	attached := 0
+	for _, h := range hooks {
+		v := 0.0
+		if h.Attached {
+			v = 1
+			attached++
+		}
+		ch <- prometheus.MustNewConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
+	}
+	ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
+	ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
+	for program, n := range c.src.Missed() {
+		ch <- prometheus.MustNewConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
+	}
+	if !c.statsEnabled() {
+		return
+	}
+	for program, s := range c.src.ProgramStats() {
+		ch <- prometheus.MustNewConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
+		ch <- prometheus.MustNewConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
+	}
+}
+
+// statsEnabled reads kernel.bpf_stats_enabled: without it the kernel keeps
+// no run time or count, and zeros would look like idle programs.
+func (c *verdictCollector) statsEnabled() bool {
+	b, err := os.ReadFile(c.statsSysctl)
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
+// Close detaches the programs.
+func (c *verdictCollector) Close() error {
+	if c.src == nil {
+		return nil
+	}
+	return c.src.Close()
+}
