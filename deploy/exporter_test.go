@@ -52,7 +52,10 @@ func exporterBinary(t *testing.T) string {
 			return
 		}
 		buildPath = filepath.Join(buildDir, "ipsec_exporter")
-		buildErr = goBuild(buildPath, promuLdflags(), nil)
+		var ldflags string
+		if ldflags, buildErr = promuLdflags(); buildErr == nil {
+			buildErr = goBuild(buildPath, ldflags, nil)
+		}
 	})
 	if buildErr != nil {
 		t.Fatalf("building the exporter: %v", buildErr)
@@ -243,14 +246,26 @@ func defaultCollectors(t *testing.T) []string {
 	if code != 0 {
 		t.Fatalf("--help exited %d:\n%s", code, out)
 	}
-	var names []string
+	// kingpin wraps long descriptions onto indented lines: join each flag's
+	// lines before reading its default.
+	var flags []string
 	for _, line := range strings.Split(out, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) == 0 || !strings.HasPrefix(fields[0], "--[no-]collector.") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "-"):
+			flags = append(flags, trimmed)
+		case len(flags) > 0 && trimmed != "" && strings.HasPrefix(line, " "):
+			flags[len(flags)-1] += " " + trimmed
+		}
+	}
+	var names []string
+	for _, flag := range flags {
+		fields := strings.Fields(flag)
+		if !strings.HasPrefix(fields[0], "--[no-]collector.") {
 			continue
 		}
 		name := strings.TrimPrefix(fields[0], "--[no-]collector.")
-		if strings.Contains(name, ".") || !strings.Contains(line, "(default: enabled)") {
+		if strings.Contains(name, ".") || !strings.Contains(flag, "(default: enabled)") {
 			continue // a collector's option, or off by default
 		}
 		names = append(names, name)

@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"fmt"
 	"os"
 	"runtime"
 	"strings"
@@ -48,25 +49,25 @@ func readPromu(t testing.TB) promuConfig {
 }
 
 // promuLdflags renders .promu.yml's ldflags with testLdflags' values, as
-// promu would with the real ones. It panics on a template it does not know,
+// promu would with the real ones. A template it does not know is an error,
 // so a new template in .promu.yml shows up here.
-func promuLdflags() string {
+func promuLdflags() (string, error) {
 	raw, err := os.ReadFile(repoRoot + "/.promu.yml")
 	if err != nil {
-		panic(err)
+		return "", err
 	}
 	var c promuConfig
 	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
-		panic(err)
+		return "", fmt.Errorf(".promu.yml: %w", err)
 	}
 	flags := c.Build.LDFlags
 	for tmpl, value := range testLdflags {
 		flags = strings.ReplaceAll(flags, tmpl, value)
 	}
 	if strings.Contains(flags, "{{") {
-		panic("unknown template in .promu.yml ldflags: " + flags)
+		return "", fmt.Errorf("unknown template in .promu.yml ldflags: %s", flags)
 	}
-	return strings.Join(strings.Fields(flags), " ")
+	return strings.Join(strings.Fields(flags), " "), nil
 }
 
 func TestPromuConfig(t *testing.T) {
@@ -131,8 +132,12 @@ func TestCrossbuild(t *testing.T) {
 			continue // the other tests build and run this one
 		}
 		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
+			ldflags, err := promuLdflags()
+			if err != nil {
+				t.Fatal(err)
+			}
 			out := t.TempDir() + "/ipsec_exporter"
-			if err := goBuild(out, promuLdflags(), []string{"GOOS=" + goos, "GOARCH=" + goarch}); err != nil {
+			if err := goBuild(out, ldflags, []string{"GOOS=" + goos, "GOARCH=" + goarch}); err != nil {
 				t.Fatal(err)
 			}
 		})
