@@ -203,7 +203,7 @@ func TestVerdictFactoryOnThisHost(t *testing.T) {
 
 func TestLoadErrorReason(t *testing.T) {
 	for err, want := range map[error]string{
-		fmt.Errorf("x: %w", fs.ErrPermission):         "permission_denied",
+		fmt.Errorf("x: %w", fs.ErrPermission):          "permission_denied",
 		fmt.Errorf("x: %w", ebpf.ErrNotSupported):      "not_supported",
 		errors.New("fentry: required hook fexit/xfrm"): "hook_unavailable",
 		errors.New("something else"):                   "load_failed",
