@@ -3,7 +3,9 @@ package collector
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"regexp"
+	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,7 +19,7 @@ import (
 
 var (
 	wireInterfaces = kingpin.Flag("collector.wire.interfaces",
-		"Regexp (anchored) of the interface names the wire program attaches to. Empty: every interface that is up, except loopback; interfaces that appear later are followed.").
+		"Regexp (anchored) of the interface names the wire program attaches to, whatever their state. Empty: every interface that is up, except loopback. Interfaces that appear later are followed.").
 		Default("").String()
 	wireAttachMode = kingpin.Flag("collector.wire.attach-mode",
 		"How the wire program attaches: auto (tcx where the kernel has it, 6.6+; clsact and cls_bpf otherwise), tcx or tc.").
@@ -41,15 +43,21 @@ var (
 	wirePeersDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "peers"),
 		"IPsec peer addresses the wire program watches for plaintext, learnt from SAs and policies.",
 		nil, nil)
-	wireAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "attached"),
-		"Whether the wire program is attached to a selected interface (1) or attaching failed (0), and how (mode tcx or tc).",
+	wireAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_interface_attached"),
+		"Whether the wire programs are attached to a selected interface (1) or attaching failed (0: see the log), and how (mode tcx or tc).",
 		[]string{"interface", "mode"}, nil)
-	wireLoadedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "program_loaded"),
-		"Whether the wire BPF program could be loaded (1) or not (0: see the log, usually missing CAP_BPF or CAP_NET_ADMIN).",
+	wireLoadedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_program_loaded"),
+		"Whether the wire BPF programs could be loaded (1) or not (0: see the log; usually missing CAP_BPF or CAP_NET_ADMIN).",
 		nil, nil)
-	wireOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "map_overflow_total"),
-		"Packets not counted because their BPF map (wire_counters, unprotected_counters) was full.",
+	wireOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_map_overflow_total"),
+		"Packets not counted because their key was new and its BPF map (wire_counters, unprotected_counters) was full.",
 		[]string{"map"}, nil)
+	wireRunSecondsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_program_run_seconds_total"),
+		"Time spent running a wire program; only while kernel.bpf_stats_enabled=1.",
+		[]string{"program"}, nil)
+	wireRunsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_program_runs_total"),
+		"Runs of a wire program (one per packet and hook); only while kernel.bpf_stats_enabled=1.",
+		[]string{"program"}, nil)
 )
 
 func init() {
@@ -70,8 +78,9 @@ func init() {
 }
 
 type wireCollector struct {
-	logger  *slog.Logger
-	monitor *wire.Monitor // nil when the program could not be loaded
+	logger      *slog.Logger
+	monitor     *wire.Monitor // nil when the program could not be loaded
+	statsSysctl string
 }
 
 // newWireCollector starts the wire monitor. A failure is logged once and
@@ -82,7 +91,7 @@ func newWireCollector(logger *slog.Logger, cfg wire.Config, start func(wire.Conf
 	if err != nil {
 		logger.Warn("wire program not loaded: no wire or unprotected-traffic metrics", "err", err)
 	}
-	return &wireCollector{logger: logger, monitor: m}
+	return &wireCollector{logger: logger, monitor: m, statsSysctl: "/proc/sys/kernel/bpf_stats_enabled"}
 }
 
 func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
@@ -139,6 +148,15 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 	}
 	ch <- prometheus.MustNewConstMetric(wireOverflowDesc, prometheus.CounterValue, float64(overflow.WireCounters), "wire_counters")
 	ch <- prometheus.MustNewConstMetric(wireOverflowDesc, prometheus.CounterValue, float64(overflow.UnprotectedCounters), "unprotected_counters")
+
+	// Without kernel.bpf_stats_enabled the kernel keeps no run time or
+	// count, and zeros would look like idle programs.
+	if b, err := os.ReadFile(c.statsSysctl); err == nil && strings.TrimSpace(string(b)) == "1" {
+		for program, s := range objs.ProgramStats() {
+			ch <- prometheus.MustNewConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
+			ch <- prometheus.MustNewConstMetric(wireRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
+		}
+	}
 	return nil
 }
 

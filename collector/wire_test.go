@@ -33,9 +33,9 @@ func TestWireCollectorDegraded(t *testing.T) {
 		return nil, errors.New("operation not permitted")
 	})
 	err := testutil.CollectAndCompare(collectorFunc{c}, strings.NewReader(`
-# HELP ipsec_wire_program_loaded Whether the wire BPF program could be loaded (1) or not (0: see the log, usually missing CAP_BPF or CAP_NET_ADMIN).
-# TYPE ipsec_wire_program_loaded gauge
-ipsec_wire_program_loaded 0
+# HELP ipsec_bpf_wire_program_loaded Whether the wire BPF programs could be loaded (1) or not (0: see the log; usually missing CAP_BPF or CAP_NET_ADMIN).
+# TYPE ipsec_bpf_wire_program_loaded gauge
+ipsec_bpf_wire_program_loaded 0
 `))
 	if err != nil {
 		t.Error(err)
@@ -79,24 +79,37 @@ func TestWireCollector(t *testing.T) {
 	}
 	defer c.Close()
 	err = testutil.CollectAndCompare(collectorFunc{c}, strings.NewReader(`
-# HELP ipsec_wire_attached Whether the wire program is attached to a selected interface (1) or attaching failed (0), and how (mode tcx or tc).
-# TYPE ipsec_wire_attached gauge
-ipsec_wire_attached{interface="w0",mode="tcx"} 1
-ipsec_wire_attached{interface="w1",mode="tcx"} 1
+# HELP ipsec_bpf_wire_interface_attached Whether the wire programs are attached to a selected interface (1) or attaching failed (0: see the log), and how (mode tcx or tc).
+# TYPE ipsec_bpf_wire_interface_attached gauge
+ipsec_bpf_wire_interface_attached{interface="w0",mode="tcx"} 1
+ipsec_bpf_wire_interface_attached{interface="w1",mode="tcx"} 1
 # HELP ipsec_wire_peers IPsec peer addresses the wire program watches for plaintext, learnt from SAs and policies.
 # TYPE ipsec_wire_peers gauge
 ipsec_wire_peers 2
-# HELP ipsec_wire_program_loaded Whether the wire BPF program could be loaded (1) or not (0: see the log, usually missing CAP_BPF or CAP_NET_ADMIN).
-# TYPE ipsec_wire_program_loaded gauge
-ipsec_wire_program_loaded 1
-# HELP ipsec_wire_map_overflow_total Packets not counted because their BPF map (wire_counters, unprotected_counters) was full.
-# TYPE ipsec_wire_map_overflow_total counter
-ipsec_wire_map_overflow_total{map="unprotected_counters"} 0
-ipsec_wire_map_overflow_total{map="wire_counters"} 0
-`), "ipsec_wire_attached", "ipsec_wire_peers", "ipsec_wire_program_loaded", "ipsec_wire_map_overflow_total")
+# HELP ipsec_bpf_wire_program_loaded Whether the wire BPF programs could be loaded (1) or not (0: see the log; usually missing CAP_BPF or CAP_NET_ADMIN).
+# TYPE ipsec_bpf_wire_program_loaded gauge
+ipsec_bpf_wire_program_loaded 1
+# HELP ipsec_bpf_wire_map_overflow_total Packets not counted because their key was new and its BPF map (wire_counters, unprotected_counters) was full.
+# TYPE ipsec_bpf_wire_map_overflow_total counter
+ipsec_bpf_wire_map_overflow_total{map="unprotected_counters"} 0
+ipsec_bpf_wire_map_overflow_total{map="wire_counters"} 0
+`), "ipsec_bpf_wire_interface_attached", "ipsec_wire_peers", "ipsec_bpf_wire_program_loaded", "ipsec_bpf_wire_map_overflow_total")
 	if err != nil {
 		t.Error(err)
 	}
+	// Run time and count only with kernel.bpf_stats_enabled.
+	if n := testutil.CollectAndCount(collectorFunc{c}, "ipsec_bpf_wire_program_runs_total"); n != 0 && readSysctl("/proc/sys/kernel/bpf_stats_enabled") != "1" {
+		t.Errorf("%d run counters without bpf_stats_enabled, want none", n)
+	}
+	enabled := t.TempDir() + "/bpf_stats_enabled"
+	if err := os.WriteFile(enabled, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.statsSysctl = enabled
+	if n := testutil.CollectAndCount(collectorFunc{c}, "ipsec_bpf_wire_program_runs_total", "ipsec_bpf_wire_program_run_seconds_total"); n != 4 {
+		t.Errorf("%d run time and count series with bpf_stats_enabled, want 4 (two programs)", n)
+	}
+
 	problems, err := testutil.CollectAndLint(collectorFunc{c})
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +127,11 @@ ipsec_wire_map_overflow_total{map="wire_counters"} 0
 	if after := openFDs(t); after > fds {
 		t.Errorf("%d open file descriptors after 50 scrapes, %d before", after, fds)
 	}
+}
+
+func readSysctl(path string) string {
+	b, _ := os.ReadFile(path)
+	return strings.TrimSpace(string(b))
 }
 
 func openFDs(t *testing.T) int {

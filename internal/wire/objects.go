@@ -76,6 +76,18 @@ func (o *Objects) program(d Direction) *ebpf.Program {
 	return o.objs.WireIngress
 }
 
+// ProgramStats gives the kernel's run time and count of each program (zero
+// unless kernel.bpf_stats_enabled is on), by program name.
+func (o *Objects) ProgramStats() map[string]*ebpf.ProgramStats {
+	out := map[string]*ebpf.ProgramStats{}
+	for name, p := range map[string]*ebpf.Program{"wire_ingress": o.objs.WireIngress, "wire_egress": o.objs.WireEgress} {
+		if s, err := p.Stats(); err == nil {
+			out[name] = s
+		}
+	}
+	return out
+}
+
 // WireCounters reads wire_counters, summed over CPUs.
 func (o *Objects) WireCounters() (map[WireKey]Counter, error) {
 	out := map[WireKey]Counter{}
