@@ -30,9 +30,8 @@ type peerTracker struct {
 	ns     netns.NsHandle
 	logger *slog.Logger
 
-	mu     sync.Mutex
-	warned bool
-	kick   chan struct{}
+	mu   sync.Mutex
+	kick chan struct{}
 }
 
 func newPeerTracker(h *netlink.Handle, objs *Objects, ns netns.NsHandle, logger *slog.Logger) *peerTracker {
