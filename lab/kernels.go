@@ -139,13 +139,12 @@ func versionLess(a, b string) bool {
 // download fetches pkg with apt-get download, unpacks it with dpkg-deb and
 // runs depmod on it; dir appears only when all of that worked.
 func download(pkg, dir string) error {
-	tmp := dir + ".tmp"
-	if err := os.RemoveAll(tmp); err != nil {
+	// A unique temporary directory: parallel runs may fetch the same kernel.
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".tmp*")
+	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return err
-	}
+	defer os.RemoveAll(tmp)
 	cmd := exec.Command("apt-get", "download", pkg)
 	cmd.Dir = tmp
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -171,6 +170,9 @@ func download(pkg, dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(tmp, ".ready"), nil, 0o644); err != nil {
 		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".ready")); err == nil {
+		return nil // another run was faster
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return err
@@ -221,10 +223,19 @@ func (k *Kernel) plainModule(p string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(dst+".tmp", out, 0o644); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(dst), filepath.Base(dst)+".tmp*")
+	if err != nil {
 		return "", err
 	}
-	return dst, os.Rename(dst+".tmp", dst)
+	defer os.Remove(f.Name())
+	if _, err := f.Write(out); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return dst, os.Rename(f.Name(), dst)
 }
 
 // LabModules are loaded at boot in every lab VM. Built-in ones are skipped per

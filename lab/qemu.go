@@ -57,8 +57,9 @@ func (vm *VM) args() []string {
 		"-accel", accel, "-cpu", "max",
 		"-smp", strconv.Itoa(vm.CPUs), "-m", strconv.Itoa(vm.MemoryMB),
 		"-kernel", vm.Kernel.Vmlinuz, "-initrd", vm.Initrd,
-		// panic=-1 reboots at once on a panic, which -no-reboot turns into exit.
-		"-append", "console=ttyS0 quiet panic=-1 oops=panic random.trust_cpu=on rdinit=/init",
+		// panic=-1 reboots at once on a panic, which -no-reboot turns into exit;
+		// oops and soft lockups panic, so a broken kernel ends the VM early.
+		"-append", "console=ttyS0 loglevel=5 panic=-1 oops=panic softlockup_panic=1 random.trust_cpu=on rdinit=/init",
 		"-serial", "file:" + vm.Console,
 		"-serial", "file:" + vm.Results,
 	}

@@ -51,14 +51,17 @@ func Test(ctx context.Context, o TestOptions) error {
 	if len(pkgs) == 0 {
 		return fmt.Errorf("no package matching %s has a func TestLab", o.Pkg)
 	}
-	work := filepath.Join(root, ".build", "lab")
-	bin := filepath.Join(work, "bin")
-	if err := os.RemoveAll(bin); err != nil {
+	work, err := workDir(root)
+	if err != nil {
 		return err
 	}
+	bin := filepath.Join(work, "bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return err
 	}
+	// Keep the logs, drop the big files.
+	defer os.RemoveAll(bin)
+	logf("work directory %s", work)
 	logf("building the exporter and %d test package(s)", len(pkgs))
 	exporter := filepath.Join(bin, "ipsec_exporter")
 	if err := BuildBinary(root, ".", exporter); err != nil {
@@ -104,12 +107,23 @@ func Test(ctx context.Context, o TestOptions) error {
 		}
 		logf("kernel %s: %s (%s), accel %s", spec.Name, k.Release, k.Package, o.Accel)
 		res := runKernel(ctx, o, k, initrd, dir)
+		os.Remove(initrd)
 		results = append(results, res)
 		if ctx.Err() != nil {
 			break
 		}
 	}
 	return summarize(o.Out, pkgs, results, time.Since(start))
+}
+
+// workDir makes a fresh directory for one run under .build/lab, so runs in
+// parallel (several developers or agents in one checkout) do not collide.
+func workDir(root string) (string, error) {
+	base := filepath.Join(root, ".build", "lab")
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(base, time.Now().Format("20060102-150405-")+"*")
 }
 
 // runKernel boots k, retrying once a boot that never reached init.

@@ -34,6 +34,9 @@ type ESPOptions struct {
 	Tunnel bool   // tunnel mode between inner addresses; default transport
 	Cipher Cipher // default AEAD
 	NATT   bool   // ESP in UDP 4500 (encap espinudp), with encap sockets on both sides
+	// ASubnet widens A's traffic selector from AAddr to a subnet behind A
+	// (tunnel mode, A as a gateway); A then also gets a fwd policy.
+	ASubnet netip.Prefix
 
 	WrongKey     bool   // B's inbound A->B SA has another key: integrity failures on B
 	NoInboundSA  bool   // B has no A->B SA: XfrmInNoStates on B
@@ -102,8 +105,13 @@ func (p *Pair) ESP(t testing.TB, o ESPOptions) *ESP {
 	}
 	AddSA(t, p.A.Netns, e.state(e.BA, keyBA, 0))
 	AddSA(t, p.B.Netns, e.state(e.BA, keyBA, 0))
-	e.policies(t, p.A.Netns, e.AAddr, e.BAddr, e.AB, e.BA)
-	e.policies(t, p.B.Netns, e.BAddr, e.AAddr, e.BA, e.AB)
+	aSel := netip.PrefixFrom(e.AAddr, e.AAddr.BitLen())
+	if o.ASubnet.IsValid() {
+		aSel = o.ASubnet
+	}
+	bSel := netip.PrefixFrom(e.BAddr, e.BAddr.BitLen())
+	e.policies(t, p.A.Netns, aSel, bSel, e.AB, e.BA, o.ASubnet.IsValid())
+	e.policies(t, p.B.Netns, bSel, aSel, e.BA, e.AB, false)
 	return e
 }
 
@@ -150,21 +158,28 @@ func (e *ESP) state(sa SA, k keys, hardPackets uint64) *netlink.XfrmState {
 	return s
 }
 
+// policyDir is one policy to install.
+type policyDir struct {
+	dir      netlink.Dir
+	src, dst netip.Prefix
+	sa       SA
+}
+
 // policies installs the out policy local->remote and the in policy
-// remote->local on node, with templates for the SAs out and in.
-func (e *ESP) policies(t testing.TB, n *Netns, local, remote netip.Addr, out, in SA) {
+// remote->local on node, with templates for the SAs out and in; fwd adds the
+// same selector as in for forwarded traffic (a gateway).
+func (e *ESP) policies(t testing.TB, n *Netns, local, remote netip.Prefix, out, in SA, fwd bool) {
 	t.Helper()
-	bits := local.BitLen()
-	for _, pol := range []struct {
-		dir      netlink.Dir
-		src, dst netip.Addr
-		sa       SA
-	}{
+	dirs := []policyDir{
 		{netlink.XFRM_DIR_OUT, local, remote, out},
 		{netlink.XFRM_DIR_IN, remote, local, in},
-	} {
+	}
+	if fwd {
+		dirs = append(dirs, policyDir{netlink.XFRM_DIR_FWD, remote, local, in})
+	}
+	for _, pol := range dirs {
 		AddPolicy(t, n, &netlink.XfrmPolicy{
-			Src: ipNet(netip.PrefixFrom(pol.src, bits)), Dst: ipNet(netip.PrefixFrom(pol.dst, bits)),
+			Src: ipNet(pol.src), Dst: ipNet(pol.dst),
 			Dir: pol.dir,
 			Tmpls: []netlink.XfrmPolicyTmpl{{
 				Src: pol.sa.Src.AsSlice(), Dst: pol.sa.Dst.AsSlice(),

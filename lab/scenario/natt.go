@@ -36,6 +36,7 @@ func EncapSocket(t testing.TB, n *Netns, v6 bool) {
 		}
 		for _, dir := range []netlink.Dir{netlink.XFRM_DIR_IN, netlink.XFRM_DIR_OUT} {
 			p := nl.XfrmUserpolicyInfo{Dir: uint8(dir), Action: uint8(netlink.XFRM_POLICY_ALLOW)}
+			p.Sel.Family = uint16(family) // the kernel rejects a selector without one
 			p.Lft.SoftByteLimit, p.Lft.HardByteLimit = nl.XFRM_INF, nl.XFRM_INF
 			p.Lft.SoftPacketLimit, p.Lft.HardPacketLimit = nl.XFRM_INF, nl.XFRM_INF
 			if err := unix.SetsockoptString(fd, level, opt, string(p.Serialize())); err != nil {
