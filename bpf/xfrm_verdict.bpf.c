@@ -2,11 +2,13 @@
 /*
  * Exact IPsec verdicts: one per packet per SA, ok or failed with a reason.
  *
- * Minimum kernel: 5.11 for the fentry set (BPF trampolines for modules'
- * callers, tp_btf, atomic adds on per-CPU values, bounded loops), and the
- * same logic as a kprobe set for kernels or architectures without
- * trampolines. Tested on Debian's 6.1 and 6.12 (see README.md). Both sets
- * live in this one object; user space loads one set (internal/verdict).
+ * Minimum kernel: 5.5 with CONFIG_DEBUG_INFO_BTF, for both sets: CO-RE
+ * needs the kernel's BTF, bpf_probe_read_kernel and the fentry/fexit/tp_btf
+ * trampolines arrived in 5.5 (bounded loops 5.3). The kprobe set is the
+ * fallback where trampolines do not attach (some architectures, locked-down
+ * kernels). Tested on Debian's 6.1 and 6.12 in the lab (see README.md).
+ * Both sets live in this one object; user space loads one of them
+ * (internal/verdict).
  *
  * Program names: <kind>_<hooked function>. Only thin argument handling is
  * here; the logic is in xfrm_verdict.h.

@@ -43,6 +43,40 @@ func TestLabVerdicts(t *testing.T) {
 	}
 }
 
+// TestLabVerdictMapOverflow: with room for 2 keys, the verdicts of the
+// other keys are counted as map_full, none is lost silently.
+func TestLabVerdictMapOverflow(t *testing.T) {
+	scenario.RequireVM(t)
+	v, err := Load(Options{Mode: ModeKprobe, MapSize: 2})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	defer v.Close()
+	p := scenario.NewPair(t)
+	e := p.ESP(t, scenario.ESPOptions{})
+	const n = 5
+	if got := p.A.Ping(t, e.BAddr, n); got != n {
+		t.Fatalf("ping: %d of %d replies", got, n)
+	}
+	entries, err := v.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs, err := v.Errors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted uint64
+	for _, e := range entries {
+		counted += e.Packets
+	}
+	// 4 keys (encrypt and decrypt towards each side), n verdicts each.
+	if len(entries) != 2 || counted+errs["map_full"] != 4*n {
+		t.Errorf("%d keys with %d verdicts, %d overflowed; want 2 keys and %d verdicts in all (%+v)",
+			len(entries), counted, errs["map_full"], 4*n, entries)
+	}
+}
+
 func errOrEmpty(err error) string {
 	if err == nil {
 		return ""
