@@ -45,3 +45,17 @@ func Meaning(name string) (string, bool) {
 	m, ok := meanings[name]
 	return m, ok
 }
+
+// Known lists the counters with a known meaning in the kernel's order
+// (include/uapi/linux/snmp.h).
+func Known() []string {
+	return []string{
+		"XfrmInError", "XfrmInBufferError", "XfrmInHdrError", "XfrmInNoStates", "XfrmInStateProtoError",
+		"XfrmInStateModeError", "XfrmInStateSeqError", "XfrmInStateExpired", "XfrmInStateMismatch",
+		"XfrmInStateInvalid", "XfrmInTmplMismatch", "XfrmInNoPols", "XfrmInPolBlock", "XfrmInPolError",
+		"XfrmOutError", "XfrmOutBundleGenError", "XfrmOutBundleCheckError", "XfrmOutNoStates",
+		"XfrmOutStateProtoError", "XfrmOutStateModeError", "XfrmOutStateSeqError", "XfrmOutStateExpired",
+		"XfrmOutPolBlock", "XfrmOutPolDead", "XfrmOutPolError", "XfrmFwdHdrError", "XfrmOutStateInvalid",
+		"XfrmAcquireError", "XfrmOutStateDirError", "XfrmInStateDirError", "XfrmInIptfsError", "XfrmOutNoQueueSpace",
+	}
+}

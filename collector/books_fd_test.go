@@ -1,0 +1,45 @@
+package collector
+
+import (
+	"net"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
+)
+
+// TestBooksNoFDLeak scrapes the sa, policy, events and xfrm_stat collectors
+// many times over our namespace and a named one, and checks that the number
+// of open file descriptors stays put (each scrape opens netlink sockets and
+// namespace files; the events collector keeps one socket per namespace).
+func TestBooksNoFDLeak(t *testing.T) {
+	dir, path := booksNamespace(t, "books-fd")
+	h := booksNetlink(t, path)
+	_, sel, _ := net.ParseCIDR("10.7.0.0/16")
+	if err := h.XfrmPolicyAdd(&netlink.XfrmPolicy{Src: sel, Dst: sel, Dir: netlink.XFRM_DIR_IN}); err != nil {
+		t.Fatal(err)
+	}
+	targets := func() ([]netnsTarget, error) { return netnsx.List(dir, nil) }
+	events := &eventsCollector{logger: booksLogger(), targets: targets, listeners: map[string]*nsListener{}}
+	defer events.Close()
+	collectors := []Collector{
+		newSACollector(booksLogger(), targets, readSAs, true, 0),
+		&policyCollector{logger: booksLogger(), targets: targets, read: readPolicies},
+		&xfrmStatCollector{logger: booksLogger(), targets: targets, read: readXfrmStat},
+		events,
+	}
+	scrape := func() {
+		for _, c := range collectors {
+			scrapeText(t, c)
+		}
+	}
+	scrape() // the events collector opens its long-lived sockets here
+	before := booksFDs(t)
+	for range 200 {
+		scrape()
+	}
+	if after := booksFDs(t); after != before {
+		t.Errorf("open fds %d before 200 scrapes, %d after", before, after)
+	}
+}

@@ -1,0 +1,172 @@
+package collector
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Per-peer aggregates of the SA counters: one series per namespace, remote
+// address and direction, whatever the number of SAs or rekeys.
+//
+// A sum over the current SAs would fall at every rekey when the old SA is
+// deleted, which rate() reads as a counter reset and over-counts. So the
+// books remember each SA's counters from the last scrape and, when an SA is
+// gone, keep them as the peer's "retired" share: the peer counters only
+// grow. What the old SA carried between its last scrape and its deletion is
+// not seen. A peer's retired share is dropped peerRetention after its last
+// SA is gone (the series then ends).
+
+const peerRetention = 15 * time.Minute
+
+var (
+	peerLabels       = []string{"netns", "peer", "direction"}
+	peerSAsDesc      = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "sas"), "SAs the namespace has with the peer in this direction now.", peerLabels, nil)
+	peerBytesDesc    = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "bytes_total"), "Bytes through all SAs with the peer in this direction, those since deleted (rekeyed) included.", peerLabels, nil)
+	peerPacketsDesc  = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "packets_total"), "Packets through all SAs with the peer in this direction, those since deleted included.", peerLabels, nil)
+	peerIntegrityDsc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "integrity_failures_total"), "Inbound packets from the peer dropped by the ICV check, over all its SAs.", peerLabels, nil)
+	peerReplayDesc   = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "replay_failures_total"), "Inbound packets from the peer dropped by the anti-replay check (duplicate or outside the window), over all its SAs.", peerLabels, nil)
+)
+
+type peerKey struct {
+	netns, peer, direction string
+}
+
+// saTotals are one SA's counters, or a sum of them.
+type saTotals struct {
+	bytes, packets, integrity, replay uint64
+}
+
+func (t *saTotals) add(o saTotals) {
+	t.bytes += o.bytes
+	t.packets += o.packets
+	t.integrity += o.integrity
+	t.replay += o.replay
+}
+
+// saIdent is what makes an SA unique in the kernel (plus its source, so a
+// reused SPI towards another peer is another SA).
+type saIdent struct {
+	netns    string
+	src, dst netip.Addr
+	spi      uint32
+	proto    uint8
+	mark     uint32
+}
+
+type seenSA struct {
+	peer   peerKey
+	totals saTotals
+}
+
+type retiredShare struct {
+	totals   saTotals
+	lastSeen time.Time
+}
+
+type peerBooks struct {
+	last    map[saIdent]seenSA
+	retired map[peerKey]*retiredShare
+}
+
+func newPeerBooks() *peerBooks {
+	return &peerBooks{last: map[saIdent]seenSA{}, retired: map[peerKey]*retiredShare{}}
+}
+
+// peerSeries is one peer's values for this scrape.
+type peerSeries struct {
+	key    peerKey
+	sas    int
+	totals saTotals
+}
+
+func (p peerSeries) emit(ch chan<- prometheus.Metric) {
+	l := []string{p.key.netns, p.key.peer, p.key.direction}
+	ch <- prometheus.MustNewConstMetric(peerSAsDesc, prometheus.GaugeValue, float64(p.sas), l...)
+	ch <- prometheus.MustNewConstMetric(peerBytesDesc, prometheus.CounterValue, float64(p.totals.bytes), l...)
+	ch <- prometheus.MustNewConstMetric(peerPacketsDesc, prometheus.CounterValue, float64(p.totals.packets), l...)
+	ch <- prometheus.MustNewConstMetric(peerIntegrityDsc, prometheus.CounterValue, float64(p.totals.integrity), l...)
+	ch <- prometheus.MustNewConstMetric(peerReplayDesc, prometheus.CounterValue, float64(p.totals.replay), l...)
+}
+
+// update takes this scrape's SAs (of the namespaces in read, which were
+// read completely) and returns every peer's series.
+func (b *peerBooks) update(views []saView, read map[string]bool, now time.Time) []peerSeries {
+	current := make(map[saIdent]seenSA, len(views))
+	for _, v := range views {
+		sa := v.sa
+		id := saIdent{netns: v.peer.netns, src: sa.Src, dst: sa.Dst, spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
+		t := saTotals{bytes: sa.Bytes, packets: sa.Packets, integrity: uint64(sa.IntegrityFailures),
+			replay: uint64(sa.ReplayDrops) + uint64(sa.ReplayWindowDrops)}
+		if prev, ok := current[id]; ok {
+			// Identities differing only in what saIdent leaves out:
+			// count both.
+			t.add(prev.totals)
+		}
+		current[id] = seenSA{peer: v.peer, totals: t}
+	}
+	for id, old := range b.last {
+		cur, still := current[id]
+		switch {
+		case !read[id.netns] && !still:
+			current[id] = old // namespace not read this time: keep what we knew
+		case !still:
+			b.retire(old, now)
+		case cur.totals.bytes < old.totals.bytes || cur.totals.packets < old.totals.packets:
+			b.retire(old, now) // same identity, new SA (SPI reused)
+		}
+	}
+	b.last = current
+
+	series := map[peerKey]*peerSeries{}
+	for _, s := range current {
+		p := series[s.peer]
+		if p == nil {
+			p = &peerSeries{key: s.peer}
+			series[s.peer] = p
+		}
+		p.sas++
+		p.totals.add(s.totals)
+	}
+	for key, r := range b.retired {
+		p := series[key]
+		if p == nil {
+			if now.Sub(r.lastSeen) > peerRetention {
+				delete(b.retired, key)
+				continue
+			}
+			p = &peerSeries{key: key}
+			series[key] = p
+		} else {
+			r.lastSeen = now
+		}
+		p.totals.add(r.totals)
+	}
+	out := make([]peerSeries, 0, len(series))
+	for _, p := range series {
+		out = append(out, *p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].key, out[j].key
+		if a.netns != b.netns {
+			return a.netns < b.netns
+		}
+		if a.peer != b.peer {
+			return a.peer < b.peer
+		}
+		return a.direction < b.direction
+	})
+	return out
+}
+
+func (b *peerBooks) retire(s seenSA, now time.Time) {
+	r := b.retired[s.peer]
+	if r == nil {
+		r = &retiredShare{}
+		b.retired[s.peer] = r
+	}
+	r.totals.add(s.totals)
+	r.lastSeen = now
+}
