@@ -115,7 +115,7 @@ func Load(opts Options) (*Verdicts, error) {
 		v.detach()
 		errs = append(errs, fmt.Errorf("%s: %w", mode, err))
 		if len(modes) > 1 {
-			logger.Info("BPF hook mode unusable, trying the next", "mode", mode, "err", err)
+			logger.Debug("BPF hook mode unusable, trying the next", "mode", mode, "err", err)
 		}
 	}
 	maps.Close()
