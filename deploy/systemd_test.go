@@ -126,6 +126,11 @@ func TestSystemdUnitHardening(t *testing.T) {
 	if !strings.Contains(execStart, "--web.config.file=${CREDENTIALS_DIRECTORY}/web-config.yml") {
 		t.Errorf("ExecStart does not read the web config from the credentials: %q", execStart)
 	}
+	// Without CAP_SYS_ADMIN the exporter cannot enter named namespaces
+	// (TestLabCapabilities measures it): the unit must not ask it to.
+	if !slices.Contains(strings.Fields(execStart), "--collector.netns.dir=") {
+		t.Errorf("ExecStart lacks --collector.netns.dir= (own namespace only), which the capabilities require: %q", execStart)
+	}
 	creds := strings.Join(u["Service.LoadCredential"], " ")
 	for _, name := range []string{"web-config.yml:", "tls.crt:", "tls.key:"} {
 		if !strings.Contains(creds, name) {
