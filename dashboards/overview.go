@@ -131,9 +131,9 @@ var Overview = Dashboard{
 			{
 				Type:        "stat",
 				Title:       "Verdict programs attached",
-				Description: "eBPF programs of the verdict collector that are attached (ipsec_bpf_program_attached). Zero means encrypt and decrypt verdicts are not measured; see IpsecBPFProgramsNotAttached.",
+				Description: "eBPF programs of the verdict collector attached on the selected nodes (ipsec_bpf_verdict_programs_attached). Zero on a node means its encrypt and decrypt verdicts are not measured; see IpsecBPFProgramsNotAttached.",
 				Unit:        "none", Width: 4,
-				Targets: []Target{{Expr: `sum(ipsec_bpf_program_attached{` + sel + `})`, Legend: "attached"}},
+				Targets: []Target{{Expr: `sum(ipsec_bpf_verdict_programs_attached{` + sel + `})`, Legend: "attached"}},
 			},
 			{
 				Title:       "Collector success",

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"net/http"
 	"os"
 	"os/exec"
@@ -45,11 +44,18 @@ func TestLabDriver(t *testing.T) {
 
 	pair := scenario.NewPair(t)
 	esp := pair.ESP(t, scenario.ESPOptions{})
+	// A second tunnel, IPv6 in UDP (NAT-T), so that every wire class and
+	// both address families show up.
+	espNATT := pair.ESP(t, scenario.ESPOptions{IPv6: true, NATT: true})
+	setLifetimes(t, pair.A)
 	wrongKey := newKeyFault(t, pair.A, esp.BA)
 	leak := newLeakFault(t, pair.A, esp)
 
 	exporter := exec.Command(scenario.IPBin(), "netns", "exec", pair.A.Name, scenario.ExporterBin(),
 		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", vmExporterPort),
+		// Only A's own namespace, as on a real node; the scenario's
+		// namespaces would otherwise be read again by name.
+		"--collector.netns.dir=",
 		"--web.disable-exporter-metrics", "--log.level=info")
 	exporter.Stdout, exporter.Stderr = os.Stdout, os.Stderr
 	if err := exporter.Start(); err != nil {
@@ -69,11 +75,13 @@ func TestLabDriver(t *testing.T) {
 		// About 25 pings a second each way, and a few datagrams to the port
 		// the leak fault opens: enough for every rate to move within a few
 		// 1 s scrapes, little enough for an emulated CPU.
-		udp := udpSender(t, pair.A, esp.BAddr, leakPort)
+		udp := udpSender(t, pair.A)
 		defer udp.Close()
+		leakDst := &net.UDPAddr{IP: esp.BAddr.AsSlice(), Port: leakPort}
 		for ctx.Err() == nil {
 			pair.A.PingTimeout(t, esp.BAddr, 5, 150*time.Millisecond)
-			_, _ = udp.Write([]byte("ipsec-lab datagram"))
+			pair.A.PingTimeout(t, espNATT.BAddr, 2, 100*time.Millisecond)
+			_, _ = udp.WriteTo([]byte("ipsec-lab datagram"), leakDst)
 			time.Sleep(50 * time.Millisecond)
 		}
 	})
@@ -108,6 +116,22 @@ func TestLabDriver(t *testing.T) {
 	shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
+}
+
+// setLifetimes gives n's SAs the time limits an IKE daemon sets (soft: rekey
+// due, hard: deleted), so the lifetime and expiry panels have data.
+func setLifetimes(t *testing.T, n *scenario.Node) {
+	t.Helper()
+	states, err := n.NL.XfrmStateList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range states {
+		st.Limits.TimeSoft, st.Limits.TimeHard = 3000, 3600
+		if err := n.NL.XfrmStateUpdate(&st); err != nil {
+			t.Fatalf("lifetimes of SA 0x%x: %v", st.Spi, err)
+		}
+	}
 }
 
 // leakPort is the UDP port the leak fault lets out in clear.
@@ -147,12 +171,14 @@ func proxy(t *testing.T, listen string, n *scenario.Node, target string) {
 	}()
 }
 
-// udpSender is a UDP socket in n connected to dst:port.
-func udpSender(t *testing.T, n *scenario.Node, dst netip.Addr, port int) net.Conn {
+// udpSender is an unconnected UDP socket in n. Unconnected, so every
+// datagram gets a fresh route and policy lookup: a connected socket would
+// keep the plaintext route it cached while the leak fault's hole was open.
+func udpSender(t *testing.T, n *scenario.Node) net.PacketConn {
 	t.Helper()
-	var c net.Conn
+	var c net.PacketConn
 	if err := n.Do(func() (err error) {
-		c, err = net.Dial("udp", netip.AddrPortFrom(dst, uint16(port)).String())
+		c, err = net.ListenPacket("udp4", ":0")
 		return err
 	}); err != nil {
 		t.Fatalf("udp socket: %v", err)

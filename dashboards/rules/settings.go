@@ -51,20 +51,24 @@ type Settings struct {
 	SAGoneLookback string
 	SAGoneFor      string
 
-	// SAExpiryHeadroomSeconds: an SA this close to its hard time expiry
-	// fires IpsecSANearHardExpiry. IKE daemons rekey at the soft expiry,
-	// usually minutes before the hard one, so an SA this close to it means
-	// the rekey did not happen.
+	// SAExpiryHeadroomSeconds: an SA this close to its hard time limit
+	// fires IpsecSANearHardExpiry. IKE daemons rekey at the soft limit, at
+	// least several minutes before the hard one (strongSwan: 6-12 minutes
+	// with its defaults, Libreswan: 9 or more), and delete the old SA
+	// seconds later; an SA still there this close to the end means the
+	// rekey failed.
 	SAExpiryHeadroomSeconds float64
 	SAExpiryFor             string
 
-	// RekeyStormEvents: SA lifecycle events (new, expired, deleted SAs) per
-	// RekeyStormWindow and node above which IpsecRekeyStorm fires. A normal
-	// tunnel rekeys once per lifetime (hours); tens per window means IKE is
-	// looping.
-	RekeyStormEvents float64
-	RekeyStormWindow string
-	RekeyStormFor    string
+	// RekeyStormPerSA: SAs added in a namespace during RekeyStormWindow per
+	// SA it has, above which IpsecRekeyStorm fires. Normal rekeying replaces
+	// each SA once per lifetime (an hour or more), well under 1 per 10
+	// minutes; 2 means lifetimes of 5 minutes or an IKE daemon looping.
+	// RekeyStormMinEvents keeps a single tunnel's one rekey from counting.
+	RekeyStormPerSA     float64
+	RekeyStormMinEvents float64
+	RekeyStormWindow    string
+	RekeyStormFor       string
 
 	// BPFNotAttachedFor: how long a verdict program may stay detached.
 	BPFNotAttachedFor string
@@ -99,12 +103,13 @@ var Default = Settings{
 	SAGoneLookback: "1h",
 	SAGoneFor:      "5m",
 
-	SAExpiryHeadroomSeconds: 600,
+	SAExpiryHeadroomSeconds: 180,
 	SAExpiryFor:             "1m",
 
-	RekeyStormEvents: 20,
-	RekeyStormWindow: "10m",
-	RekeyStormFor:    "10m",
+	RekeyStormPerSA:     2,
+	RekeyStormMinEvents: 10,
+	RekeyStormWindow:    "10m",
+	RekeyStormFor:       "5m",
 
 	BPFNotAttachedFor:   "10m",
 	ExporterDownFor:     "5m",
