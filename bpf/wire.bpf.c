@@ -279,10 +279,24 @@ static __always_inline void add(void *map, void *key, __u32 overflow_index, __u6
 	val->bytes += bytes;
 }
 
+// decrypted tells whether IPsec already decrypted this packet: the inner
+// packet of a tunnel-mode SA re-enters the receive path on the same device
+// (xfrm_input -> gro_cells_receive) and passes the ingress hook a second
+// time. Its ESP packet was counted; the inner one is not on the wire.
+static __always_inline int decrypted(struct __sk_buff *skb)
+{
+	struct bpf_xfrm_state x;
+
+	return bpf_skb_get_xfrm_state(skb, 0, &x, sizeof(x), 0) == 0;
+}
+
 static __always_inline int count(struct __sk_buff *skb, __u8 direction)
 {
 	struct verdict v = {};
 	__u64 packets = skb->gso_segs ? skb->gso_segs : 1;
+
+	if (direction == WIRE_INGRESS && decrypted(skb))
+		return TC_ACT_UNSPEC;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		classify_ipv4(skb, direction, &v);

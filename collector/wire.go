@@ -19,7 +19,7 @@ import (
 
 var (
 	wireInterfaces = kingpin.Flag("collector.wire.interfaces",
-		"Regexp (anchored) of the interface names the wire program attaches to, whatever their state. Empty: every interface that is up, except loopback. Interfaces that appear later are followed.").
+		"Regexp (anchored) of the interface names the wire program attaches to, whatever their state. Empty: every interface that is up, except loopback and IPsec devices (xfrm, vti, vti6: their traffic is the tunnels' inner side). Interfaces that appear later are followed.").
 		Default("").String()
 	wireAttachMode = kingpin.Flag("collector.wire.attach-mode",
 		"How the wire program attaches: auto (tcx where the kernel has it, 6.6+; clsact and cls_bpf otherwise), tcx or tc.").

@@ -3,7 +3,9 @@ package wire
 import (
 	"net"
 	"net/netip"
+	"regexp"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -171,4 +173,105 @@ func TestLabWirePolicyHole(t *testing.T) {
 	t.Logf("kernel %s, %s: %d datagrams sent through the hole; unprotected A egress to %s %d, B ingress from %s %d; %d pings, A egress esp %d",
 		scenario.Kernel(), labMode(t), datagrams, e.BAddr, uA[PeerKey{Peer: e.BAddr, Direction: Egress}].Packets,
 		e.AAddr, uB[PeerKey{Peer: e.AAddr, Direction: Ingress}].Packets, pings, wireCount(t, mA, Egress, ClassESP))
+}
+
+// TestLabWireGateway: TCP forwarded by gateway A into a tunnel is segmented
+// after xfrm_output (GSO); every ESP packet on the wire is counted, exactly
+// as many as the tunnel SA carried, on A's egress and B's ingress. The
+// plaintext from the client arrives on A's other interface and is not
+// traffic to a peer.
+func TestLabWireGateway(t *testing.T) {
+	scenario.RequireVM(t)
+	g := scenario.NewGateway(t, scenario.ESPOptions{})
+	nsA, nsB := g.A.Handle(), g.B.Handle()
+	mA, err := Start(Config{Netns: &nsA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mA.Close() })
+	mB, err := Start(Config{Netns: &nsB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mB.Close() })
+	if n := len(mA.Interfaces()); n != 2 {
+		t.Fatalf("gateway: %d interfaces attached, want 2 (to B and to the client)", n)
+	}
+
+	const size = 2 << 20
+	scenario.BulkTCP(t, g.C.Netns, g.B.Netns, g.Server, size)
+	var sentAB, sentBA uint64
+	perIf := func(m *Monitor, name string, d Direction, c Class) uint64 {
+		var idx int
+		for _, i := range m.Interfaces() {
+			if i.Name == name {
+				idx = i.Ifindex
+			}
+		}
+		got, err := m.Objects().WireCounters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got[WireKey{Ifindex: idx, Direction: d, Class: c}].Packets
+	}
+	// The connection's last segments (FIN, ACK) may still be in flight:
+	// read until the SAs and the wire agree or three seconds pass.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		sentAB = g.A.SACounters(t, g.ESP.AB)["packets"]
+		sentBA = g.B.SACounters(t, g.ESP.BA)["packets"]
+		if perIf(mB, "eth0", Ingress, ClassESP) == sentAB && perIf(mA, "eth0", Ingress, ClassESP) == sentBA || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, c := range []struct {
+		where string
+		got   uint64
+		want  uint64
+	}{
+		{"A eth0 egress esp", perIf(mA, "eth0", Egress, ClassESP), sentAB},
+		{"B eth0 ingress esp", perIf(mB, "eth0", Ingress, ClassESP), sentAB},
+		{"B eth0 egress esp", perIf(mB, "eth0", Egress, ClassESP), sentBA},
+		{"A eth0 ingress esp", perIf(mA, "eth0", Ingress, ClassESP), sentBA},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %d packets, want %d (the SA's count)", c.where, c.got, c.want)
+		}
+	}
+	checkUnprotected(t, "A", mA, Egress, nil)
+	checkUnprotected(t, "B", mB, Ingress, nil)
+	// The decrypted inner packets re-enter A's eth0 ingress; they are not
+	// on the wire and must not count (as plaintext). What plaintext there
+	// is on eth0 is IPv6's own (MLD), a handful.
+	if got := perIf(mA, "eth0", Ingress, ClassPlaintext); got >= sentBA/10 {
+		t.Errorf("A eth0 ingress plaintext: %d packets for %d ESP packets in: decrypted packets counted again", got, sentBA)
+	}
+	t.Logf("kernel %s: %d MiB client->server through gateway A: SA A->B %d ESP packets, wire A eth0 egress %d, B ingress %d; "+
+		"client plaintext into A eth1 %d packets; SA B->A %d, wire %d; A eth0 ingress plaintext %d",
+		scenario.Kernel(), size>>20, sentAB, perIf(mA, "eth0", Egress, ClassESP), perIf(mB, "eth0", Ingress, ClassESP),
+		perIf(mA, "eth1", Ingress, ClassPlaintext), sentBA, perIf(mA, "eth0", Ingress, ClassESP), perIf(mA, "eth0", Ingress, ClassPlaintext))
+}
+
+// TestLabWireSkipsIPsecDevices: by default an xfrm interface (the inner
+// side of the tunnels) is not attached, even when up; a regexp can still
+// select it.
+func TestLabWireSkipsIPsecDevices(t *testing.T) {
+	scenario.RequireVM(t)
+	p := scenario.NewPair(t)
+	x := &netlink.Xfrmi{LinkAttrs: netlink.LinkAttrs{Name: "ipsec0"}, Ifid: 7}
+	if err := p.A.NL.LinkAdd(x); err != nil {
+		t.Fatalf("xfrm interface: %v", err)
+	}
+	if err := p.A.NL.LinkSetUp(x); err != nil {
+		t.Fatal(err)
+	}
+	startLab(t, p.A) // fails unless eth0 is the only interface attached
+	ns := p.A.Handle()
+	m, err := Start(Config{Netns: &ns, Interfaces: regexp.MustCompile(`^ipsec0$`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got := m.Interfaces(); len(got) != 1 || got[0].Name != "ipsec0" || !got[0].Attached {
+		t.Errorf("with a regexp: %+v, want ipsec0 attached", got)
+	}
 }

@@ -19,7 +19,8 @@ import (
 // Config says where the wire program goes.
 type Config struct {
 	// Interfaces selects interfaces by name (anchored); nil selects every
-	// interface that is up and not a loopback.
+	// interface that is up, except loopback and the IPsec devices (xfrm,
+	// vti, vti6), whose traffic is the inner side of the tunnels.
 	Interfaces *regexp.Regexp
 	// Mode is ModeTCX, ModeTC, or "" (auto: tcx where the kernel has it).
 	Mode Mode
@@ -133,11 +134,17 @@ func Start(cfg Config) (*Monitor, error) {
 	return m, nil
 }
 
-func (m *Monitor) selected(attrs *netlink.LinkAttrs) bool {
+// ipsecDevices carry the inner packets of IPsec (before encryption, after
+// decryption), not the wire: counting them would count tunnelled traffic
+// twice, once as plaintext.
+var ipsecDevices = map[string]bool{"xfrm": true, "vti": true, "vti6": true}
+
+func (m *Monitor) selected(l netlink.Link) bool {
+	attrs := l.Attrs()
 	if m.cfg.Interfaces != nil {
 		return m.cfg.Interfaces.MatchString(attrs.Name)
 	}
-	return attrs.Flags&net.FlagUp != 0 && attrs.Flags&net.FlagLoopback == 0
+	return attrs.Flags&net.FlagUp != 0 && attrs.Flags&net.FlagLoopback == 0 && !ipsecDevices[l.Type()]
 }
 
 // handleLink attaches to a selected interface the first time it is seen,
@@ -170,7 +177,7 @@ func (m *Monitor) handleLink(l netlink.Link, deleted bool) {
 			return
 		}
 	}
-	if !m.selected(attrs) {
+	if !m.selected(l) {
 		return
 	}
 	if i == nil {

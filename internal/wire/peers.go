@@ -16,8 +16,8 @@ import (
 )
 
 // peerTracker keeps wire_peers equal to the IPsec peers of this namespace:
-// the remote end of every SA, and of every policy template (tunnel
-// endpoints) or host-sized selector (transport mode). An address of this
+// the remote end of every SA, of every policy template (tunnel endpoints),
+// and the host-sized selectors of transport-mode policies. An address of this
 // namespace's own interfaces is never a peer.
 //
 // It refreshes on every XFRM SA or policy event and every address change,
@@ -165,9 +165,15 @@ func peersOf(states []netlink.XfrmState, policies []netlink.XfrmPolicy, local ma
 		if len(pol.Tmpls) == 0 {
 			continue // allow or block without IPsec: no peer in it
 		}
+		transport := false
 		for _, t := range pol.Tmpls {
 			consider(t.Src)
 			consider(t.Dst)
+			transport = transport || t.Mode == netlink.XFRM_MODE_TRANSPORT
+		}
+		// A tunnel's selectors are the hosts behind the peers, not peers.
+		if !transport {
+			continue
 		}
 		for _, sel := range []*net.IPNet{pol.Src, pol.Dst} {
 			if sel == nil {

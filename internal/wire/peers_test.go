@@ -27,15 +27,18 @@ func TestPeersOf(t *testing.T) {
 	policies := []netlink.XfrmPolicy{
 		// Tunnel: the template endpoints, not the subnets.
 		{Src: prefix("192.168.1.0/24"), Dst: prefix("192.168.2.0/24"), Dir: netlink.XFRM_DIR_OUT,
-			Tmpls: []netlink.XfrmPolicyTmpl{{Src: ip("10.0.0.1"), Dst: ip("10.0.0.4")}}},
+			Tmpls: []netlink.XfrmPolicyTmpl{{Src: ip("10.0.0.1"), Dst: ip("10.0.0.4"), Mode: netlink.XFRM_MODE_TUNNEL}}},
+		// Tunnel with host selectors: the hosts behind the peers are not peers.
+		{Src: prefix("192.168.1.1/32"), Dst: prefix("192.168.2.1/32"), Dir: netlink.XFRM_DIR_OUT,
+			Tmpls: []netlink.XfrmPolicyTmpl{{Src: ip("10.0.0.1"), Dst: ip("10.0.0.4"), Mode: netlink.XFRM_MODE_TUNNEL}}},
 		// Transport with empty template addresses: the host selector.
 		{Src: prefix("10.0.0.1/32"), Dst: prefix("10.0.0.5/32"), Dir: netlink.XFRM_DIR_OUT,
-			Tmpls: []netlink.XfrmPolicyTmpl{{Src: ip("0.0.0.0"), Dst: ip("0.0.0.0")}}},
+			Tmpls: []netlink.XfrmPolicyTmpl{{Src: ip("0.0.0.0"), Dst: ip("0.0.0.0"), Mode: netlink.XFRM_MODE_TRANSPORT}}},
 		// An allow policy without templates names no peer.
 		{Src: prefix("10.0.0.1/32"), Dst: prefix("10.0.0.6/32"), Dir: netlink.XFRM_DIR_OUT},
 		// Multicast and loopback never.
 		{Src: prefix("224.0.0.1/32"), Dst: prefix("127.0.0.1/32"),
-			Tmpls: []netlink.XfrmPolicyTmpl{{}}},
+			Tmpls: []netlink.XfrmPolicyTmpl{{Mode: netlink.XFRM_MODE_TRANSPORT}}},
 	}
 	local := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.1"): true, netip.MustParseAddr("fd00::1"): true}
 	got := peersOf(states, policies, local)
