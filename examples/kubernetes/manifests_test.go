@@ -242,8 +242,8 @@ func TestDaemonSet(t *testing.T) {
 		t.Errorf("ports = %+v, want one named metrics on %d", c.Ports, defaultPort)
 	}
 	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.String() != "metrics" {
-			t.Errorf("probe %+v does not check the metrics port over HTTP", p)
+		if p == nil || p.TCPSocket == nil || p.TCPSocket.Port.String() != "metrics" {
+			t.Errorf("probe %+v does not check the metrics port (TCP, so that it works with TLS and basic auth)", p)
 		}
 	}
 }
