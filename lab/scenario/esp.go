@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Cipher selects the ESP transform.
@@ -42,7 +43,10 @@ type ESPOptions struct {
 	NoInboundSA  bool   // B has no A->B SA: XfrmInNoStates on B
 	NoOutboundSA bool   // A has the A->B policy but no SA: XfrmOutNoStates on A
 	HardPackets  uint64 // hard packet limit of the A->B SA on both sides (0: none)
-	ReplayWindow int    // default 32
+	// Limits are the lifetimes of all four SAs (zero fields: unlimited);
+	// HardPackets overrides PacketHard of A->B.
+	Limits       netlink.XfrmStateLimits
+	ReplayWindow int // default 32
 }
 
 // SA identifies one security association (as installed on both nodes).
@@ -154,7 +158,10 @@ func (e *ESP) state(sa SA, k keys, hardPackets uint64) *netlink.XfrmState {
 			OriginalAddress: net.IPv4zero,
 		}
 	}
-	s.Limits.PacketHard = hardPackets
+	s.Limits = e.Opts.Limits
+	if hardPackets > 0 {
+		s.Limits.PacketHard = hardPackets
+	}
 	return s
 }
 
@@ -215,7 +222,10 @@ func tunnelRoutes(t testing.TB, n *Node, local, remote, gw netip.Addr) {
 	if err != nil {
 		t.Fatalf("%s: %v", n.Name, err)
 	}
-	if err := n.NL.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(local, local.BitLen()))}); err != nil {
+	// NODAD: an IPv6 address stays tentative for a moment even on lo, and a
+	// route with a tentative source is refused (EINVAL).
+	addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(local, local.BitLen())), Flags: unix.IFA_F_NODAD}
+	if err := n.NL.AddrAdd(lo, addr); err != nil {
 		t.Fatalf("%s: add %s: %v", n.Name, local, err)
 	}
 	l, err := n.NL.LinkByName(n.Link)

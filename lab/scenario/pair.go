@@ -28,7 +28,8 @@ func (n *Node) Addr(v6 bool) netip.Addr {
 }
 
 // Pair is two namespaces A and B joined by a veth pair ("eth0" on both
-// sides), A = 10.77.0.1 / fd77::1, B = 10.77.0.2 / fd77::2. Neighbour entries
+// sides), A = 10.77.0.1 / fd77::1, B = 10.77.0.2 / fd77::2 (NewPairNamed
+// picks another subnet). Neighbour entries
 // are static, so no ARP or neighbour discovery runs: every packet sent is one
 // the test asked for.
 type Pair struct {
@@ -38,10 +39,22 @@ type Pair struct {
 // NewPair builds a Pair and waits until the link is up both ways.
 func NewPair(t testing.TB) *Pair {
 	t.Helper()
-	a, b := NewNetns(t, "a"), NewNetns(t, "b")
+	return NewPairNamed(t, "a", "b", 0)
+}
+
+// NewPairNamed is NewPair with chosen namespace name prefixes and subnet:
+// A = 10.77.<subnet>.1 / fd77:<subnet>::1, B = ....2 / ...::2. Distinct
+// subnets keep peers apart when one exporter watches several pairs.
+func NewPairNamed(t testing.TB, aPrefix, bPrefix string, subnet uint8) *Pair {
+	t.Helper()
+	a, b := NewNetns(t, aPrefix), NewNetns(t, bPrefix)
+	v4 := func(host byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 77, subnet, host}) }
+	v6 := func(host byte) netip.Addr {
+		return netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x77, 3: subnet, 15: host})
+	}
 	p := &Pair{
-		A: &Node{Netns: a, Link: "eth0", IPv4: netip.MustParseAddr("10.77.0.1"), IPv6: netip.MustParseAddr("fd77::1")},
-		B: &Node{Netns: b, Link: "eth0", IPv4: netip.MustParseAddr("10.77.0.2"), IPv6: netip.MustParseAddr("fd77::2")},
+		A: &Node{Netns: a, Link: "eth0", IPv4: v4(1), IPv6: v6(1)},
+		B: &Node{Netns: b, Link: "eth0", IPv4: v4(2), IPv6: v6(2)},
 	}
 	Connect(t, p.A, p.B, 24, 64)
 	return p

@@ -80,7 +80,18 @@ func test(ctx context.Context, args []string) error {
 }
 
 func run(ctx context.Context, args []string) error {
-	return fmt.Errorf("not implemented yet")
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	newest := lab.Kernels[len(lab.Kernels)-1].Name
+	kernel := fs.String("kernel", newest, "kernel to boot")
+	port := fs.Int("port", 10871, "host port on 127.0.0.1 forwarded to the exporter in the VM")
+	accel := fs.String("accel", "tcg", "qemu accelerator: tcg or kvm")
+	cpus := fs.Int("smp", 2, "virtual CPUs")
+	_ = fs.Parse(args)
+	spec, err := lab.FindKernel(*kernel)
+	if err != nil {
+		return err
+	}
+	return lab.Run(ctx, lab.RunOptions{Kernel: spec, Port: *port, Accel: *accel, CPUs: *cpus, Out: os.Stdout})
 }
 
 func names() string {

@@ -1,0 +1,130 @@
+// Command ipsec-lab-node runs inside the `make lab` VM. It builds a small
+// IPsec world out of lab/scenario building blocks (healthy tunnels and
+// transports, a gateway with bulk TCP, NAT-T, async crypto, and SAs that
+// fail on purpose), starts the exporter in the root namespace, where it sees
+// every namespace, and keeps traffic and a slow trickle of failures going
+// until the VM is stopped.
+package main
+
+import (
+	"flag"
+	"log"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
+	"github.com/vishvananda/netlink"
+)
+
+func main() {
+	listen := flag.String("listen", ":10871", "exporter listen address")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	log.SetOutput(os.Stdout)
+	t := newTB("setup")
+	var w *world
+	if !step(t, "building the scenario", func() { w = build(t) }) {
+		os.Exit(1)
+	}
+	exporter := exec.Command(scenario.ExporterBin(), "--web.listen-address="+*listen)
+	exporter.Stdout, exporter.Stderr = os.Stdout, os.Stdout
+	if err := exporter.Start(); err != nil {
+		log.Fatalf("start exporter: %v", err)
+	}
+	log.Printf("@@LAB lab-ready exporter on %s", *listen)
+	w.run()
+	if err := exporter.Wait(); err != nil {
+		log.Fatalf("exporter: %v", err)
+	}
+}
+
+// world is everything the lab set up.
+type world struct {
+	gw                         *scenario.Gateway
+	v6, natt, async            *scenario.Pair
+	e6, eNATT, eAsync          *scenario.ESP
+	wrong, noIn, noOut, replay *scenario.Pair
+	eWrong, eNoIn, eNoOut, eRe *scenario.ESP
+}
+
+func build(t *tb) *world {
+	w := &world{}
+	// A gateway: client C behind A, tunnel A<->B with time lifetimes, so the
+	// expiry panels have something to show.
+	w.gw = scenario.NewGateway(t, scenario.ESPOptions{Limits: netlink.XfrmStateLimits{TimeSoft: 3000, TimeHard: 3600}})
+	// IPv6 transport with CBC+HMAC and a byte lifetime that fills slowly.
+	w.v6 = scenario.NewPairNamed(t, "v6a", "v6b", 1)
+	w.e6 = w.v6.ESP(t, scenario.ESPOptions{IPv6: true, Cipher: scenario.CBCHMAC,
+		Limits: netlink.XfrmStateLimits{ByteSoft: 8 << 20, ByteHard: 16 << 20}})
+	w.natt = scenario.NewPairNamed(t, "natta", "nattb", 2)
+	w.eNATT = w.natt.ESP(t, scenario.ESPOptions{NATT: true, Tunnel: true})
+	// Failures on purpose, one pair each.
+	w.wrong = scenario.NewPairNamed(t, "badkeya", "badkeyb", 3)
+	w.eWrong = w.wrong.ESP(t, scenario.ESPOptions{WrongKey: true})
+	w.noIn = scenario.NewPairNamed(t, "noina", "noinb", 4)
+	w.eNoIn = w.noIn.ESP(t, scenario.ESPOptions{NoInboundSA: true})
+	w.noOut = scenario.NewPairNamed(t, "nouta", "noutb", 5)
+	w.eNoOut = w.noOut.ESP(t, scenario.ESPOptions{NoOutboundSA: true})
+	w.replay = scenario.NewPairNamed(t, "replaya", "replayb", 6)
+	w.eRe = w.replay.ESP(t, scenario.ESPOptions{})
+	// Async crypto last: SAs created after this (the expiry cycle's) are
+	// async too, the ones above stay synchronous.
+	w.async = scenario.NewPairNamed(t, "asynca", "asyncb", 7)
+	scenario.AsyncCrypto(t, "rfc4106(gcm(aes))")
+	w.eAsync = w.async.ESP(t, scenario.ESPOptions{})
+	return w
+}
+
+// every runs f every d, forever, each time with its own cleanup scope.
+func every(name string, d time.Duration, f func(t *tb)) {
+	go func() {
+		for i := 0; ; i++ {
+			t := newTB(name + "#" + strconv.Itoa(i))
+			step(t, name, func() { f(t) })
+			t.close()
+			time.Sleep(d)
+		}
+	}()
+}
+
+func (w *world) run() {
+	g := w.gw
+	every("gateway-ping", 200*time.Millisecond, func(t *tb) { g.C.Ping(t, g.Server, 1) })
+	every("gateway-bulk", 10*time.Second, func(t *tb) { scenario.BulkTCP(t, g.C.Netns, g.B.Netns, g.Server, 1<<20) })
+	every("v6-ping", 500*time.Millisecond, func(t *tb) { w.v6.A.Ping(t, w.e6.BAddr, 2) })
+	every("natt-ping", time.Second, func(t *tb) { w.natt.A.Ping(t, w.eNATT.BAddr, 1) })
+	every("async-ping", time.Second, func(t *tb) { w.async.A.Ping(t, w.eAsync.BAddr, 1) })
+	short := 200 * time.Millisecond
+	every("integrity-failure", 5*time.Second, func(t *tb) { w.wrong.A.PingTimeout(t, w.eWrong.BAddr, 1, short) })
+	every("no-inbound-state", 7*time.Second, func(t *tb) { w.noIn.A.PingTimeout(t, w.eNoIn.BAddr, 1, short) })
+	every("no-outbound-state", 11*time.Second, func(t *tb) {
+		t.quiet = true // sendto fails on purpose
+		w.noOut.A.PingTimeout(t, w.eNoOut.BAddr, 1, short)
+	})
+	every("replay", 13*time.Second, func(t *tb) { w.replay.Replay(t, w.eRe, 2) })
+	// An SA that reaches its hard packet limit, expires and is deleted, then
+	// the pair goes away and a new one comes.
+	every("expiry", 30*time.Second, func(t *tb) {
+		t.quiet = true // sendto fails on purpose once the SA expired
+		p := scenario.NewPairNamed(t, "expirea", "expireb", 8)
+		e := p.ESP(t, scenario.ESPOptions{HardPackets: 10, Limits: netlink.XfrmStateLimits{PacketSoft: 5}})
+		p.A.Ping(t, e.BAddr, 8)
+		p.A.PingTimeout(t, e.BAddr, 4, short)
+		time.Sleep(20 * time.Second)
+	})
+	every("status", time.Minute, func(t *tb) {
+		t.Logf("gateway A xfrm_stat changes since boot: %s", nonZero(g.A.XfrmStat(t)))
+	})
+}
+
+func nonZero(c scenario.Counters) scenario.Counters {
+	out := scenario.Counters{}
+	for k, v := range c {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
