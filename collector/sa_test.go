@@ -123,7 +123,7 @@ func TestSACollector(t *testing.T) {
 		}
 	}
 	for _, absent := range []string{
-		`ipsec_sa_limit_bytes{direction="in"`,      // unlimited: no series
+		`ipsec_sa_limit_bytes{direction="in"`,              // unlimited: no series
 		`ipsec_sa_expiry_timestamp_seconds{direction="in"`, // no time limit
 		`ipsec_sa_last_used_timestamp_seconds{direction="in"`,
 	} {

@@ -73,8 +73,8 @@ func sampleSA() (SA, []byte) {
 	sa := SA{
 		Family: unix.AF_INET, Src: netip.MustParseAddr("10.77.0.1"), Dst: netip.MustParseAddr("10.77.0.2"),
 		SPI: 0x10ab, Proto: unix.IPPROTO_ESP, Mode: 1, Reqid: 4267, Flags: saFlagESN, ESN: true,
-		Limits:  Limits{SoftBytes: 1000, HardBytes: 2000, SoftPackets: xfrmInf, HardPackets: 50, SoftAddSeconds: 30, HardAddSeconds: 60},
-		Bytes:   840, Packets: 10, AddTime: 1700000000, UseTime: 1700000005, LastUsed: 1700000009,
+		Limits: Limits{SoftBytes: 1000, HardBytes: 2000, SoftPackets: xfrmInf, HardPackets: 50, SoftAddSeconds: 30, HardAddSeconds: 60},
+		Bytes:  840, Packets: 10, AddTime: 1700000000, UseTime: 1700000005, LastUsed: 1700000009,
 		ReplayWindowDrops: 1, ReplayDrops: 2, IntegrityFailures: 3,
 		HaveReplay: true, OSeq: 5<<32 | 10, Seq: 0,
 		AEAD: "rfc4106(gcm(aes))", EncapType: 2, Dir: SADirOut, Mark: 0xd00, MarkMask: 0xf00, IfID: 7,

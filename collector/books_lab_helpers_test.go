@@ -1,0 +1,231 @@
+package collector
+
+import (
+	"bufio"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
+)
+
+// Helpers of the kernel-books lab tests: a scrape as a searchable set of
+// samples, and the kernel's own view from Debian's `ip -s xfrm state`.
+
+// samples maps "name{k=v,...}" (labels sorted) to a value.
+type samples map[string]float64
+
+func gatherSamples(t *testing.T, cs ...Collector) samples {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	for _, c := range cs {
+		reg.MustRegister(booksProm{t, c})
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := samples{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			s[sampleKey(mf.GetName(), m.GetLabel())] = sampleValue(m)
+		}
+	}
+	return s
+}
+
+func sampleKey(name string, labels []*dto.LabelPair) string {
+	var parts []string
+	for _, l := range labels {
+		parts = append(parts, l.GetName()+"="+l.GetValue())
+	}
+	return name + "{" + strings.Join(parts, ",") + "}"
+}
+
+func sampleValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+// find returns the one sample of name whose labels include all of want.
+func (s samples) find(t *testing.T, name string, want map[string]string) (float64, bool) {
+	t.Helper()
+	var found []string
+	for k := range s {
+		if !strings.HasPrefix(k, name+"{") {
+			continue
+		}
+		ok := true
+		for lk, lv := range want {
+			if !strings.Contains(k, "{"+lk+"="+lv+",") && !strings.Contains(k, ","+lk+"="+lv+",") &&
+				!strings.HasSuffix(k, ","+lk+"="+lv+"}") && !strings.HasSuffix(k, "{"+lk+"="+lv+"}") {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			found = append(found, k)
+		}
+	}
+	if len(found) > 1 {
+		t.Fatalf("%s %v matches %d samples: %v", name, want, len(found), found)
+	}
+	if len(found) == 0 {
+		return 0, false
+	}
+	return s[found[0]], true
+}
+
+// get is find that fails the test when the sample is absent.
+func (s samples) get(t *testing.T, name string, want map[string]string) float64 {
+	t.Helper()
+	v, ok := s.find(t, name, want)
+	if !ok {
+		t.Fatalf("no sample %s %v", name, want)
+	}
+	return v
+}
+
+// ipState is one SA as `ip -s xfrm state` prints it.
+type ipState struct {
+	src, dst, spi                          string
+	bytes, packets, replayWindow, replay, failed uint64
+}
+
+var (
+	ipSrcDst   = regexp.MustCompile(`^src (\S+) dst (\S+)`)
+	ipSPI      = regexp.MustCompile(`^\s+proto \S+ spi (0x[0-9a-f]+)`)
+	ipCurrent  = regexp.MustCompile(`^\s+(\d+)\(bytes\), (\d+)\(packets\)`)
+	ipStats    = regexp.MustCompile(`^\s+replay-window (\d+) replay (\d+) failed (\d+)`)
+	ipInStats  = regexp.MustCompile(`^\s+stats:`)
+	parseUintT = func(t *testing.T, s string) uint64 {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("ip output number %q: %v", s, err)
+		}
+		return v
+	}
+)
+
+// ipStates runs Debian's ip in the namespace and parses its SAs.
+func ipStates(t *testing.T, n *scenario.Netns) map[string]ipState {
+	t.Helper()
+	out := n.IP(t, "-s", "xfrm", "state")
+	states := map[string]ipState{}
+	var cur *ipState
+	inStats := false
+	flush := func() {
+		if cur != nil {
+			states[cur.spi+"/"+cur.dst] = *cur
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if m := ipSrcDst.FindStringSubmatch(line); m != nil {
+			flush()
+			cur, inStats = &ipState{src: m[1], dst: m[2]}, false
+			continue
+		}
+		if cur == nil {
+			continue
+		}
+		switch {
+		case ipSPI.MatchString(line):
+			cur.spi = ipSPI.FindStringSubmatch(line)[1]
+		case ipCurrent.MatchString(line):
+			m := ipCurrent.FindStringSubmatch(line)
+			cur.bytes, cur.packets = parseUintT(t, m[1]), parseUintT(t, m[2])
+		case ipInStats.MatchString(line):
+			inStats = true
+		case inStats && ipStats.MatchString(line):
+			m := ipStats.FindStringSubmatch(line)
+			cur.replayWindow, cur.replay, cur.failed = parseUintT(t, m[1]), parseUintT(t, m[2]), parseUintT(t, m[3])
+		}
+	}
+	flush()
+	return states
+}
+
+// compareWithIP checks every SA ip shows in n against the sa collector's
+// series: packets, bytes, replay (both reasons) and integrity failures.
+// It returns how many SAs it compared.
+func compareWithIP(t *testing.T, s samples, n *scenario.Netns) int {
+	t.Helper()
+	states := ipStates(t, n)
+	for _, st := range states {
+		id := map[string]string{"netns": n.Name, "spi": st.spi, "dst": st.dst}
+		rid := func(reason string) map[string]string {
+			return map[string]string{"netns": n.Name, "spi": st.spi, "dst": st.dst, "reason": reason}
+		}
+		for _, c := range []struct {
+			name   string
+			labels map[string]string
+			want   uint64
+		}{
+			{"ipsec_sa_packets_total", id, st.packets},
+			{"ipsec_sa_bytes_total", id, st.bytes},
+			{"ipsec_sa_integrity_failures_total", id, st.failed},
+			{"ipsec_sa_replay_failures_total", rid("duplicate"), st.replay},
+			{"ipsec_sa_replay_failures_total", rid("outside_window"), st.replayWindow},
+		} {
+			if got := s.get(t, c.name, c.labels); got != float64(c.want) {
+				t.Errorf("%s %s spi %s dst %s: exporter %v, ip -s xfrm state %d", n.Name, c.name, st.spi, st.dst, got, c.want)
+			}
+		}
+	}
+	return len(states)
+}
+
+// labTargets lists the given scenario namespaces (and our own) the way the
+// collectors find them: through /run/netns.
+func labTargets(ns ...*scenario.Netns) func() ([]netnsTarget, error) {
+	var names []string
+	for _, n := range ns {
+		names = append(names, n.Name)
+	}
+	return func() ([]netnsTarget, error) { return netnsx.List("/run/netns", names) }
+}
+
+// mibDelta is the change of every ipsec_xfrm_stat_errors_total counter of
+// one namespace between two scrapes.
+func mibDelta(t *testing.T, before, after samples, netns string) scenario.Counters {
+	t.Helper()
+	d := scenario.Counters{}
+	for k, v := range after {
+		if !strings.HasPrefix(k, "ipsec_xfrm_stat_errors_total{") || !strings.Contains(k, ",netns="+netns+"}") {
+			continue
+		}
+		if v != before[k] {
+			d[counterOf(k)] = uint64(v - before[k])
+		}
+	}
+	return d
+}
+
+func counterOf(key string) string {
+	const p = "counter="
+	i := strings.Index(key, p)
+	return key[i+len(p) : i+len(p)+strings.IndexAny(key[i+len(p):], ",}")]
+}
+
+func labels(kv ...string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+func spiHex(spi uint32) string { return fmt.Sprintf("0x%08x", spi) }
