@@ -99,7 +99,7 @@ func (s samples) get(t *testing.T, name string, want map[string]string) float64 
 
 // ipState is one SA as `ip -s xfrm state` prints it.
 type ipState struct {
-	src, dst, spi                          string
+	src, dst, spi                                string
 	bytes, packets, replayWindow, replay, failed uint64
 }
 
