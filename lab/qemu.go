@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +24,7 @@ const Marker = "@@LAB "
 type VM struct {
 	Kernel      *Kernel
 	Initrd      string
-	Accel       string // "tcg" or "kvm"
+	Accel       string // "tcg" or "kvm" (ResolveAccel turns "auto" into one)
 	CPUs        int
 	MemoryMB    int
 	Console     string        // host file for the console (ttyS0)
@@ -49,17 +50,19 @@ func (vm *VM) args() []string {
 	if accel == "" {
 		accel = "tcg"
 	}
+	cpu := "max" // TCG: everything it can emulate (aes, pclmulqdq, avx2)
+	if accel == "kvm" {
+		cpu = "host" // "max" makes qemu 7.2 abort under some KVMs (MSR 0x10a)
+	}
 	if accel == "tcg" && vm.Kernel.Spec.TCGSingleThread {
 		accel = "tcg,thread=single"
 	}
 	args := []string{
 		"-nodefaults", "-display", "none", "-no-reboot",
-		"-accel", accel, "-cpu", "max",
+		"-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(vm.CPUs), "-m", strconv.Itoa(vm.MemoryMB),
 		"-kernel", vm.Kernel.Vmlinuz, "-initrd", vm.Initrd,
-		// panic=-1 reboots at once on a panic, which -no-reboot turns into exit;
-		// oops and soft lockups panic, so a broken kernel ends the VM early.
-		"-append", "console=ttyS0 loglevel=5 panic=-1 oops=panic softlockup_panic=1 random.trust_cpu=on rdinit=/init",
+		"-append", vm.cmdline(accel),
 		"-serial", "file:" + vm.Console,
 		"-serial", "file:" + vm.Results,
 	}
@@ -71,6 +74,55 @@ func (vm *VM) args() []string {
 		args = append(args, "-netdev", nd, "-device", "virtio-net-pci,netdev=n0")
 	}
 	return args
+}
+
+// cmdline is the kernel command line. panic=-1 reboots at once on a panic,
+// which -no-reboot turns into exit; oopses and soft lockups panic, so a
+// broken kernel ends the VM early instead of at the timeout.
+func (vm *VM) cmdline(accel string) string {
+	c := "console=ttyS0 loglevel=5 panic=-1 oops=panic softlockup_panic=1 random.trust_cpu=on rdinit=/init"
+	if strings.HasPrefix(accel, "tcg") {
+		if khz := hostTSCkHz(); khz > 0 {
+			// Under TCG the guest's TSC is the host's. On a loaded host the
+			// kernel's PIT calibration came out 33x too low, the guest clock
+			// ran 33x too fast (timeouts and the lockup detector with it);
+			// tell it the frequency instead.
+			c += " tsc_early_khz=" + strconv.Itoa(khz)
+		}
+	}
+	return c
+}
+
+// hostTSCkHz is the host's TSC frequency from /proc/cpuinfo, if its TSC
+// runs at a constant rate, else 0.
+func hostTSCkHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	var mhz float64
+	constant := false
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "cpu MHz":
+			if mhz == 0 {
+				mhz, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+			}
+		case "flags":
+			constant = constant || slices.Contains(strings.Fields(v), "constant_tsc")
+		}
+		if line == "" && mhz > 0 {
+			break // first CPU is enough
+		}
+	}
+	if !constant {
+		return 0
+	}
+	return int(mhz * 1000)
 }
 
 // Run boots the VM and waits until it powers off, times out or ctx ends.

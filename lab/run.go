@@ -73,7 +73,8 @@ ip route add default via 10.0.2.2
 		return err
 	}
 	defer os.Remove(initrd)
-	logf("booting %s (%s); console log %s", k.Release, k.Package, filepath.Join(work, "console.log"))
+	o.Accel = ResolveAccel(ctx, o.Accel, k, work, logf)
+	logf("booting %s (%s), accel %s; console log %s", k.Release, k.Package, o.Accel, filepath.Join(work, "console.log"))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

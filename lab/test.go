@@ -105,6 +105,9 @@ func Test(ctx context.Context, o TestOptions) error {
 		if err := ir.Write(initrd, k); err != nil {
 			return err
 		}
+		if o.Accel == "auto" {
+			o.Accel = ResolveAccel(ctx, o.Accel, k, dir, logf) // once per run
+		}
 		logf("kernel %s: %s (%s), accel %s", spec.Name, k.Release, k.Package, o.Accel)
 		res := runKernel(ctx, o, k, initrd, dir)
 		os.Remove(initrd)

@@ -66,7 +66,7 @@ func test(ctx context.Context, args []string) error {
 	kernel := fs.String("kernel", "", "kernels to run, comma-separated (default: all of "+names()+")")
 	run := fs.String("run", "^TestLab", "run only tests matching this regexp (go test -run)")
 	pkg := fs.String("pkg", "./...", "package pattern to search for TestLab tests")
-	accel := fs.String("accel", "tcg", "qemu accelerator: tcg or kvm")
+	accel := fs.String("accel", "auto", "qemu accelerator: auto (KVM if a probe boot works, else tcg), tcg or kvm")
 	cpus := fs.Int("smp", 2, "virtual CPUs")
 	timeout := fs.Duration("timeout", 10*time.Minute, "hard timeout per VM")
 	_ = fs.Parse(args)
@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string) error {
 	newest := lab.Kernels[len(lab.Kernels)-1].Name
 	kernel := fs.String("kernel", newest, "kernel to boot")
 	port := fs.Int("port", 10871, "host port on 127.0.0.1 forwarded to the exporter in the VM")
-	accel := fs.String("accel", "tcg", "qemu accelerator: tcg or kvm")
+	accel := fs.String("accel", "auto", "qemu accelerator: auto (KVM if a probe boot works, else tcg), tcg or kvm")
 	cpus := fs.Int("smp", 2, "virtual CPUs")
 	_ = fs.Parse(args)
 	spec, err := lab.FindKernel(*kernel)
