@@ -2,6 +2,7 @@ package dashboards
 
 import (
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -165,4 +166,26 @@ func loadRules(t *testing.T, path string) []rule {
 		rules = append(rules, g.Rules...)
 	}
 	return rules
+}
+
+// TestLabScrapeLints runs `promtool check metrics` (Prometheus' naming and
+// type conventions) on the lab scrape.
+func TestLabScrapeLints(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("IPSEC_SKIP_PROMTOOL") != "" {
+			t.Skip("promtool not installed (package prometheus)")
+		}
+		t.Fatal("promtool not found: install Debian's prometheus package")
+	}
+	f, err := os.Open(labScrape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = f
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics %s: %v\n%s", labScrape, err, out)
+	}
 }

@@ -34,6 +34,7 @@ const (
 //	GET  /ready                   200 once traffic flows
 //	POST /fault/wrong-key?on=1|0  A's inbound SA from B gets a wrong key: integrity failures on A
 //	POST /fault/leak?on=1|0       a policy hole on A: UDP to B's port 7777 leaves in clear
+//	POST /fault/expiry?on=1|0     A's outbound SA to B gets a hard time limit 2 minutes away, as when a rekey failed
 //	POST /stop                    ends the test; the VM powers off
 func TestLabDriver(t *testing.T) {
 	scenario.RequireVM(t)
@@ -47,8 +48,10 @@ func TestLabDriver(t *testing.T) {
 	// A second tunnel, IPv6 in UDP (NAT-T), so that every wire class and
 	// both address families show up.
 	espNATT := pair.ESP(t, scenario.ESPOptions{IPv6: true, NATT: true})
+	installed := time.Now()
 	setLifetimes(t, pair.A)
 	wrongKey := newKeyFault(t, pair.A, esp.BA)
+	expiry := &expiryFault{node: pair.A, sa: esp.AB, installed: installed}
 	leak := newLeakFault(t, pair.A, esp)
 
 	exporter := exec.Command(scenario.IPBin(), "netns", "exec", pair.A.Name, scenario.ExporterBin(),
@@ -89,7 +92,7 @@ func TestLabDriver(t *testing.T) {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
-	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak} {
+	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak, "expiry": expiry} {
 		mux.HandleFunc("POST /fault/"+name, func(w http.ResponseWriter, r *http.Request) {
 			on := r.URL.Query().Get("on") == "1"
 			if err := f.set(on); err != nil {
@@ -118,6 +121,40 @@ func TestLabDriver(t *testing.T) {
 	_ = srv.Shutdown(shutdown)
 }
 
+// Lifetimes of the scenario's SAs: an hour, rekey due 10 minutes before.
+const softSeconds, hardSeconds = 3000, 3600
+
+// expiryFault brings an SA's hard time limit to 2 minutes from now (the
+// soft one just before), as if the rekey due at the soft limit had failed,
+// and back to the normal lifetimes.
+type expiryFault struct {
+	mu        sync.Mutex
+	node      *scenario.Node
+	sa        scenario.SA
+	installed time.Time // when the SA was added: limits count from there
+}
+
+func (f *expiryFault) set(on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	states, err := f.node.NL.XfrmStateList(netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		if uint32(st.Spi) != f.sa.SPI {
+			continue
+		}
+		st.Limits.TimeSoft, st.Limits.TimeHard = softSeconds, hardSeconds
+		if on {
+			age := uint64(time.Since(f.installed).Seconds())
+			st.Limits.TimeSoft, st.Limits.TimeHard = age+60, age+120
+		}
+		return f.node.NL.XfrmStateUpdate(&st)
+	}
+	return fmt.Errorf("SA 0x%x not found", f.sa.SPI)
+}
+
 // setLifetimes gives n's SAs the time limits an IKE daemon sets (soft: rekey
 // due, hard: deleted), so the lifetime and expiry panels have data.
 func setLifetimes(t *testing.T, n *scenario.Node) {
@@ -127,7 +164,7 @@ func setLifetimes(t *testing.T, n *scenario.Node) {
 		t.Fatal(err)
 	}
 	for _, st := range states {
-		st.Limits.TimeSoft, st.Limits.TimeHard = 3000, 3600
+		st.Limits.TimeSoft, st.Limits.TimeHard = softSeconds, hardSeconds
 		if err := n.NL.XfrmStateUpdate(&st); err != nil {
 			t.Fatalf("lifetimes of SA 0x%x: %v", st.Spi, err)
 		}

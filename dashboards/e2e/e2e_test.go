@@ -72,9 +72,13 @@ func fastSettings() rules.Settings {
 }
 
 // faultAlerts are the alerts the driver's faults must fire and, once the
-// faults end, resolve: decrypt failures (wrong key) and plaintext to a peer
-// (policy hole).
-var faultAlerts = []string{"IpsecDecryptFailures", "IpsecUnprotectedTrafficToPeer"}
+// faults end, resolve: decrypt failures (wrong key), plaintext to a peer
+// (policy hole) and an SA near its hard expiry (a rekey that did not
+// happen).
+var faultAlerts = []string{"IpsecDecryptFailures", "IpsecUnprotectedTrafficToPeer", "IpsecSANearHardExpiry"}
+
+// faults are the driver's fault switches, in faultAlerts' order.
+var faults = []string{"wrong-key", "leak", "expiry"}
 
 func TestEndToEnd(t *testing.T) {
 	if !*runE2E {
@@ -126,14 +130,16 @@ func TestEndToEnd(t *testing.T) {
 		v, err := prom.query(`instance_peer_direction:ipsec_xfrm_packets:rate{direction="decrypt"} > 0`)
 		return len(v) > 0, err
 	})
-	if firing, _ := prom.query(`ALERTS{alertname="IpsecDecryptFailures"}`); len(firing) > 0 {
-		t.Errorf("IpsecDecryptFailures is %v on healthy traffic", firing)
+	if firing, _ := prom.query(`ALERTS`); len(firing) > 0 {
+		t.Errorf("alerts pending or firing on healthy traffic: %v", firing)
 	}
 
-	// Provoke integrity failures on A (and a plaintext leak to B): the
-	// alerts must reach Alertmanager through the shipped routes.
-	vm.control(t, "/fault/wrong-key?on=1")
-	vm.control(t, "/fault/leak?on=1")
+	// Provoke integrity failures on A, a plaintext leak to B and an SA about
+	// to expire: the alerts must reach Alertmanager through the shipped
+	// routes.
+	for _, f := range faults {
+		vm.control(t, "/fault/"+f+"?on=1")
+	}
 	faultAt := time.Now()
 	for _, alert := range faultAlerts {
 		hook.waitFor(ctx, t, alert, "firing", 90*time.Second)
@@ -146,8 +152,9 @@ func TestEndToEnd(t *testing.T) {
 	checkQueries(t, prom)
 	checkScrape(t, vm.exporter)
 
-	vm.control(t, "/fault/wrong-key?on=0")
-	vm.control(t, "/fault/leak?on=0")
+	for _, f := range faults {
+		vm.control(t, "/fault/"+f+"?on=0")
+	}
 	healAt := time.Now()
 	for _, alert := range faultAlerts {
 		hook.waitFor(ctx, t, alert, "resolved", 90*time.Second)
