@@ -61,7 +61,7 @@ func TestWireCollector(t *testing.T) {
 		}
 	}
 	ip("netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
 	ip("-n", name, "link", "add", "w0", "type", "veth", "peer", "name", "w1")
 	ip("-n", name, "link", "set", "w0", "up")
 	ip("-n", name, "link", "set", "w1", "up")
@@ -71,13 +71,13 @@ func TestWireCollector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 
 	c := newWireCollector(slog.New(slog.DiscardHandler), wire.Config{Netns: &ns, Mode: wire.ModeTCX}, wire.Start)
 	if c.monitor == nil {
 		t.Fatal("program not loaded")
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	err = testutil.CollectAndCompare(collectorFunc{c}, strings.NewReader(`
 # HELP ipsec_bpf_wire_interface_attached Whether the wire programs are attached to a selected interface (1) or attaching failed (0: see the log), and how (mode tcx or tc).
 # TYPE ipsec_bpf_wire_interface_attached gauge

@@ -68,7 +68,7 @@ func attachTCX(o *Objects, ns *netns.NsHandle, ifindex int) (attachment, error) 
 		return nil
 	})
 	if err != nil {
-		a.Close()
+		_ = a.Close()
 		return nil, err
 	}
 	return a, nil
@@ -132,11 +132,11 @@ func attachTC(o *Objects, h *netlink.Handle, ifindex int) (attachment, error) {
 			DirectAction: true,
 		}
 		if err := checkSlotFree(h, dev, parent, filterNames[d]); err != nil {
-			a.Close()
+			_ = a.Close()
 			return nil, err
 		}
 		if err := h.FilterReplace(f); err != nil {
-			a.Close()
+			_ = a.Close()
 			return nil, fmt.Errorf("adding cls_bpf filter at %s: %w", d, err)
 		}
 		a.filters = append(a.filters, f)
@@ -236,7 +236,7 @@ func inNetns(ns *netns.NsHandle, fn func() error) error {
 			errc <- fmt.Errorf("getting namespace: %w", err)
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		if err := netns.Set(*ns); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("entering namespace: %w", err)

@@ -21,7 +21,7 @@ func BenchmarkClassify(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer o.Close()
+	defer func() { _ = o.Close() }()
 	if err := o.SetPeers([]netip.Addr{peer4}); err != nil {
 		b.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func BenchmarkClassify(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer empty.Close()
+	defer func() { _ = empty.Close() }()
 	frames := map[string][]byte{
 		"esp":            ether(0x0800, ipv4(protoESP, local4, peer4, 0, false, esp(1, 1400))),
 		"esp_in_udp":     ether(0x0800, ipv4(protoUDP, local4, peer4, 0, false, udp(4500, 4500, esp(1, 1400)))),

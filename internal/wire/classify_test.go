@@ -27,7 +27,7 @@ func loadForTest(t *testing.T) *Objects {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	t.Cleanup(func() { o.Close() })
+	t.Cleanup(func() { _ = o.Close() })
 	return o
 }
 

@@ -19,7 +19,7 @@ func TestFollowInterfaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { _ = m.Close() })
 	names := func() []string {
 		var out []string
 		for _, i := range m.Interfaces() {

@@ -51,7 +51,7 @@ func TestWireGSO(t *testing.T) {
 	if err := inNetns(&p.nsB, func() (err error) { ln, err = net.Listen("tcp4", "10.98.0.2:0"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	_, outA0 := tcpSegs(t, p.nameA)
 	_, outB0 := tcpSegs(t, p.nameB)
 	done := make(chan int64)
@@ -62,7 +62,7 @@ func TestWireGSO(t *testing.T) {
 			return
 		}
 		n, _ := io.Copy(io.Discard, c)
-		c.Close()
+		_ = c.Close()
 		done <- n
 	}()
 	var conn net.Conn
@@ -73,7 +73,7 @@ func TestWireGSO(t *testing.T) {
 	if _, err := conn.Write(make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close()
+	_ = conn.Close()
 	if n := <-done; n != size {
 		t.Fatalf("received %d bytes, want %d", n, size)
 	}

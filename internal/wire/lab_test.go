@@ -31,7 +31,7 @@ func startLab(t *testing.T, n *scenario.Node) *Monitor {
 	if err != nil {
 		t.Fatalf("Start in %s: %v", n.Name, err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { _ = m.Close() })
 	got := m.Interfaces()
 	if len(got) != 1 || got[0].Name != n.Link || !got[0].Attached || got[0].Mode != labMode(t) {
 		t.Fatalf("%s: interfaces %+v, want %s attached with %s", n.Name, got, n.Link, labMode(t))
@@ -143,7 +143,7 @@ func TestLabWirePolicyHole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	payload := make([]byte, 100)
 	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.BAddr, 7777))
 	for range datagrams {
@@ -188,12 +188,12 @@ func TestLabWireGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mA.Close() })
+	t.Cleanup(func() { _ = mA.Close() })
 	mB, err := Start(Config{Netns: &nsB})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mB.Close() })
+	t.Cleanup(func() { _ = mB.Close() })
 	if n := len(mA.Interfaces()); n != 2 {
 		t.Fatalf("gateway: %d interfaces attached, want 2 (to B and to the client)", n)
 	}
@@ -270,7 +270,7 @@ func TestLabWireSkipsIPsecDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	if got := m.Interfaces(); len(got) != 1 || got[0].Name != "ipsec0" || !got[0].Attached {
 		t.Errorf("with a regexp: %+v, want ipsec0 attached", got)
 	}

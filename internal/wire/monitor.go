@@ -83,7 +83,7 @@ func Start(cfg Config) (*Monitor, error) {
 	}
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
 	if err != nil {
-		objs.Close()
+		_ = objs.Close()
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
 	m := &Monitor{
@@ -109,14 +109,14 @@ func Start(cfg Config) (*Monitor, error) {
 		},
 	})
 	if err != nil {
-		m.Close()
+		_ = m.Close() // the first error is the one to report
 		return nil, fmt.Errorf("subscribing to link updates: %w", err)
 	}
 	// Subscribed first, listed second: no link falls in between. Attaching
 	// to the existing ones before returning lets the first scrape see them.
 	links, err := h.LinkList()
 	if err != nil {
-		m.Close()
+		_ = m.Close()
 		return nil, fmt.Errorf("listing interfaces: %w", err)
 	}
 	for _, l := range links {

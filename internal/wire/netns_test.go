@@ -39,7 +39,7 @@ func newPair(t *testing.T) *pair {
 	}
 	for _, name := range []string{p.nameA, p.nameB} {
 		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
 		// No IPv6 on the new link: no router solicitations, MLD or DAD.
 		run(t, "ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
 	}
@@ -50,20 +50,23 @@ func newPair(t *testing.T) *pair {
 	if p.nsA, err = netns.GetFromName(p.nameA); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.nsA.Close() })
+	t.Cleanup(func() { _ = p.nsA.Close() })
 	if p.nsB, err = netns.GetFromName(p.nameB); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.nsB.Close() })
+	t.Cleanup(func() { _ = p.nsB.Close() })
 	p.ifA = ifindex(t, p.nsA, "wa")
 	p.ifB = ifindex(t, p.nsB, "wb")
-	inNetns(&p.nsB, func() error {
+	err = inNetns(&p.nsB, func() error {
 		i, err := net.InterfaceByName("wb")
 		if err == nil {
 			p.macB = i.HardwareAddr
 		}
 		return err
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return p
 }
 
@@ -112,7 +115,7 @@ func (p *pair) sender(t *testing.T) *sender {
 	if err != nil {
 		t.Fatalf("packet socket: %v", err)
 	}
-	t.Cleanup(func() { unix.Close(s.fd) })
+	t.Cleanup(func() { _ = unix.Close(s.fd) })
 	return s
 }
 

@@ -57,7 +57,9 @@ func TestAttachRefusesForeignFilter(t *testing.T) {
 	if got := w.seen(t); got != 3 {
 		t.Errorf("the foreign filter saw %d frames, want 3", got)
 	}
-	m.Close()
+	if err := m.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
 	if got := tcState(t, p.nsA, p.ifA); !slices.Equal(got, before) {
 		t.Errorf("wa after close:\n%v\nbefore:\n%v", got, before)
 	}

@@ -21,12 +21,12 @@ func TestWireVLAN(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { mA.Close() })
+		t.Cleanup(func() { _ = mA.Close() })
 		mB, err := Start(Config{Netns: &p.nsB, Interfaces: only, Mode: ModeTCX})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { mB.Close() })
+		t.Cleanup(func() { _ = mB.Close() })
 		return p, mA, mB
 	}
 	check := func(t *testing.T, mA, mB *Monitor, egress Class, n uint64) {

@@ -88,7 +88,7 @@ func newWitness(t *testing.T) *witness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { _ = m.Close() })
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.SchedCLS,
 		License: "GPL",
@@ -108,7 +108,7 @@ func newWitness(t *testing.T) *witness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { prog.Close() })
+	t.Cleanup(func() { _ = prog.Close() })
 	return &witness{prog: prog, count: m}
 }
 
@@ -135,7 +135,7 @@ func (w *witness) attach(t *testing.T, p *pair, mode Mode) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { l.Close() })
+		t.Cleanup(func() { _ = l.Close() })
 		return
 	}
 	h := handle(t, p.nsB)
@@ -218,7 +218,7 @@ func start(t *testing.T, ns netns.NsHandle, mode Mode) *Monitor {
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { _ = m.Close() })
 	return m
 }
 
@@ -295,8 +295,11 @@ func TestWireVeth(t *testing.T) {
 				t.Errorf("the program that was there first saw %d frames, want %d", got, total)
 			}
 
-			mA.Close()
-			mB.Close()
+			for _, m := range []*Monitor{mA, mB} {
+				if err := m.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			}
 			if got := tcState(t, p.nsA, p.ifA); !slices.Equal(got, beforeA) {
 				t.Errorf("wa after detach:\n%v\nbefore:\n%v", got, beforeA)
 			}
