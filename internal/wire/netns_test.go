@@ -37,27 +37,33 @@ func newPair(t *testing.T) *pair {
 		nameA: fmt.Sprintf("wiretest%d-%da", os.Getpid(), n),
 		nameB: fmt.Sprintf("wiretest%d-%db", os.Getpid(), n),
 	}
-	for _, name := range []string{p.nameA, p.nameB} {
-		run(t, "ip", "netns", "add", name)
-		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	for _, n := range []struct {
+		name string
+		h    *netns.NsHandle
+	}{{p.nameA, &p.nsA}, {p.nameB, &p.nsB}} {
+		run(t, "ip", "netns", "add", n.name)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.name).Run() })
+		h, err := netns.GetFromName(n.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Close() })
+		*n.h = h
 		// No IPv6 on the new link: no router solicitations, MLD or DAD.
-		run(t, "ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+		// (/proc/sys/net is the namespace of the thread that opens it.)
+		err = inNetns(&h, func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1\n"), 0)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	run(t, "ip", "link", "add", "wa", "netns", p.nameA, "type", "veth", "peer", "name", "wb", "netns", p.nameB)
 	run(t, "ip", "-n", p.nameA, "link", "set", "wa", "up")
 	run(t, "ip", "-n", p.nameB, "link", "set", "wb", "up")
-	var err error
-	if p.nsA, err = netns.GetFromName(p.nameA); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.nsA.Close() })
-	if p.nsB, err = netns.GetFromName(p.nameB); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.nsB.Close() })
 	p.ifA = ifindex(t, p.nsA, "wa")
 	p.ifB = ifindex(t, p.nsB, "wb")
-	err = inNetns(&p.nsB, func() error {
+	err := inNetns(&p.nsB, func() error {
 		i, err := net.InterfaceByName("wb")
 		if err == nil {
 			p.macB = i.HardwareAddr
