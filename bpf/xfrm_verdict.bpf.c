@@ -58,15 +58,14 @@ int BPF_PROG(fentry_xfrm_audit_state_icvfail, struct xfrm_state *x, struct sk_bu
 SEC("fentry/xfrm_audit_state_notfound")
 int BPF_PROG(fentry_xfrm_audit_state_notfound, struct sk_buff *skb, u16 family, __be32 spi, __be32 seq)
 {
-	set_hint(DIR_DECRYPT, RESULT_NO_STATE);
+	on_state_notfound();
 	return 0;
 }
 
 SEC("fexit/xfrm_replay_check")
 int BPF_PROG(fexit_xfrm_replay_check, struct xfrm_state *x, struct sk_buff *skb, __be32 net_seq, int ret)
 {
-	if (ret != 0)
-		set_hint(DIR_DECRYPT, RESULT_REPLAY);
+	on_replay_check_exit(ret);
 	return 0;
 }
 
@@ -243,15 +242,14 @@ int BPF_KPROBE(kprobe_xfrm_audit_state_icvfail)
 SEC("kprobe/xfrm_audit_state_notfound")
 int BPF_KPROBE(kprobe_xfrm_audit_state_notfound)
 {
-	set_hint(DIR_DECRYPT, RESULT_NO_STATE);
+	on_state_notfound();
 	return 0;
 }
 
 SEC("kretprobe/xfrm_replay_check")
 int BPF_KRETPROBE(kretprobe_xfrm_replay_check, int ret)
 {
-	if (ret != 0)
-		set_hint(DIR_DECRYPT, RESULT_REPLAY);
+	on_replay_check_exit(ret);
 	return 0;
 }
 

@@ -399,14 +399,62 @@ static __always_inline void on_replay_advance(void)
 	f->flags |= F_ADVANCED;
 }
 
-static __always_inline void on_state_found(void)
+/* A transport-mode bundle (e.g. ESP in ESP) is processed by one xfrm_input
+ * call, one SA after the other. When the next SA's processing starts (its
+ * lookup, its not-found audit or its replay check) after an earlier SA
+ * advanced, that SA did all its work: its verdict is ok, and the frame
+ * starts over for the next SA. One verdict per SA, as on output. */
+static __always_inline struct xv_frame *next_input_sa(void)
 {
 	struct xv_frame *f = top_dir(DIR_DECRYPT);
+	if (!f || (f->flags & F_DONE) || !(f->flags & F_ADVANCED))
+		return f;
+	emit_frame(f, RESULT_OK);
+	f->flags = 0;
+	f->hint = RESULT_NONE;
+	struct sk_buff *skb = (struct sk_buff *)f->skb;
+	f->bytes = BPF_CORE_READ(skb, len);
+	return f;
+}
+
+static __always_inline void on_state_found(void)
+{
+	struct xv_frame *f = next_input_sa();
 	if (f)
 		f->flags |= F_LOOKED_UP;
 }
 
+static __always_inline void on_state_notfound(void)
+{
+	next_input_sa();
+	set_hint(DIR_DECRYPT, RESULT_NO_STATE);
+}
+
+static __always_inline void on_replay_check_exit(int ret)
+{
+	next_input_sa();
+	if (ret != 0)
+		set_hint(DIR_DECRYPT, RESULT_REPLAY);
+}
+
 /* ---- both directions ---------------------------------------------------- */
+
+/* xfrm_output_one runs consecutive transport-mode SAs of a bundle in one
+ * loop, without leaving through local_out in between. When the next SA's
+ * checks start (its lifetime check or sequence number) after an earlier SA
+ * got its sequence number, that SA did all its work: its verdict is ok, and
+ * the frame starts over for the next SA. */
+static __always_inline void next_output_sa(struct xv_frame *f)
+{
+	if (!(f->flags & F_SEQUENCED) || (f->flags & F_DONE))
+		return;
+	emit_frame(f, RESULT_OK);
+	f->flags = 0;
+	f->hint = RESULT_NONE;
+	f->err_in = 1;
+	struct sk_buff *skb = (struct sk_buff *)f->skb;
+	f->bytes = BPF_CORE_READ(skb, len);
+}
 
 static __always_inline void on_check_expire_exit(int ret)
 {
@@ -416,6 +464,8 @@ static __always_inline void on_check_expire_exit(int ret)
 	struct xv_frame *f = top_frame(s);
 	if (!f || (f->flags & F_DONE))
 		return;
+	if (f->dir == DIR_ENCRYPT)
+		next_output_sa(f);
 	if (ret == 0)
 		f->flags |= F_CHECKED;
 	else if (f->hint == RESULT_NONE)
@@ -460,6 +510,7 @@ static __always_inline void on_output_enter(struct sk_buff *skb, int err)
 
 static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct xfrm_state *x, struct sk_buff *skb, int ret)
 {
+	next_output_sa(f);
 	if (ret != 0) {
 		if (f->hint == RESULT_NONE)
 			f->hint = RESULT_SEQ_OVERFLOW;
