@@ -11,6 +11,9 @@ const (
 	PolicyIn  = 0
 	PolicyOut = 1
 	PolicyFwd = 2
+	// socketPolicyBase (XFRM_POLICY_MAX) is added to the direction of a
+	// per-socket policy.
+	socketPolicyBase = 3
 )
 
 // Policy is one security policy (xfrm_userpolicy_info and its templates).
@@ -98,7 +101,9 @@ func decodePolicyInfo(p *Policy, b []byte) error {
 	return nil
 }
 
-// DirName names a policy direction as `ip xfrm policy` does.
+// DirName names a policy direction as `ip xfrm policy` does; per-socket
+// policies (set with setsockopt IP_XFRM_POLICY, e.g. an IKE daemon's bypass
+// on its own socket) are socket_in, socket_out.
 func DirName(d uint8) string {
 	switch d {
 	case PolicyIn:
@@ -107,6 +112,12 @@ func DirName(d uint8) string {
 		return "out"
 	case PolicyFwd:
 		return "fwd"
+	case socketPolicyBase + PolicyIn:
+		return "socket_in"
+	case socketPolicyBase + PolicyOut:
+		return "socket_out"
+	case socketPolicyBase + PolicyFwd:
+		return "socket_fwd"
 	}
 	return fmt.Sprintf("dir-%d", d)
 }
