@@ -1,0 +1,163 @@
+package baseline
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Hook is a kernel hook: a program kind as in a section name (fentry,
+// fexit, tp_btf, kprobe, kretprobe, raw_tracepoint) and its target.
+type Hook struct {
+	Kind   string
+	Target string
+}
+
+// Set is a group of attached programs measured together.
+type Set struct {
+	progs map[string]*ebpf.Program
+	links []link.Link
+	coll  *ebpf.Collection
+}
+
+// Stats returns run time and count per program (kernel.bpf_stats_enabled).
+func (s *Set) Stats() (map[string]*ebpf.ProgramStats, error) {
+	out := map[string]*ebpf.ProgramStats{}
+	for name, p := range s.progs {
+		st, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", name, err)
+		}
+		out[name] = st
+	}
+	return out, nil
+}
+
+// Programs returns the programs by name.
+func (s *Set) Programs() map[string]*ebpf.Program { return s.progs }
+
+// Close detaches and frees everything.
+func (s *Set) Close() error {
+	for i := len(s.links) - 1; i >= 0; i-- {
+		s.links[i].Close()
+	}
+	for _, p := range s.progs {
+		p.Close()
+	}
+	if s.coll != nil {
+		s.coll.Close()
+	}
+	return nil
+}
+
+// LoadReference loads and attaches bpf/bench_reference.bpf.c.
+func LoadReference() (*Set, error) {
+	_ = rlimit.RemoveMemlock()
+	var objs benchReferenceObjects
+	if err := loadBenchReferenceObjects(&objs, nil); err != nil {
+		return nil, fmt.Errorf("loading the reference programs: %w", err)
+	}
+	s := &Set{progs: map[string]*ebpf.Program{
+		"ref_kprobe_xfrm_input":     objs.RefKprobeXfrmInput,
+		"ref_kretprobe_xfrm_input":  objs.RefKretprobeXfrmInput,
+		"ref_kprobe_xfrm_output":    objs.RefKprobeXfrmOutput,
+		"ref_kretprobe_xfrm_output": objs.RefKretprobeXfrmOutput,
+	}}
+	closeMaps := func() {
+		objs.RefIngress.Close()
+		objs.RefEgress.Close()
+		objs.RefFlows.Close()
+	}
+	// Returns first, so that no entry is stored without its return.
+	attach := []struct {
+		ret  bool
+		fn   string
+		prog *ebpf.Program
+	}{
+		{true, "xfrm_input", objs.RefKretprobeXfrmInput},
+		{true, "xfrm_output", objs.RefKretprobeXfrmOutput},
+		{false, "xfrm_input", objs.RefKprobeXfrmInput},
+		{false, "xfrm_output", objs.RefKprobeXfrmOutput},
+	}
+	for _, a := range attach {
+		var l link.Link
+		var err error
+		if a.ret {
+			l, err = link.Kretprobe(a.fn, a.prog, nil)
+		} else {
+			l, err = link.Kprobe(a.fn, a.prog, nil)
+		}
+		if err != nil {
+			s.Close()
+			closeMaps()
+			return nil, fmt.Errorf("attaching the reference to %s: %w", a.fn, err)
+		}
+		s.links = append(s.links, l)
+	}
+	// The maps stay alive while the programs hold them; closing our fds
+	// now leaves nothing to clean up later.
+	closeMaps()
+	return s, nil
+}
+
+// LoadFloor attaches an empty program (return 0) to each hook: the floor a
+// program on those hooks cannot go below.
+func LoadFloor(hooks []Hook) (*Set, error) {
+	_ = rlimit.RemoveMemlock()
+	s := &Set{progs: map[string]*ebpf.Program{}}
+	for _, h := range hooks {
+		p, l, err := attachEmpty(h)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("empty program on %s/%s: %w", h.Kind, h.Target, err)
+		}
+		s.progs["empty_"+h.Kind+"_"+h.Target] = p
+		s.links = append(s.links, l)
+	}
+	return s, nil
+}
+
+func attachEmpty(h Hook) (*ebpf.Program, link.Link, error) {
+	spec := &ebpf.ProgramSpec{
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	}
+	switch h.Kind {
+	case "fentry":
+		spec.Type, spec.AttachType, spec.AttachTo = ebpf.Tracing, ebpf.AttachTraceFEntry, h.Target
+	case "fexit":
+		spec.Type, spec.AttachType, spec.AttachTo = ebpf.Tracing, ebpf.AttachTraceFExit, h.Target
+	case "tp_btf":
+		spec.Type, spec.AttachType, spec.AttachTo = ebpf.Tracing, ebpf.AttachTraceRawTp, h.Target
+	case "kprobe", "kretprobe":
+		spec.Type = ebpf.Kprobe
+	case "raw_tracepoint":
+		spec.Type = ebpf.RawTracepoint
+	default:
+		return nil, nil, errors.New("unknown program kind")
+	}
+	p, err := ebpf.NewProgram(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	var l link.Link
+	switch h.Kind {
+	case "kprobe":
+		l, err = link.Kprobe(h.Target, p, nil)
+	case "kretprobe":
+		l, err = link.Kretprobe(h.Target, p, nil)
+	case "raw_tracepoint":
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: h.Target, Program: p})
+	default:
+		l, err = link.AttachTracing(link.TracingOptions{Program: p})
+	}
+	if err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	return p, l, nil
+}
