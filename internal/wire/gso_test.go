@@ -79,29 +79,34 @@ func TestWireGSO(t *testing.T) {
 	}
 	// The sender's OutSegs counts segments (tcp_skb_pcount); the
 	// receiver's InSegs counts a GRO aggregate once, so it is no reference.
-	var outA, outB uint64
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		// The last ACKs may still be on their way.
-		_, outA = tcpSegs(t, p.nameA)
-		_, outB = tcpSegs(t, p.nameB)
-		if wireCount(t, mB, Ingress, ClassPlaintext) == outA-outA0 && wireCount(t, mA, Ingress, ClassPlaintext) == outB-outB0 {
-			break
+	// The connection's last segments may still be in flight: sample until
+	// the OutSegs counters stand still around a reading of the wire
+	// counters that matches them, or three seconds pass.
+	type sample struct{ aOut, bIn, bOut, aIn, outA, outB uint64 }
+	read := func() (sample, bool) {
+		_, a1 := tcpSegs(t, p.nameA)
+		_, b1 := tcpSegs(t, p.nameB)
+		s := sample{
+			aOut: wireCount(t, mA, Egress, ClassPlaintext), bIn: wireCount(t, mB, Ingress, ClassPlaintext),
+			bOut: wireCount(t, mB, Egress, ClassPlaintext), aIn: wireCount(t, mA, Ingress, ClassPlaintext),
+			outA: a1 - outA0, outB: b1 - outB0,
 		}
+		_, a2 := tcpSegs(t, p.nameA)
+		_, b2 := tcpSegs(t, p.nameB)
+		still := a1 == a2 && b1 == b2
+		return s, still && s.aOut == s.outA && s.bIn == s.outA && s.bOut == s.outB && s.aIn == s.outB
 	}
-	for _, c := range []struct {
-		where string
-		m     *Monitor
-		d     Direction
-		want  uint64
-	}{
-		{"A egress", mA, Egress, outA - outA0}, {"B ingress", mB, Ingress, outA - outA0},
-		{"B egress", mB, Egress, outB - outB0}, {"A ingress", mA, Ingress, outB - outB0},
-	} {
-		if got := wireCount(t, c.m, c.d, ClassPlaintext); got != c.want {
-			t.Errorf("%s plaintext %d packets, want %d (the sender's OutSegs)", c.where, got, c.want)
-		}
+	s, ok := read()
+	for deadline := time.Now().Add(3 * time.Second); !ok && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		s, ok = read()
 	}
-	t.Logf("%d MiB over veth: A sent %d TCP segments, B %d; wire counted the same on both ends", size>>20, outA-outA0, outB-outB0)
+	if !ok {
+		t.Errorf("A egress %d, B ingress %d plaintext packets, A's OutSegs moved %d; B egress %d, A ingress %d, B's OutSegs moved %d",
+			s.aOut, s.bIn, s.outA, s.bOut, s.aIn, s.outB)
+	}
+	t.Logf("%d MiB over veth: A sent %d TCP segments, B %d; wire A egress %d, B ingress %d, B egress %d, A ingress %d",
+		size>>20, s.outA, s.outB, s.aOut, s.bIn, s.bOut, s.aIn)
 }
 
 // wireCount is the packets of one direction and class on a monitor's

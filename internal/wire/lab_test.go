@@ -216,10 +216,14 @@ func TestLabWireGateway(t *testing.T) {
 	}
 	// The connection's last segments (FIN, ACK) may still be in flight:
 	// read until the SAs and the wire agree or three seconds pass.
+	// The SA counters must stand still around the reading of the wire.
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		sentAB = g.A.SACounters(t, g.ESP.AB)["packets"]
 		sentBA = g.B.SACounters(t, g.ESP.BA)["packets"]
-		if perIf(mB, "eth0", Ingress, ClassESP) == sentAB && perIf(mA, "eth0", Ingress, ClassESP) == sentBA || time.Now().After(deadline) {
+		agree := perIf(mA, "eth0", Egress, ClassESP) == sentAB && perIf(mB, "eth0", Ingress, ClassESP) == sentAB &&
+			perIf(mB, "eth0", Egress, ClassESP) == sentBA && perIf(mA, "eth0", Ingress, ClassESP) == sentBA
+		still := g.A.SACounters(t, g.ESP.AB)["packets"] == sentAB && g.B.SACounters(t, g.ESP.BA)["packets"] == sentBA
+		if agree && still || time.Now().After(deadline) {
 			break
 		}
 	}
