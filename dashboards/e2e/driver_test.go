@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,6 +36,7 @@ const (
 //	POST /fault/wrong-key?on=1|0  A's inbound SA from B gets a wrong key: integrity failures on A
 //	POST /fault/leak?on=1|0       a policy hole on A: UDP to B's port 7777 leaves in clear
 //	POST /fault/expiry?on=1|0     A's outbound SA to B gets a hard time limit 2 minutes away, as when a rekey failed
+//	POST /fault/teardown?on=1|0   A's IPv4 SAs with B are deleted (policies stay), as when IKE gave up
 //	POST /stop                    ends the test; the VM powers off
 func TestLabDriver(t *testing.T) {
 	scenario.RequireVM(t)
@@ -52,6 +54,7 @@ func TestLabDriver(t *testing.T) {
 	setLifetimes(t, pair.A)
 	wrongKey := newKeyFault(t, pair.A, esp.BA)
 	expiry := &expiryFault{node: pair.A, sa: esp.AB, installed: installed}
+	teardown := &teardownFault{node: pair.A, peer: esp.BA.Src}
 	leak := newLeakFault(t, pair.A, esp)
 
 	exporter := exec.Command(scenario.IPBin(), "netns", "exec", pair.A.Name, scenario.ExporterBin(),
@@ -92,7 +95,7 @@ func TestLabDriver(t *testing.T) {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
-	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak, "expiry": expiry} {
+	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak, "expiry": expiry, "teardown": teardown} {
 		mux.HandleFunc("POST /fault/"+name, func(w http.ResponseWriter, r *http.Request) {
 			on := r.URL.Query().Get("on") == "1"
 			if err := f.set(on); err != nil {
@@ -153,6 +156,45 @@ func (f *expiryFault) set(on bool) error {
 		return f.node.NL.XfrmStateUpdate(&st)
 	}
 	return fmt.Errorf("SA 0x%x not found", f.sa.SPI)
+}
+
+// teardownFault deletes every SA a node has with a peer and puts them
+// back: the tunnel is down while the policies still require it.
+type teardownFault struct {
+	mu    sync.Mutex
+	node  *scenario.Node
+	peer  netip.Addr
+	saved []netlink.XfrmState
+}
+
+func (f *teardownFault) set(on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !on {
+		for _, st := range f.saved {
+			if err := f.node.NL.XfrmStateAdd(&st); err != nil {
+				return fmt.Errorf("restore SA 0x%x: %w", st.Spi, err)
+			}
+		}
+		f.saved = nil
+		return nil
+	}
+	states, err := f.node.NL.XfrmStateList(netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		src, _ := netip.AddrFromSlice(st.Src)
+		dst, _ := netip.AddrFromSlice(st.Dst)
+		if src.Unmap() != f.peer && dst.Unmap() != f.peer {
+			continue
+		}
+		if err := f.node.NL.XfrmStateDel(&st); err != nil {
+			return fmt.Errorf("delete SA 0x%x: %w", st.Spi, err)
+		}
+		f.saved = append(f.saved, st)
+	}
+	return nil
 }
 
 // setLifetimes gives n's SAs the time limits an IKE daemon sets (soft: rekey

@@ -120,6 +120,11 @@ func TestEndToEnd(t *testing.T) {
 		"--rules.alert.resend-delay=1s",
 	)
 	prom := &promClient{base: "http://" + promAddr}
+	t.Cleanup(func() {
+		if t.Failed() {
+			prom.dump(t, `ALERTS`, `ipsec_peer_sas`, `ipsec_sa_info`, `ipsec_scrape_collector_success == 0`)
+		}
+	})
 
 	// Healthy traffic first: rates need a full window of scrapes.
 	waitFor(ctx, t, "Prometheus scraping the lab exporter", 60*time.Second, func() (bool, error) {
@@ -160,6 +165,24 @@ func TestEndToEnd(t *testing.T) {
 		hook.waitFor(ctx, t, alert, "resolved", 90*time.Second)
 		t.Logf("%s resolved at the webhook %s after the faults ended", alert, time.Since(healAt).Round(time.Second))
 	}
+
+	// The tunnel goes down: A's SAs with B are deleted while its policies
+	// still require them. IpsecPeerSAsGone must reach the webhook and
+	// resolve once the SAs are back; the packets that then fail to encrypt
+	// (no_state) fire IpsecEncryptFailures in Prometheus, which the
+	// example's inhibition may keep from the webhook.
+	vm.control(t, "/fault/teardown?on=1")
+	downAt := time.Now()
+	hook.waitFor(ctx, t, "IpsecPeerSAsGone", "firing", 90*time.Second)
+	t.Logf("IpsecPeerSAsGone firing at the webhook %s after the teardown", time.Since(downAt).Round(time.Second))
+	waitFor(ctx, t, "IpsecEncryptFailures firing in Prometheus", 60*time.Second, func() (bool, error) {
+		v, err := prom.query(`ALERTS{alertname="IpsecEncryptFailures", alertstate="firing"}`)
+		return len(v) > 0, err
+	})
+	vm.control(t, "/fault/teardown?on=0")
+	upAt := time.Now()
+	hook.waitFor(ctx, t, "IpsecPeerSAsGone", "resolved", 90*time.Second)
+	t.Logf("IpsecPeerSAsGone resolved at the webhook %s after the SAs came back", time.Since(upAt).Round(time.Second))
 
 	fired, err := prom.query(`count by (alertname) (max_over_time(ALERTS{alertstate="firing"}[15m]))`)
 	if err != nil {
@@ -253,6 +276,22 @@ scrape_configs:
 
 type promSample struct {
 	Metric map[string]string `json:"metric"`
+	Value  []any             `json:"value"`
+}
+
+// dump logs the current result of each query, for a failure's context.
+func (p *promClient) dump(t *testing.T, queries ...string) {
+	for _, q := range queries {
+		v, err := p.query(q)
+		if err != nil {
+			t.Logf("prometheus %s: %v", q, err)
+			continue
+		}
+		t.Logf("prometheus %s:", q)
+		for _, s := range v {
+			t.Logf("  %v %v", s.Metric, s.Value)
+		}
+	}
 }
 
 type promClient struct{ base string }
