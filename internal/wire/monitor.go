@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,6 +52,7 @@ type Monitor struct {
 	mu     sync.Mutex
 	mode   Mode // the mode in use; auto settles on the first attach
 	ifaces map[int]*iface
+	warned bool // an attach failure was logged at warning level
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -59,7 +61,6 @@ type Monitor struct {
 type iface struct {
 	status InterfaceStatus
 	att    attachment
-	warned bool
 }
 
 // Start loads the program, attaches it to the interfaces there are now and
@@ -202,11 +203,15 @@ func (m *Monitor) attach(i *iface) {
 	if err != nil {
 		i.status.Attached = false
 		i.status.Err = err
-		// Log once per interface: the metric keeps saying it.
-		if !i.warned {
-			m.logger.Warn("cannot attach wire program; this interface is not counted", "interface", i.status.Name, "mode", mode, "err", err)
-			i.warned = true
+		// Warn once (without CAP_NET_ADMIN every interface fails the
+		// same way); the metric keeps saying it for each interface.
+		level := slog.LevelDebug
+		if !m.warned {
+			level = slog.LevelWarn
+			m.warned = true
 		}
+		m.logger.Log(context.Background(), level, "cannot attach wire program; this interface is not counted (more at debug level)",
+			"interface", i.status.Name, "mode", mode, "err", err)
 		return
 	}
 	if m.mode == "" {
