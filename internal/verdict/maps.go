@@ -58,6 +58,10 @@ type Maps struct {
 	// batch remembers whether BatchLookup works here: 0 unknown, 1 yes, -1 no.
 	batchMu sync.Mutex
 	batch   int
+	// Batch buffers and the last key count, reused by every read (under batchMu).
+	kbuf    []xfrmVerdictVerdictKey
+	vbuf    []xfrmVerdictVerdictValue
+	lastLen int
 }
 
 // DefaultMapSize is the default number of {direction, peer, result} keys.
@@ -99,15 +103,18 @@ func (m *Maps) Close() error {
 
 // Read returns every counter, summed over CPUs.
 func (m *Maps) Read() ([]Entry, error) {
-	keys, values, err := m.dump()
+	counters, err := m.dump()
 	if err != nil {
 		return nil, err
 	}
-	entries := make([]Entry, 0, len(keys))
-	for i, k := range keys {
+	entries := make([]Entry, 0, len(counters))
+	for _, c := range counters {
+		k := c.key
 		e := Entry{
 			Direction: directionNames[k.Direction],
 			Peer:      peerAddr(k.Family, k.Peer),
+			Packets:   c.packets,
+			Bytes:     c.bytes,
 		}
 		if e.Direction == "" {
 			e.Direction = fmt.Sprintf("unknown_%d", k.Direction)
@@ -117,13 +124,22 @@ func (m *Maps) Read() ([]Entry, error) {
 		} else {
 			e.Result = fmt.Sprintf("unknown_%d", k.Result)
 		}
-		for _, v := range values[i] {
-			e.Packets += v.Packets
-			e.Bytes += v.Bytes
-		}
 		entries = append(entries, e)
 	}
 	return entries, nil
+}
+
+// counter is one key with its values summed over CPUs.
+type counter struct {
+	key            xfrmVerdictVerdictKey
+	packets, bytes uint64
+}
+
+func (c *counter) add(perCPU []xfrmVerdictVerdictValue) {
+	for _, v := range perCPU {
+		c.packets += v.Packets
+		c.bytes += v.Bytes
+	}
 }
 
 func peerAddr(family uint8, peer [16]uint8) netip.Addr {
@@ -136,70 +152,75 @@ func peerAddr(family uint8, peer [16]uint8) netip.Addr {
 	return netip.Addr{}
 }
 
-// dump reads all keys and per-CPU values: with batch lookups where the kernel
-// has them (5.6+), else by iteration; the choice is made once.
-func (m *Maps) dump() ([]xfrmVerdictVerdictKey, [][]xfrmVerdictVerdictValue, error) {
+// dump reads all keys and sums their per-CPU values: with batch lookups
+// where the kernel has them (5.6+), else by iteration; the choice is made
+// once. The per-CPU values are summed as they arrive, in buffers reused
+// from scrape to scrape: nothing is allocated per key.
+func (m *Maps) dump() ([]counter, error) {
 	m.batchMu.Lock()
 	defer m.batchMu.Unlock()
 	if m.batch >= 0 {
-		keys, values, err := m.dumpBatch()
+		counters, err := m.dumpBatch()
 		if err == nil {
 			m.batch = 1
-			return keys, values, nil
+			return counters, nil
 		}
 		if !errors.Is(err, ebpf.ErrNotSupported) || m.batch == 1 {
-			return nil, nil, err
+			return nil, err
 		}
 		m.batch = -1
 	}
 	return m.dumpIterate()
 }
 
-func (m *Maps) dumpBatch() ([]xfrmVerdictVerdictKey, [][]xfrmVerdictVerdictValue, error) {
+// batchChunk is the number of keys per batch lookup.
+const batchChunk = 256
+
+func (m *Maps) dumpBatch() ([]counter, error) {
 	vm := m.coll.Maps["verdicts"]
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
-		return nil, nil, fmt.Errorf("counting CPUs: %w", err)
+		return nil, fmt.Errorf("counting CPUs: %w", err)
 	}
-	const chunk = 256
-	var (
-		cursor ebpf.MapBatchCursor
-		keys   []xfrmVerdictVerdictKey
-		values [][]xfrmVerdictVerdictValue
-	)
-	kbuf := make([]xfrmVerdictVerdictKey, chunk)
-	vbuf := make([]xfrmVerdictVerdictValue, chunk*ncpu)
+	if len(m.kbuf) != batchChunk || len(m.vbuf) != batchChunk*ncpu {
+		m.kbuf = make([]xfrmVerdictVerdictKey, batchChunk)
+		m.vbuf = make([]xfrmVerdictVerdictValue, batchChunk*ncpu)
+	}
+	counters := make([]counter, 0, m.lastLen)
+	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := vm.BatchLookup(&cursor, kbuf, vbuf, nil)
+		n, err := vm.BatchLookup(&cursor, m.kbuf, m.vbuf, nil)
 		for i := range n {
-			keys = append(keys, kbuf[i])
-			values = append(values, append([]xfrmVerdictVerdictValue(nil), vbuf[i*ncpu:(i+1)*ncpu]...))
+			c := counter{key: m.kbuf[i]}
+			c.add(m.vbuf[i*ncpu : (i+1)*ncpu])
+			counters = append(counters, c)
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return keys, values, nil
+			m.lastLen = len(counters)
+			return counters, nil
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("batch lookup of verdicts: %w", err)
+			return nil, fmt.Errorf("batch lookup of verdicts: %w", err)
 		}
 	}
 }
 
-func (m *Maps) dumpIterate() ([]xfrmVerdictVerdictKey, [][]xfrmVerdictVerdictValue, error) {
+func (m *Maps) dumpIterate() ([]counter, error) {
 	var (
-		keys   []xfrmVerdictVerdictKey
-		values [][]xfrmVerdictVerdictValue
-		k      xfrmVerdictVerdictKey
-		v      []xfrmVerdictVerdictValue
+		counters []counter
+		k        xfrmVerdictVerdictKey
+		v        []xfrmVerdictVerdictValue // reused by Next
 	)
 	it := m.coll.Maps["verdicts"].Iterate()
 	for it.Next(&k, &v) {
-		keys = append(keys, k)
-		values = append(values, append([]xfrmVerdictVerdictValue(nil), v...))
+		c := counter{key: k}
+		c.add(v)
+		counters = append(counters, c)
 	}
 	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("iterating verdicts: %w", err)
+		return nil, fmt.Errorf("iterating verdicts: %w", err)
 	}
-	return keys, values, nil
+	return counters, nil
 }
 
 // Errors returns the accounting errors the programs counted, by kind
