@@ -77,7 +77,7 @@ func TestNewestPackage(t *testing.T) {
 func TestSummaryFails(t *testing.T) {
 	pkgs := []TestPackage{{ImportPath: "x/a"}, {ImportPath: "x/b"}}
 	feed := func(lines ...string) *kernelResult {
-		r := &kernelResult{kernel: "6.12", pkgs: map[string]int{}}
+		r := &kernelResult{kernel: "6.12", pkgs: map[string]int{}, took: map[string]time.Duration{}}
 		var out bytes.Buffer
 		for _, l := range lines {
 			r.line(&out, l)
@@ -85,9 +85,13 @@ func TestSummaryFails(t *testing.T) {
 		return r
 	}
 	ok := feed(Marker+"init 6.12", Marker+"pkg-start x/a", "=== RUN   TestLabX", "--- PASS: TestLabX (0.1s)",
-		Marker+"pkg-end x/a 0", Marker+"pkg-end x/b 0", Marker+"done")
-	if err := summarize(&bytes.Buffer{}, pkgs, []*kernelResult{ok}, time.Second); err != nil {
+		Marker+"pkg-end x/a 0 3.10 5.20", Marker+"pkg-end x/b 0", Marker+"done")
+	var sum bytes.Buffer
+	if err := summarize(&sum, pkgs, []*kernelResult{ok}, time.Second); err != nil {
 		t.Errorf("all passed, got %v", err)
+	}
+	if !strings.Contains(sum.String(), "ok 2.1s") {
+		t.Errorf("summary lacks the package's run time:\n%s", sum.String())
 	}
 	for name, r := range map[string]*kernelResult{
 		"failed package":  feed(Marker+"pkg-end x/a 1", Marker+"pkg-end x/b 0", Marker+"done"),

@@ -29,7 +29,8 @@ type kernelResult struct {
 	boot     time.Duration
 	wall     time.Duration
 	retried  bool
-	pkgs     map[string]int // import path -> exit code
+	pkgs     map[string]int           // import path -> exit code
+	took     map[string]time.Duration // import path -> run time in the VM
 	order    []string
 	done     bool
 	problems []string
@@ -85,9 +86,11 @@ func Test(ctx context.Context, o TestOptions) error {
 		testTimeout := o.Timeout - 30*time.Second
 		fmt.Fprintf(&body, "mkdir -p %s && cd %s\n", vmDir, vmDir)
 		fmt.Fprintf(&body, "echo %s >&3\n", shellQuote(Marker+"pkg-start "+p.ImportPath))
+		body.WriteString("s=$(cut -d' ' -f1 /proc/uptime)\n")
 		fmt.Fprintf(&body, "%s -test.v -test.run %s -test.timeout %s </dev/null >&3 2>&3\n",
 			vmBin, shellQuote(o.Run), testTimeout)
-		fmt.Fprintf(&body, "echo %s\"$?\" >&3\n", shellQuote(Marker+"pkg-end "+p.ImportPath+" "))
+		// pkg-end PKG EXIT START END (guest uptime in seconds)
+		fmt.Fprintf(&body, "echo %s\"$? $s $(cut -d' ' -f1 /proc/uptime)\" >&3\n", shellQuote(Marker+"pkg-end "+p.ImportPath+" "))
 	}
 
 	var results []*kernelResult
@@ -134,6 +137,7 @@ func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string
 	res := &kernelResult{kernel: k.Spec.Name}
 	for attempt := 1; attempt <= 2; attempt++ {
 		res.pkgs = map[string]int{}
+		res.took = map[string]time.Duration{}
 		res.order = nil
 		res.done = false
 		vm := &VM{
@@ -211,6 +215,13 @@ func (r *kernelResult) line(w io.Writer, line string) {
 			}
 			r.pkgs[f[1]] = code
 			r.order = append(r.order, f[1])
+			if len(f) > 4 {
+				start, err1 := strconv.ParseFloat(f[3], 64)
+				end, err2 := strconv.ParseFloat(f[4], 64)
+				if err1 == nil && err2 == nil {
+					r.took[f[1]] = time.Duration((end - start) * float64(time.Second))
+				}
+			}
 		}
 	case "done":
 		r.done = true
@@ -237,7 +248,11 @@ func summarize(w io.Writer, pkgs []TestPackage, results []*kernelResult, wall ti
 			case code != 0:
 				status, failed = fmt.Sprintf("FAIL (exit %d)", code), failed+1
 			}
-			fmt.Fprintf(w, "    %-60s %s\n", p.ImportPath, status)
+			took := ""
+			if d, ok := r.took[p.ImportPath]; ok {
+				took = " " + d.Round(10*time.Millisecond).String()
+			}
+			fmt.Fprintf(w, "    %-60s %s%s\n", p.ImportPath, status, took)
 		}
 		for _, p := range r.problems {
 			fmt.Fprintf(w, "    problem: %s\n", p)

@@ -54,6 +54,7 @@ func TestLabHealthy(t *testing.T) {
 		{Tunnel: true, IPv6: true},
 		{NATT: true},
 		{NATT: true, Tunnel: true},
+		{NATT: true, IPv6: true},
 	} {
 		t.Run(name(o), func(t *testing.T) {
 			p := NewPair(t)
