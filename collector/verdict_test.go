@@ -46,7 +46,7 @@ func newTestMaps(t *testing.T, size uint32, entries []verdict.Entry) mapsSource 
 	if err != nil {
 		t.Fatalf("creating verdict maps: %v", err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { _ = m.Close() })
 	if err := m.Set(entries); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestVerdictFactoryOnThisHost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("factory without --bpf.strict failed: %v", err)
 	}
-	defer c.(*verdictCollector).Close()
+	defer func() { _ = c.(*verdictCollector).Close() }()
 	vc := c.(*verdictCollector)
 	if vc.src != nil {
 		t.Skip("this host loads and attaches the verdict programs")

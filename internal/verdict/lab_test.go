@@ -29,7 +29,7 @@ func TestLabVerdicts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load(%s) on %s: %v", mode, scenario.Kernel(), err)
 			}
-			defer v.Close()
+			defer func() { _ = v.Close() }()
 			t.Logf("kernel %s, mode %s, loaded and attached in %.1fs", scenario.Kernel(), v.Mode(), time.Since(start).Seconds())
 			for _, h := range v.Hooks() {
 				t.Logf("  %-40s %-14s %-28s attached=%v %v", h.Program, h.Kind, h.Target, h.Attached, errOrEmpty(h.Err))
@@ -55,7 +55,7 @@ func TestLabVerdictMapOverflow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	defer v.Close()
+	defer func() { _ = v.Close() }()
 	p := scenario.NewPair(t)
 	e := p.ESP(t, scenario.ESPOptions{})
 	const n = 5

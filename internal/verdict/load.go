@@ -96,7 +96,7 @@ func Load(opts Options) (*Verdicts, error) {
 		modes = []string{ModeFentry, ModeKprobe}
 	case ModeFentry, ModeKprobe:
 	default:
-		maps.Close()
+		_ = maps.Close()
 		return nil, fmt.Errorf("unknown hook mode %q (want auto, fentry or kprobe)", opts.Mode)
 	}
 	var errs []error
@@ -118,7 +118,7 @@ func Load(opts Options) (*Verdicts, error) {
 			logger.Debug("BPF hook mode unusable, trying the next", "mode", mode, "err", err)
 		}
 	}
-	maps.Close()
+	_ = maps.Close()
 	return nil, errors.Join(errs...)
 }
 
@@ -185,12 +185,12 @@ func (v *Verdicts) Close() error {
 func (v *Verdicts) detach() {
 	// Entries first, so that no frame is pushed without its exit.
 	for i := len(v.links) - 1; i >= 0; i-- {
-		v.links[i].Close()
+		_ = v.links[i].Close()
 	}
 	v.links = nil
 	for _, h := range v.hooks {
 		if h.prog != nil {
-			h.prog.Close()
+			_ = h.prog.Close()
 			h.prog, h.link = nil, nil
 		}
 		h.Attached = false
@@ -325,7 +325,7 @@ func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
 		err = fmt.Errorf("unknown program kind %q", h.Kind)
 	}
 	if err != nil {
-		prog.Close()
+		_ = prog.Close()
 		return fmt.Errorf("attaching: %w", err)
 	}
 	h.prog, h.link = prog, l

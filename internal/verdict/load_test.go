@@ -55,7 +55,7 @@ func TestLoadFailsCleanlyWithoutTracing(t *testing.T) {
 	}
 	v, err := Load(Options{Mode: ModeAuto})
 	if err == nil {
-		v.Close()
+		_ = v.Close()
 		t.Fatal("Load succeeded on a kernel that refuses tracing programs")
 	}
 	t.Logf("Load error (expected): %v", err)

@@ -12,7 +12,7 @@ func TestMapsRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewMaps: %v", err)
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	want := []Entry{
 		{Direction: "encrypt", Result: "ok", Peer: netip.MustParseAddr("10.0.0.2"), Packets: 5, Bytes: 420},
 		{Direction: "decrypt", Result: "integrity", Peer: netip.MustParseAddr("fd00::2"), Packets: 3, Bytes: 300},
@@ -52,7 +52,7 @@ func TestMapsManyKeysAcrossBatches(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewMaps: %v", err)
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	var in []Entry
 	for i := range 700 {
 		in = append(in, Entry{Direction: "decrypt", Result: "ok",
@@ -82,7 +82,7 @@ func TestErrorsCounters(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewMaps: %v", err)
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	if err := m.SetError("map_full", 7); err != nil {
 		t.Fatal(err)
 	}
