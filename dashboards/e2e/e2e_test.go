@@ -100,7 +100,7 @@ func TestEndToEnd(t *testing.T) {
 	hook := newWebhook(t)
 	amAddr := freeAddr(t)
 	writeFile(t, filepath.Join(dir, "alertmanager.yml"), alertmanagerConfig(t, hook.URL))
-	startProcess(ctx, t, "alertmanager", alertmanager,
+	startProcess(t, "alertmanager", alertmanager,
 		"--config.file="+filepath.Join(dir, "alertmanager.yml"),
 		"--storage.path="+filepath.Join(dir, "am-data"),
 		"--web.listen-address="+amAddr,
@@ -113,7 +113,7 @@ func TestEndToEnd(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "rules.yml"), ruleFile)
 	writeFile(t, filepath.Join(dir, "prometheus.yml"), []byte(prometheusConfig(vm.exporter, amAddr)))
 	promAddr := freeAddr(t)
-	startProcess(ctx, t, "prometheus", prometheus,
+	startProcess(t, "prometheus", prometheus,
 		"--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "prom-data"),
 		"--web.listen-address="+promAddr,
@@ -412,9 +412,10 @@ func lookBinary(t *testing.T, names ...string) string {
 
 // startProcess runs a server for the rest of the test, its output in the
 // test log only when the test fails.
-func startProcess(ctx context.Context, t *testing.T, name, bin string, args ...string) {
+func startProcess(t *testing.T, name, bin string, args ...string) {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, bin, args...)
+	// Not tied to ctx: the failure dumps in later cleanups still need it.
+	cmd := exec.Command(bin, args...)
 	logFile, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
 	if err != nil {
 		t.Fatal(err)

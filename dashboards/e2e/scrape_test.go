@@ -32,19 +32,29 @@ func checkScrape(t *testing.T, exporter string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The committed scrape comes from the default (newest) lab kernel; on
+	// another kernel some series legitimately differ, so differences are
+	// only logged there.
+	report := t.Errorf
+	if *kernel != "" {
+		report = t.Logf
+	}
 	want, got := shape(t, string(committed)), shape(t, live)
+	changed := false
 	for _, line := range want {
 		if !slices.Contains(got, line) {
-			t.Errorf("committed scrape has %s, the lab's does not", line)
+			report("committed scrape has %s, the lab's does not", line)
+			changed = true
 		}
 	}
 	for _, line := range got {
 		if !slices.Contains(want, line) {
-			t.Errorf("the lab's scrape has %s, the committed one does not", line)
+			report("the lab's scrape has %s, the committed one does not", line)
+			changed = true
 		}
 	}
-	if t.Failed() {
-		t.Logf("the exporter's metrics changed: check the dashboards and rules, then rerun with -update to commit the new scrape")
+	if changed {
+		t.Logf("the exporter's metrics changed: check the dashboards and rules, then rerun with -update (default kernel) to commit the new scrape")
 	}
 }
 
