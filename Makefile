@@ -22,6 +22,7 @@ test: deps test-host test-vm
 test-host:
 	$(GO) vet $(PKGS)
 	$(GO) test -race $(PKGS)
+	cd examples/kubernetes && $(GO) vet ./... && $(GO) test ./...
 
 test-vm:
 	$(GO) run ./lab/cmd/ipsec-lab test

@@ -57,6 +57,14 @@ func run(args []string) int {
 		return 2
 	}
 	logger := promslog.New(promslogConfig)
+	// A bad web config is a start-up error before any collector loads BPF
+	// programs or opens sockets, so nothing is left half started.
+	if cfg := *toolkitFlags.WebConfigFile; cfg != "" {
+		if err := web.Validate(cfg); err != nil {
+			logger.Error("invalid web config", "file", cfg, "err", err)
+			return 1
+		}
+	}
 	logger.Info("starting ipsec_exporter", "version", version.Info())
 	logger.Info("build context", "build_context", version.BuildContext())
 	if os.Geteuid() != 0 {
