@@ -21,10 +21,14 @@ func TestBooksNoFDLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	targets := func() ([]netnsTarget, error) { return netnsx.List(dir, nil) }
-	events := &eventsCollector{logger: booksLogger(), targets: targets, listeners: map[string]*nsListener{}}
+	registry := newListenerRegistry()
+	events := &eventsCollector{logger: booksLogger(), targets: targets, registry: registry}
 	defer events.Close()
+	sa := newSACollector(booksLogger(), targets, readSAs, true, 0)
+	sa.registry = registry
+	defer sa.Close()
 	collectors := []Collector{
-		newSACollector(booksLogger(), targets, readSAs, true, 0),
+		sa,
 		&policyCollector{logger: booksLogger(), targets: targets, read: readPolicies},
 		&xfrmStatCollector{logger: booksLogger(), targets: targets, read: readXfrmStat},
 		events,

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,9 +16,8 @@ import (
 // NAT-T mapping change, policy changes), counted by a listener per namespace
 // that runs between scrapes (internal/xfrmnl.Listener). Each rekey makes a
 // new SPI, so these counters are what shows a rekey storm or a hard expiry
-// over time. Listeners start at start-up and, for namespaces created later,
-// at the first scrape that sees them; a namespace that is gone has its
-// listener closed (the socket would otherwise keep the namespace alive).
+// over time. Listeners (collector/listeners.go) start at start-up and, for
+// namespaces created later, at the first scrape that sees them.
 
 var eventsRcvBuf = kingpin.Flag("collector.events.socket-buffer",
 	"Receive buffer of each namespace's event socket in bytes (0: system default). When it overflows, lost events are recovered from a state re-dump and counted in ipsec_xfrm_event_overruns_total.").
@@ -39,7 +37,8 @@ var (
 
 func init() {
 	registerCollector("events", true, func(logger *slog.Logger) (Collector, error) {
-		c := &eventsCollector{logger: logger, targets: netnsTargets, rcvBuf: *eventsRcvBuf, listeners: map[string]*nsListener{}}
+		c := &eventsCollector{logger: logger, targets: netnsTargets, registry: listeners}
+		// Listen from start-up, not from the first scrape.
 		if _, err := c.sync(); err != nil {
 			logger.Warn("starting xfrm event listeners", "err", err)
 		}
@@ -47,84 +46,41 @@ func init() {
 	})
 }
 
-// nsListener is the listener of one namespace and the path it was opened
-// with (a namespace file replaced by another of the same name is another
-// namespace; we notice that only through a failing listener, which is rare
-// enough).
-type nsListener struct {
-	path string
-	l    *xfrmnl.Listener
-}
-
 type eventsCollector struct {
-	logger  *slog.Logger
-	targets func() ([]netnsTarget, error)
-	rcvBuf  int
-
-	mu        sync.Mutex
-	listeners map[string]*nsListener // by netns label
+	logger   *slog.Logger
+	targets  func() ([]netnsTarget, error)
+	registry *listenerRegistry
 }
 
-// sync starts listeners for new namespaces and stops those of vanished
-// ones. It returns the errors of listeners that could not start.
-func (c *eventsCollector) sync() ([]error, error) {
+// sync holds a listener for each namespace listed now. It returns the
+// listeners and the errors of those that could not start.
+func (c *eventsCollector) sync() (map[string]*xfrmnl.Listener, error) {
 	targets, err := c.targets()
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	present := map[string]bool{}
-	var errs []error
-	for _, t := range targets {
-		present[t.Name] = true
-		if _, ok := c.listeners[t.Name]; ok {
-			continue
-		}
-		l, err := xfrmnl.Listen(t.Path, c.rcvBuf, c.logger)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("netns %q: %w", t.Name, err))
-			continue
-		}
-		c.listeners[t.Name] = &nsListener{path: t.Path, l: l}
-	}
-	for name, nl := range c.listeners {
-		if !present[name] {
-			nl.l.Close()
-			delete(c.listeners, name)
-		}
-	}
-	return errs, nil
+	held, errs := c.registry.sync("events", targets, c.logger)
+	return held, errors.Join(errs...)
 }
 
 func (c *eventsCollector) Update(ch chan<- prometheus.Metric) error {
-	errs, err := c.sync()
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for name, nl := range c.listeners {
-		counts := nl.l.Counts()
+	held, err := c.sync()
+	for name, l := range held {
+		counts := l.Counts()
 		for _, e := range xfrmnl.Events {
 			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(counts.Events[e]), name, string(e))
 		}
 		ch <- prometheus.MustNewConstMetric(eventOverrunsDesc, prometheus.CounterValue, float64(counts.Overruns), name)
 		ch <- prometheus.MustNewConstMetric(eventResyncsDesc, prometheus.CounterValue, float64(counts.Resyncs), name)
 	}
-	if err := errors.Join(errs...); err != nil && xfrmAbsent(err) {
+	if err != nil && len(held) == 0 && xfrmAbsent(err) {
 		return fmt.Errorf("%w: %w", ErrNoData, err)
 	}
-	return errors.Join(errs...)
+	return err
 }
 
-// Close stops every listener.
+// Close lets go of the listeners (each stops when no collector holds it).
 func (c *eventsCollector) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for name, nl := range c.listeners {
-		nl.l.Close()
-		delete(c.listeners, name)
-	}
+	c.registry.releaseAll("events")
 	return nil
 }

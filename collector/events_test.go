@@ -19,7 +19,8 @@ func TestEventsCollector(t *testing.T) {
 	dir, path := booksNamespace(t, "books-ev")
 	h := booksNetlink(t, path)
 	targets := []string{"books-ev"}
-	c := &eventsCollector{logger: booksLogger(), rcvBuf: 0, listeners: map[string]*nsListener{},
+	registry := newListenerRegistry()
+	c := &eventsCollector{logger: booksLogger(), registry: registry,
 		targets: func() ([]netnsTarget, error) { return netnsx.List(dir, targets) }}
 	defer c.Close()
 	scrapeText(t, c) // starts the listener
@@ -59,7 +60,11 @@ func TestEventsCollector(t *testing.T) {
 	if strings.Contains(got, `netns="books-ev"`) {
 		t.Error("listener of a namespace no longer listed still reported")
 	}
-	if len(c.listeners) != 1 {
-		t.Errorf("%d listeners, want 1 (own namespace)", len(c.listeners))
+	if len(registry.byName) != 1 {
+		t.Errorf("%d listeners, want 1 (own namespace)", len(registry.byName))
+	}
+	c.Close()
+	if len(registry.byName) != 0 {
+		t.Errorf("%d listeners after Close", len(registry.byName))
 	}
 }

@@ -63,7 +63,7 @@ var (
 		"When the SA was installed, as a Unix time.",
 		saLabels, nil)
 	saLastUsedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "last_used_timestamp_seconds"),
-		"When the SA last carried a packet, as a Unix time (absent until its first packet).",
+		"When the SA last carried a packet, as a Unix time (XFRMA_LASTUSED; absent until its first packet, and on kernels that do not track it for ESP, e.g. 6.1).",
 		saLabels, nil)
 	saExpiryDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "expiry_timestamp_seconds"),
 		"When the SA's soft (rekey due) or hard (SA deleted) time limit ends, as a Unix time; absent without a time limit. A use-time limit counts once the SA was first used.",
@@ -94,7 +94,12 @@ var (
 
 func init() {
 	registerCollector("sa", true, func(logger *slog.Logger) (Collector, error) {
-		return newSACollector(logger, netnsTargets, readSAs, *saPerSA, *saMaxSeries), nil
+		c := newSACollector(logger, netnsTargets, readSAs, *saPerSA, *saMaxSeries)
+		c.registry = listeners
+		if targets, err := netnsTargets(); err == nil {
+			c.registry.sync("sa", targets, logger) // hear of removed SAs from start-up
+		}
+		return c, nil
 	})
 }
 
@@ -113,8 +118,20 @@ type saCollector struct {
 	perSA   bool
 	max     int
 
+	// registry, when set, gives the final counters of SAs the kernel
+	// removed (internal/xfrmnl.Listener.TakeFinals) for the peer books.
+	registry *listenerRegistry
+
 	mu    sync.Mutex // scrapes may overlap; the peer books are shared
 	peers *peerBooks
+}
+
+// Close lets go of the event listeners the collector holds.
+func (c *saCollector) Close() error {
+	if c.registry != nil {
+		c.registry.releaseAll("sa")
+	}
+	return nil
 }
 
 func newSACollector(logger *slog.Logger, targets func() ([]netnsTarget, error), read func(netnsTarget) (saSnapshot, error), perSA bool, max int) *saCollector {
@@ -173,6 +190,15 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 	var errs []error
 	var views []saView
 	read := map[string]bool{} // namespaces read in full this scrape
+	var finals []saView
+	var held map[string]*xfrmnl.Listener
+	if c.registry != nil {
+		var lerrs []error
+		held, lerrs = c.registry.sync("sa", targets, c.logger)
+		for _, err := range lerrs {
+			c.logger.Debug("no event listener: per-peer totals miss what removed SAs carried after the last scrape", "err", err)
+		}
+	}
 	for _, t := range targets {
 		snap, err := c.read(t)
 		if err != nil {
@@ -180,6 +206,13 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 			continue
 		}
 		read[t.Name] = true
+		// Taken after the dump: an SA removed in between is in both, and
+		// the books hold its final counters back until it is gone.
+		if l := held[t.Name]; l != nil {
+			for _, sa := range l.TakeFinals() {
+				finals = append(finals, viewOf(t.Name, &sa, snap.Local))
+			}
+		}
 		ch <- prometheus.MustNewConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), t.Name)
 		byDir := map[string]int{"in": 0, "out": 0}
 		for i := range snap.SAs {
@@ -199,7 +232,7 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 	}
 
 	c.mu.Lock()
-	peerTotals := c.peers.update(views, read, now)
+	peerTotals := c.peers.update(views, finals, read, now)
 	c.mu.Unlock()
 	for _, p := range peerTotals {
 		p.emit(ch)

@@ -13,11 +13,15 @@ import (
 //
 // A sum over the current SAs would fall at every rekey when the old SA is
 // deleted, which rate() reads as a counter reset and over-counts. So the
-// books remember each SA's counters from the last scrape and, when an SA is
-// gone, keep them as the peer's "retired" share: the peer counters only
-// grow. What the old SA carried between its last scrape and its deletion is
-// not seen. A peer's retired share is dropped peerRetention after its last
-// SA is gone (the series then ends).
+// books keep the counters of every SA that is gone as the peer's "retired"
+// share, and the peer counters only grow. The counters kept are the SA's
+// final ones, from the kernel's delete or hard-expire notification (the
+// event listener's TakeFinals), so what an SA carried after the last scrape
+// counts too, and so does an SA that lived between two scrapes. Without a
+// notification (listener overrun, or none running) they are the counters
+// of the last scrape that saw the SA; a notification that arrives after
+// that adds only the difference. A peer's retired share is dropped
+// peerRetention after its last SA is gone (the series then ends).
 
 const peerRetention = 15 * time.Minute
 
@@ -69,10 +73,43 @@ type retiredShare struct {
 type peerBooks struct {
 	last    map[saIdent]seenSA
 	retired map[peerKey]*retiredShare
+	// pending are final counters of SAs still in the last dump (removed
+	// between dump and notification): applied once the SA is gone.
+	pending []saView
+	// guessed are SAs retired with their last-seen counters, in case
+	// their final counters come later.
+	guessed map[saIdent]guessedSA
+}
+
+type guessedSA struct {
+	totals saTotals
+	at     time.Time
 }
 
 func newPeerBooks() *peerBooks {
-	return &peerBooks{last: map[saIdent]seenSA{}, retired: map[peerKey]*retiredShare{}}
+	return &peerBooks{last: map[saIdent]seenSA{}, retired: map[peerKey]*retiredShare{}, guessed: map[saIdent]guessedSA{}}
+}
+
+func identOf(v saView) saIdent {
+	sa := v.sa
+	return saIdent{netns: v.peer.netns, src: sa.Src, dst: sa.Dst, spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
+}
+
+func totalsOf(v saView) saTotals {
+	sa := v.sa
+	return saTotals{bytes: sa.Bytes, packets: sa.Packets, integrity: uint64(sa.IntegrityFailures),
+		replay: uint64(sa.ReplayDrops) + uint64(sa.ReplayWindowDrops)}
+}
+
+// sub is t - o per counter, never below zero.
+func (t saTotals) sub(o saTotals) saTotals {
+	d := func(a, b uint64) uint64 {
+		if a > b {
+			return a - b
+		}
+		return 0
+	}
+	return saTotals{d(t.bytes, o.bytes), d(t.packets, o.packets), d(t.integrity, o.integrity), d(t.replay, o.replay)}
 }
 
 // peerSeries is one peer's values for this scrape.
@@ -92,20 +129,39 @@ func (p peerSeries) emit(ch chan<- prometheus.Metric) {
 }
 
 // update takes this scrape's SAs (of the namespaces in read, which were
-// read completely) and returns every peer's series.
-func (b *peerBooks) update(views []saView, read map[string]bool, now time.Time) []peerSeries {
+// read completely) and the final counters of SAs the kernel removed, and
+// returns every peer's series.
+func (b *peerBooks) update(views, finals []saView, read map[string]bool, now time.Time) []peerSeries {
 	current := make(map[saIdent]seenSA, len(views))
 	for _, v := range views {
-		sa := v.sa
-		id := saIdent{netns: v.peer.netns, src: sa.Src, dst: sa.Dst, spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
-		t := saTotals{bytes: sa.Bytes, packets: sa.Packets, integrity: uint64(sa.IntegrityFailures),
-			replay: uint64(sa.ReplayDrops) + uint64(sa.ReplayWindowDrops)}
+		id, t := identOf(v), totalsOf(v)
 		if prev, ok := current[id]; ok {
 			// Identities differing only in what saIdent leaves out:
 			// count both.
 			t.add(prev.totals)
 		}
 		current[id] = seenSA{peer: v.peer, totals: t}
+	}
+	var pending []saView
+	for _, f := range append(b.pending, finals...) {
+		id := identOf(f)
+		if _, live := current[id]; live {
+			pending = append(pending, f)
+			continue
+		}
+		t := totalsOf(f)
+		if g, ok := b.guessed[id]; ok {
+			t = t.sub(g.totals) // the last-seen share is already retired
+			delete(b.guessed, id)
+		}
+		b.retire(seenSA{peer: f.peer, totals: t}, now)
+		delete(b.last, id) // retired now: not again below
+	}
+	b.pending = pending
+	for id, g := range b.guessed {
+		if now.Sub(g.at) > peerRetention {
+			delete(b.guessed, id)
+		}
 	}
 	for id, old := range b.last {
 		cur, still := current[id]
@@ -114,6 +170,7 @@ func (b *peerBooks) update(views []saView, read map[string]bool, now time.Time) 
 			current[id] = old // namespace not read this time: keep what we knew
 		case !still:
 			b.retire(old, now)
+			b.guessed[id] = guessedSA{totals: old.totals, at: now}
 		case cur.totals.bytes < old.totals.bytes || cur.totals.packets < old.totals.packets:
 			b.retire(old, now) // same identity, new SA (SPI reused)
 		}

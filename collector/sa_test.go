@@ -253,3 +253,49 @@ func TestExpiryAndRatio(t *testing.T) {
 		t.Error("usedRatio")
 	}
 }
+
+// TestSAPeerBooksFinals: the final counters from delete and hard-expire
+// notifications make the per-peer totals exact: an SA's traffic after the
+// last scrape counts, an SA that lived between two scrapes counts, a late
+// notification adds only what the last-seen counters missed, and one that
+// comes while the SA is still in the dump waits until it is gone.
+func TestSAPeerBooksFinals(t *testing.T) {
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	out := func(spi uint32, packets uint64) xfrmnl.SA {
+		return xfrmnl.SA{Family: unix.AF_INET, Src: a, Dst: b, SPI: spi, Proto: unix.IPPROTO_ESP, Packets: packets}
+	}
+	books := newPeerBooks()
+	now := time.Unix(1700000000, 0)
+	local := localOf("10.0.0.1")
+	views := func(sas ...xfrmnl.SA) []saView {
+		var vs []saView
+		for i := range sas {
+			vs = append(vs, viewOf("", &sas[i], local))
+		}
+		return vs
+	}
+	packets := func(vs, finals []saView) uint64 {
+		t.Helper()
+		series := books.update(vs, finals, map[string]bool{"": true}, now)
+		if len(series) != 1 {
+			t.Fatalf("%d peers", len(series))
+		}
+		return series[0].totals.packets
+	}
+	for _, step := range []struct {
+		what         string
+		live, finals []xfrmnl.SA
+		want         uint64
+	}{
+		{"two SAs", []xfrmnl.SA{out(1, 100), out(3, 50)}, nil, 150},
+		{"1 deleted at 130, 2 lived and died in between", []xfrmnl.SA{out(3, 50)}, []xfrmnl.SA{out(1, 130), out(2, 20)}, 200},
+		{"3 gone, its notification late", []xfrmnl.SA{out(4, 5)}, nil, 205},
+		{"3's final (70) arrives", []xfrmnl.SA{out(4, 5)}, []xfrmnl.SA{out(3, 70)}, 225},
+		{"4's final while still dumped", []xfrmnl.SA{out(4, 9)}, []xfrmnl.SA{out(4, 12)}, 229},
+		{"4 gone", nil, nil, 232},
+	} {
+		if got := packets(views(step.live...), views(step.finals...)); got != step.want {
+			t.Fatalf("%s: %d packets, want %d", step.what, got, step.want)
+		}
+	}
+}

@@ -57,7 +57,12 @@ type Listener struct {
 	counts Counts
 	sas    map[saKey]bool
 	pols   map[policyKey]bool
+	finals []SA // removed SAs with their last counters, oldest first
 }
+
+// maxFinals bounds the removed SAs kept until TakeFinals; beyond it the
+// oldest are dropped (a consumer that never comes must not grow us).
+const maxFinals = 4096
 
 // Listen subscribes to the XFRM event groups in the namespace at nsPath (""
 // for our own), takes the current SAs and policies as the baseline and
@@ -162,10 +167,12 @@ func (l *Listener) apply(n Notification) (flushed bool) {
 		k := keyOfSA(n.SA)
 		count = l.sas[k]
 		delete(l.sas, k)
+		l.keepFinal(n.SA)
 	case EventSAUpdated:
 		l.sas[keyOfSA(n.SA)] = true // an update may create the SA
 	case EventSAHardExpired:
 		delete(l.sas, keyOfSA(n.SA))
+		l.keepFinal(n.SA)
 	case EventPolicyAdded:
 		k := keyOfPolicy(n.Policy)
 		count = !l.pols[k]
@@ -185,6 +192,26 @@ func (l *Listener) apply(n Notification) (flushed bool) {
 		l.counts.Events[n.Event]++
 	}
 	return flushed
+}
+
+// keepFinal remembers an SA the kernel removed, as its notification
+// describes it: with the counters it had at the end.
+func (l *Listener) keepFinal(sa *SA) {
+	if len(l.finals) == maxFinals {
+		l.finals = append(l.finals[:0], l.finals[1:]...)
+	}
+	l.finals = append(l.finals, *sa)
+}
+
+// TakeFinals returns the SAs removed (deleted, or hard-expired) since the
+// last call, each with its final counters, and forgets them. Whoever sums
+// counters over SAs uses them to count what an SA carried up to its end.
+func (l *Listener) TakeFinals() []SA {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.finals
+	l.finals = nil
+	return f
 }
 
 func (l *Listener) resyncOrLog(count bool) {
