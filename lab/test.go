@@ -9,18 +9,20 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
 // TestOptions configure a VM test run (`ipsec-lab test`).
 type TestOptions struct {
-	Kernels []KernelSpec
-	Run     string // -test.run regexp
-	Pkg     string // package pattern, as for go list
-	Accel   string
-	CPUs    int
-	Timeout time.Duration // per VM
-	Out     io.Writer
+	Kernels  []KernelSpec
+	Run      string // -test.run regexp
+	Pkg      string // package pattern, as for go list
+	Accel    string
+	CPUs     int
+	Timeout  time.Duration // per VM
+	Parallel int           // kernels booted at the same time
+	Out      io.Writer
 }
 
 // kernelResult is what one kernel's VM reported.
@@ -93,7 +95,11 @@ func Test(ctx context.Context, o TestOptions) error {
 		fmt.Fprintf(&body, "echo %s\"$? $s $(cut -d' ' -f1 /proc/uptime)\" >&3\n", shellQuote(Marker+"pkg-end "+p.ImportPath+" "))
 	}
 
-	var results []*kernelResult
+	type job struct {
+		k           *Kernel
+		initrd, dir string
+	}
+	var jobs []job
 	for _, spec := range o.Kernels {
 		k, err := Fetch(spec, logf)
 		if err != nil {
@@ -111,15 +117,53 @@ func Test(ctx context.Context, o TestOptions) error {
 		if o.Accel == "auto" {
 			o.Accel = ResolveAccel(ctx, o.Accel, k, dir, logf) // once per run
 		}
-		logf("kernel %s: %s (%s), accel %s", spec.Name, k.Release, k.Package, o.Accel)
-		res := runKernel(ctx, o, k, initrd, dir)
-		os.Remove(initrd)
-		results = append(results, res)
-		if ctx.Err() != nil {
-			break
-		}
+		jobs = append(jobs, job{k, initrd, dir})
 	}
+
+	// Kernels run up to o.Parallel at a time; their output is printed in
+	// matrix order, live for the first one still running.
+	results := make([]*kernelResult, len(jobs))
+	outs, printed := orderedOutput(o.Out, len(jobs))
+	sem := make(chan struct{}, max(1, o.Parallel))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		sem <- struct{}{} // in order, so the printer never waits for a kernel that cannot start
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			defer outs[i].Close()
+			defer os.Remove(j.initrd)
+			if ctx.Err() != nil {
+				results[i] = &kernelResult{kernel: j.k.Spec.Name, problems: []string{"not run: interrupted"}}
+				return
+			}
+			fmt.Fprintf(outs[i], "ipsec-lab: kernel %s: %s (%s), accel %s\n", j.k.Spec.Name, j.k.Release, j.k.Package, o.Accel)
+			results[i] = runKernel(ctx, o, j.k, j.initrd, j.dir, outs[i])
+		}()
+	}
+	wg.Wait()
+	<-printed
 	return summarize(o.Out, pkgs, results, time.Since(start))
+}
+
+// orderedOutput returns n writers whose text reaches w in order: all of the
+// first writer's (as it comes), then the second's, and so on. Each writer
+// must be closed; printed is closed when everything was copied.
+func orderedOutput(w io.Writer, n int) ([]io.WriteCloser, <-chan struct{}) {
+	outs := make([]io.WriteCloser, n)
+	readers := make([]*io.PipeReader, n)
+	for i := range outs {
+		readers[i], outs[i] = io.Pipe()
+	}
+	printed := make(chan struct{})
+	go func() {
+		defer close(printed)
+		for _, r := range readers {
+			_, _ = io.Copy(w, r)
+		}
+	}()
+	return outs, printed
 }
 
 // workDir makes a fresh directory for one run under .build/lab, so runs in
@@ -133,7 +177,7 @@ func workDir(root string) (string, error) {
 }
 
 // runKernel boots k, retrying once a boot that never reached init.
-func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string) *kernelResult {
+func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string, w io.Writer) *kernelResult {
 	res := &kernelResult{kernel: k.Spec.Name}
 	for attempt := 1; attempt <= 2; attempt++ {
 		res.pkgs = map[string]int{}
@@ -144,12 +188,12 @@ func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string
 			Kernel: k, Initrd: initrd, Accel: o.Accel, CPUs: o.CPUs, MemoryMB: 2048,
 			Console: filepath.Join(dir, "console.log"), Results: filepath.Join(dir, "results.log"),
 			Timeout: o.Timeout, BootTimeout: 90 * time.Second,
-			OnLine: func(line string) { res.line(o.Out, line) },
+			OnLine: func(line string) { res.line(w, line) },
 		}
 		out := vm.Run(ctx)
 		res.boot, res.wall = out.BootTime, out.Wall
 		if !out.ReachedInit && ctx.Err() == nil && attempt == 1 {
-			fmt.Fprintf(o.Out, "ipsec-lab: [%s] boot never reached init (%v); console tail:\n%s\nipsec-lab: [%s] retrying the boot once\n",
+			fmt.Fprintf(w, "ipsec-lab: [%s] boot never reached init (%v); console tail:\n%s\nipsec-lab: [%s] retrying the boot once\n",
 				k.Spec.Name, describe(out), LogTail(vm.Console, 30), k.Spec.Name)
 			res.retried = true
 			continue
@@ -165,7 +209,7 @@ func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string
 			res.problems = append(res.problems, out.Err.Error())
 		}
 		if len(res.problems) > 0 {
-			fmt.Fprintf(o.Out, "ipsec-lab: [%s] %s; console tail (%s):\n%s\n",
+			fmt.Fprintf(w, "ipsec-lab: [%s] %s; console tail (%s):\n%s\n",
 				k.Spec.Name, strings.Join(res.problems, "; "), vm.Console, LogTail(vm.Console, 40))
 		}
 		break

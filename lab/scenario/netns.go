@@ -1,7 +1,9 @@
 package scenario
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -27,8 +29,19 @@ var nsCounter atomic.Int64
 // NewNetns creates a namespace whose name starts with prefix, with lo up.
 func NewNetns(t testing.TB, prefix string) *Netns {
 	t.Helper()
-	name := fmt.Sprintf("%s%d", prefix, nsCounter.Add(1))
-	h, err := newNamed(name)
+	var (
+		name string
+		h    netns.NsHandle
+		err  error
+	)
+	// Names count up per test binary; the next package's binary starts at 1
+	// again, so skip names a leaked namespace still holds.
+	for range 100 {
+		name = fmt.Sprintf("%s%d", prefix, nsCounter.Add(1))
+		if h, err = newNamed(name); !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
 	}
@@ -68,17 +81,19 @@ func newNamed(name string) (netns.NsHandle, error) {
 	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
 		return 0, err
 	}
+	// NewNamed switches this thread into the new namespace, also when it
+	// fails after unsharing: switch back in every case.
 	h, err := netns.NewNamed(name)
-	if err != nil {
-		return 0, err
-	}
-	if err := netns.Set(orig); err != nil {
+	if serr := netns.Set(orig); serr != nil {
 		// This thread is stuck in the new namespace: keep it locked so the
 		// runtime throws it away instead of reusing it.
 		runtime.LockOSThread()
-		return 0, err
+		if err == nil {
+			h.Close()
+		}
+		return 0, serr
 	}
-	return h, nil
+	return h, err
 }
 
 // Handle is the namespace's file descriptor handle.

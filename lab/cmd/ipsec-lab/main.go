@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -69,13 +70,21 @@ func test(ctx context.Context, args []string) error {
 	accel := fs.String("accel", "auto", "qemu accelerator: auto (KVM if a probe boot works, else tcg), tcg or kvm")
 	cpus := fs.Int("smp", 2, "virtual CPUs")
 	timeout := fs.Duration("timeout", 10*time.Minute, "hard timeout per VM")
+	// Each TCG VM keeps one or two host threads busy: booting the kernels
+	// side by side only pays off with cores to spare.
+	parallel := 1
+	if runtime.NumCPU() >= 4 {
+		parallel = len(lab.Kernels)
+	}
+	fs.IntVar(&parallel, "parallel", parallel, "kernels to boot at the same time (default: all with 4+ CPUs, else 1)")
 	_ = fs.Parse(args)
 	specs, err := kernels(*kernel)
 	if err != nil {
 		return err
 	}
 	return lab.Test(ctx, lab.TestOptions{
-		Kernels: specs, Run: *run, Pkg: *pkg, Accel: *accel, CPUs: *cpus, Timeout: *timeout, Out: os.Stdout,
+		Kernels: specs, Run: *run, Pkg: *pkg, Accel: *accel, CPUs: *cpus, Timeout: *timeout,
+		Parallel: parallel, Out: os.Stdout,
 	})
 }
 
