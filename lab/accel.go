@@ -25,7 +25,8 @@ func ResolveAccel(ctx context.Context, accel string, k *Kernel, dir string, logf
 	}
 	f.Close()
 	if err := probeKVM(ctx, k, dir); err != nil {
-		logf("KVM probe failed, using software emulation (tcg): %v", err)
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		logf("KVM probe failed, using software emulation (tcg): %s", first)
 		return "tcg"
 	}
 	logf("KVM works: using it")
