@@ -119,6 +119,8 @@ func runScenarios(t *testing.T, v *Verdicts) {
 	run("hard_expire", func(t *testing.T) { testHardExpire(t, v) })
 	run("gso_forwarded", func(t *testing.T) { testGSO(t, v) })
 	run("esp_in_esp_bundle", func(t *testing.T) { testBundle(t, v) })
+	run("bad_padding", func(t *testing.T) { testBadPadding(t, v) })
+	run("seq_overflow", func(t *testing.T) { testSeqOverflow(t, v) })
 	// Last: the pcrypt instance stays preferred while any SA uses it.
 	run("async_crypto", func(t *testing.T) { testAsync(t, v) })
 }
@@ -471,6 +473,91 @@ func bundlePolicy(dir netlink.Dir, sas []scenario.SA) *netlink.XfrmPolicy {
 		})
 	}
 	return p
+}
+
+// replaceSA swaps n's SA for a modified copy (keys and sequence numbers can
+// only be set when an SA is added).
+func replaceSA(t *testing.T, n *scenario.Node, sa scenario.SA, change func(*netlink.XfrmState)) {
+	t.Helper()
+	s := n.State(t, sa)
+	if err := n.NL.XfrmStateDel(&s); err != nil {
+		t.Fatalf("%s: delete SA 0x%x: %v", n.Name, sa.SPI, err)
+	}
+	s.Statistics = netlink.XfrmStateStats{}
+	change(&s)
+	scenario.AddSA(t, n.Netns, &s)
+}
+
+// testBadPadding: B decrypts with the right HMAC key but the wrong AES key.
+// The ICV passes, the plaintext is garbage: the kernel rejects most packets
+// on their padding (-EINVAL, XfrmInStateProtoError without integrity_failed)
+// and passes the others on with a garbage next header (the SA counts them,
+// and B may answer them).
+// proto_error, not integrity, and every verdict agrees with the kernel.
+func testBadPadding(t *testing.T, v *Verdicts) {
+	const n = 10
+	p := scenario.NewPair(t)
+	e := p.ESP(t, scenario.ESPOptions{Cipher: scenario.CBCHMAC})
+	replaceSA(t, p.B, e.AB, func(s *netlink.XfrmState) {
+		s.Crypt.Key = bytes.Repeat([]byte{0xee}, len(s.Crypt.Key))
+	})
+	before, statB := snap(t, v), p.B.XfrmStat(t)
+	p.A.PingTimeout(t, e.BAddr, n, 300*time.Millisecond)
+	d := snap(t, v).sub(before)
+	a, b := e.AB.Src, e.AB.Dst
+	sa := p.B.SACounters(t, e.AB)
+	bad := d.get("decrypt", "proto_error", a).Packets
+	want := map[string]uint64{key("encrypt", "ok", b): n}
+	if bad > 0 {
+		want[key("decrypt", "proto_error", a)] = bad
+	}
+	// A garbage packet that passes makes B answer (ICMP protocol
+	// unreachable): the reverse direction counts what the kernel counted.
+	for k, c := range map[string]scenario.Counters{
+		key("decrypt", "ok", a): sa,
+		key("encrypt", "ok", a): p.B.SACounters(t, e.BA),
+		key("decrypt", "ok", b): p.A.SACounters(t, e.BA),
+	} {
+		if c["packets"] > 0 {
+			want[k] = c["packets"]
+		}
+	}
+	expect(t, d, want)
+	if bad+sa["packets"] != n || bad == 0 {
+		t.Errorf("B: %d proto_error + %d ok for %d packets sent, want all, and some proto_error", bad, sa["packets"], n)
+	}
+	if sa["integrity_failed"] != 0 {
+		t.Errorf("B's SA integrity_failed = %d: the HMAC key was right", sa["integrity_failed"])
+	}
+	mib(t, p.B, statB, "XfrmInStateProtoError", bad)
+	t.Logf("%s", d)
+}
+
+// testSeqOverflow: A's outbound SA starts at sequence number 2^32-2: one
+// packet gets the last number, the next ones overflow (no ESN, no wrap).
+func testSeqOverflow(t *testing.T, v *Verdicts) {
+	const n = 3
+	p := scenario.NewPair(t)
+	e := p.ESP(t, scenario.ESPOptions{})
+	replaceSA(t, p.A, e.AB, func(s *netlink.XfrmState) {
+		s.Replay = &netlink.XfrmReplayState{OSeq: 0xfffffffe}
+	})
+	before, statA := snap(t, v), p.A.XfrmStat(t)
+	for range n {
+		p.A.PingTimeout(t, e.BAddr, 1, 300*time.Millisecond)
+	}
+	d := snap(t, v).sub(before)
+	a, b := e.AB.Src, e.AB.Dst
+	expect(t, d, map[string]uint64{
+		key("encrypt", "ok", b):           1,
+		key("encrypt", "seq_overflow", b): n - 1,
+		key("decrypt", "ok", a):           1,
+		key("encrypt", "ok", a):           1,
+		key("decrypt", "ok", b):           1,
+	})
+	mib(t, p.A, statA, "XfrmOutStateSeqError", n-1)
+	checkBytes(t, d.get("encrypt", "ok", b), p.A.SACounters(t, e.AB), "A's outbound SA")
+	t.Logf("%s", d)
 }
 
 // testAsync: with pcrypt every ESP packet completes asynchronously (the
