@@ -35,7 +35,23 @@ var (
 	runE2E = flag.Bool("e2e", os.Getenv("IPSEC_E2E") == "1", "run the end-to-end test (boots a lab VM; also IPSEC_E2E=1)")
 	kernel = flag.String("kernel", "", "lab kernel for the end-to-end test (default: the newest of the matrix)")
 	update = flag.Bool("update", false, "rewrite ../testdata/lab-scrape.prom from the lab's scrape")
+	// -prometheus checks the dashboards against a running Prometheus that
+	// scrapes the exporter as job "ipsec" with our rules, e.g. the one
+	// scripts/lab-monitoring.sh starts next to `make lab`.
+	existing = flag.String("prometheus", "", "URL of a running Prometheus to run every dashboard query against (TestQueriesAgainstPrometheus)")
+	rangeArg = flag.String("rate-interval", "20s", "what $__rate_interval stands for with -prometheus (4 scrape intervals)")
 )
+
+// TestQueriesAgainstPrometheus runs every dashboard query and recording
+// rule against the Prometheus given with -prometheus:
+//
+//	go test ./e2e -run TestQueriesAgainstPrometheus -prometheus http://127.0.0.1:9090 -v
+func TestQueriesAgainstPrometheus(t *testing.T) {
+	if *existing == "" {
+		t.Skip("needs -prometheus URL")
+	}
+	checkQueries(t, &promClient{base: strings.TrimSuffix(*existing, "/")}, *rangeArg, rules.Default)
+}
 
 // Timings of the test's Prometheus: short, so alerts fire and resolve in
 // seconds. The rules get them through their settings, not by hand edits.
@@ -154,7 +170,7 @@ func TestEndToEnd(t *testing.T) {
 	// With traffic and failures both present, every dashboard query and
 	// every recording rule must return data, and the scrape is the one the
 	// host-side checks compare with.
-	checkQueries(t, prom)
+	checkQueries(t, prom, rateWindow, fastSettings())
 	checkScrape(t, vm.exporter)
 
 	for _, f := range faults {
@@ -201,10 +217,10 @@ func TestEndToEnd(t *testing.T) {
 
 // checkQueries runs every dashboard query and every recording rule's output
 // at the current time and fails for any that returns nothing.
-func checkQueries(t *testing.T, prom *promClient) {
+func checkQueries(t *testing.T, prom *promClient, rateInterval string, settings rules.Settings) {
 	t.Helper()
 	replacer := strings.NewReplacer(
-		"$__rate_interval", rateWindow,
+		"$__rate_interval", rateInterval,
 		"$job", jobName,
 		"$node", ".*",
 		"$instance", ".*",
@@ -220,7 +236,7 @@ func checkQueries(t *testing.T, prom *promClient) {
 			}
 		}
 	}
-	for _, name := range recordingRules(t) {
+	for _, name := range recordingRules(t, settings) {
 		qs = append(qs, q{"recording rule", name})
 	}
 	for _, q := range qs {
@@ -236,9 +252,9 @@ func checkQueries(t *testing.T, prom *promClient) {
 	}
 }
 
-func recordingRules(t *testing.T) []string {
+func recordingRules(t *testing.T, settings rules.Settings) []string {
 	t.Helper()
-	b, err := rules.Render(fastSettings())
+	b, err := rules.Render(settings)
 	if err != nil {
 		t.Fatal(err)
 	}
