@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# make bench: measures what watching IPsec costs and writes BENCHMARKS.md.
+#   1. host: Go benchmarks of the verdict collector's scrape cost (100 to 100k
+#      map keys), -benchmem, -count BENCH_COUNT (default 5);
+#   2. lab: the TestLabBench* tests (bench/) on each kernel of BENCH_KERNELS
+#      (default "6.1 6.12"), one VM run per kernel: per-packet BPF cost
+#      (floor, reference, ours in both hook modes), ESP throughput with and
+#      without the exporter, kernel-state collectors with 10k SAs/policies,
+#      exporter RSS;
+#   3. bench/cmd/benchreport: BENCHMARKS.md and bench/scrape.png.
+# Raw outputs stay in .build/bench/<time>/. Takes 15-30 minutes under
+# emulation. Needs root (BPF maps on the host, qemu) like `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+if ! command -v gnuplot >/dev/null; then
+	# The plot needs gnuplot (Debian's gnuplot-nox); the report is written without it.
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get install -y -q gnuplot-nox >/dev/null || echo "bench: gnuplot-nox did not install: no plot" >&2
+	else
+		echo "bench: gnuplot missing (apt-get install gnuplot-nox): no plot" >&2
+	fi
+fi
+
+# The lab's qemu runs with an instruction-counted clock (bench/qemu/: one
+# nanosecond per emulated instruction), so BPF run times and transfer times
+# do not depend on the host's load. BENCH_ICOUNT=0 uses the wall clock.
+if [ "${BENCH_ICOUNT:-1}" = 1 ]; then
+	export PATH="$PWD/bench/qemu:$PATH"
+	clock="instruction-counted (qemu -icount shift=0: guest time = emulated instructions, 1 ns each)"
+else
+	clock="host wall clock (BENCH_ICOUNT=0)"
+fi
+
+out=".build/bench/$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$out"
+count="${BENCH_COUNT:-5}"
+kernels="${BENCH_KERNELS:-6.1 6.12}"
+host_cmd="go test -run '^\$' -bench 'Verdict(Update|Scrape)' -benchmem -count $count ./collector"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+{
+	echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (with uncommitted changes)')"
+	echo "host: $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+	echo "load average (1/5/15 min) at start: $(load)"
+	echo "lab clock: $clock"
+	echo "host benchmark command: $host_cmd"
+	echo "lab command: go run ./lab/cmd/ipsec-lab test -kernel K -pkg ./bench -run '^TestLabBench' -timeout 40m, K in $kernels"
+} >"$out/meta.txt"
+
+status=0
+echo "bench: host benchmarks ($out/host.txt)" >&2
+eval "$host_cmd" | tee "$out/host.txt" || status=1
+labs=()
+for k in $kernels; do
+	echo "bench: lab benchmarks on $k ($out/lab-$k.txt)" >&2
+	go run ./lab/cmd/ipsec-lab test -kernel "$k" -pkg ./bench -run '^TestLabBench' -timeout 40m |
+		tee "$out/lab-$k.txt" || status=1
+	labs+=("$out/lab-$k.txt")
+done
+echo "load average (1/5/15 min) at end: $(load)" >>"$out/meta.txt"
+
+go run ./bench/cmd/benchreport -meta "$out/meta.txt" -host "$out/host.txt" \
+	-lab "$(
+		IFS=,
+		echo "${labs[*]}"
+	)" -o BENCHMARKS.md -plot bench/scrape.png
+if [ "$status" != 0 ]; then
+	echo "bench: some measurements failed (see $out); BENCHMARKS.md has what ran" >&2
+fi
+exit "$status"
