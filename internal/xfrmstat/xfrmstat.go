@@ -64,10 +64,7 @@ func Parse(data []byte) ([]Counter, error) {
 			return nil, fmt.Errorf("%w: line %d: counter %s repeated", ErrMalformed, n+1, name)
 		}
 		seen[name] = true
-		// Base 10 only: a "0x10" or "+5" is not something the kernel prints.
-		if fields[1][0] < '0' || fields[1][0] > '9' {
-			return nil, fmt.Errorf("%w: line %d: bad value %q for %s", ErrMalformed, n+1, fields[1], name)
-		}
+		// Base 10, no sign: all the kernel prints, and all ParseUint takes.
 		value, err := strconv.ParseUint(string(fields[1]), 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("%w: line %d: bad value %q for %s", ErrMalformed, n+1, fields[1], name)
