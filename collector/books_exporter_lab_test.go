@@ -52,7 +52,7 @@ func TestLabBooksExporter(t *testing.T) {
 			resp, err := http.Get("http://" + addr + "/metrics")
 			if err == nil {
 				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				if err != nil {
 					t.Fatal(err)
 				}

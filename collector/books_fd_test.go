@@ -23,10 +23,10 @@ func TestBooksNoFDLeak(t *testing.T) {
 	targets := func() ([]netnsTarget, error) { return netnsx.List(dir, nil) }
 	registry := newListenerRegistry()
 	events := &eventsCollector{logger: booksLogger(), targets: targets, registry: registry}
-	defer events.Close()
+	defer func() { _ = events.Close() }()
 	sa := newSACollector(booksLogger(), targets, readSAs, true, 0)
 	sa.registry = registry
-	defer sa.Close()
+	defer func() { _ = sa.Close() }()
 	collectors := []Collector{
 		sa,
 		&policyCollector{logger: booksLogger(), targets: targets, read: readPolicies},

@@ -46,7 +46,7 @@ func booksNamespace(t *testing.T, name string) (dir, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	_ = f.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
@@ -70,7 +70,7 @@ func booksNetlink(t *testing.T, path string) *netlink.Handle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_XFRM, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatal(err)

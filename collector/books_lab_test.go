@@ -37,7 +37,7 @@ func newBooks(t *testing.T, ns ...*scenario.Netns) *books {
 	if _, err := b.events.sync(); err != nil {
 		t.Fatalf("starting listeners: %v", err)
 	}
-	t.Cleanup(func() { b.events.Close(); b.sa.Close() })
+	t.Cleanup(func() { _ = b.events.Close(); _ = b.sa.Close() })
 	return b
 }
 

@@ -20,7 +20,7 @@ func TestLabBooksAgreeWithVerdicts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("loading verdict programs on %s: %v", scenario.Kernel(), err)
 	}
-	defer v.Close()
+	defer func() { _ = v.Close() }()
 	read := func() map[[3]string]uint64 {
 		t.Helper()
 		entries, err := v.Read()

@@ -22,7 +22,7 @@ func TestEventsCollector(t *testing.T) {
 	registry := newListenerRegistry()
 	c := &eventsCollector{logger: booksLogger(), registry: registry,
 		targets: func() ([]netnsTarget, error) { return netnsx.List(dir, targets) }}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	scrapeText(t, c) // starts the listener
 	_, sel, _ := net.ParseCIDR("10.6.0.0/16")
 	p := &netlink.XfrmPolicy{Src: sel, Dst: sel, Dir: netlink.XFRM_DIR_OUT}
@@ -63,7 +63,7 @@ func TestEventsCollector(t *testing.T) {
 	if len(registry.byName) != 1 {
 		t.Errorf("%d listeners, want 1 (own namespace)", len(registry.byName))
 	}
-	c.Close()
+	_ = c.Close()
 	if len(registry.byName) != 0 {
 		t.Errorf("%d listeners after Close", len(registry.byName))
 	}

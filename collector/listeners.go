@@ -85,7 +85,7 @@ func (r *listenerRegistry) releaseLocked(name, user string) {
 	}
 	delete(s.users, user)
 	if len(s.users) == 0 {
-		s.l.Close()
+		_ = s.l.Close()
 		delete(r.byName, name)
 	}
 }

@@ -67,7 +67,7 @@ func readPolicies(t netnsTarget) (policySnapshot, error) {
 	if err != nil {
 		return s, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if s.SPD, err = conn.SPDInfo(); err != nil {
 		return s, err
 	}

@@ -146,7 +146,7 @@ func readSAs(t netnsTarget) (saSnapshot, error) {
 	if err != nil {
 		return s, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if s.SAs, err = conn.SAs(); err != nil {
 		return s, err
 	}

@@ -79,14 +79,14 @@ func Do(path string, fn func() error) error {
 			errc <- fmt.Errorf("opening own namespace: %w", err)
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		target, err := os.Open(path)
 		if err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("opening namespace: %w", err)
 			return
 		}
-		defer target.Close()
+		defer func() { _ = target.Close() }()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("entering namespace %s: %w", path, err)

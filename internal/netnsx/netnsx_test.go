@@ -69,7 +69,7 @@ func TestDoAndReadFile(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Unmount(path, unix.MNT_DETACH)
+	defer func() { _ = unix.Unmount(path, unix.MNT_DETACH) }()
 
 	own, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {

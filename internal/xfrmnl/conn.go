@@ -75,17 +75,17 @@ func Dial(nsPath string, groups uint32) (*Conn, error) {
 		return nil, fmt.Errorf("opening xfrm netlink socket: %w", err)
 	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("binding xfrm netlink socket: %w", err)
 	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("xfrm netlink socket name: %w", err)
 	}
 	nlsa, ok := sa.(*unix.SockaddrNetlink)
 	if !ok {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("xfrm netlink socket name: unexpected %T", sa)
 	}
 	// os.NewFile registers the non-blocking fd with the runtime poller, so a
@@ -93,7 +93,7 @@ func Dial(nsPath string, groups uint32) (*Conn, error) {
 	file := os.NewFile(uintptr(fd), "netlink-xfrm")
 	raw, err := file.SyscallConn()
 	if err != nil {
-		file.Close()
+		_ = file.Close()
 		return nil, fmt.Errorf("xfrm netlink socket: %w", err)
 	}
 	return &Conn{file: file, raw: raw, port: nlsa.Pid, buf: make([]byte, recvBufSize)}, nil

@@ -26,7 +26,7 @@ func TestDialOwnNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	if _, err := c.SAs(); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestPolicyDumpAndSPDInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	pols, err := c.Policies()
 	if err != nil {
 		t.Fatal(err)

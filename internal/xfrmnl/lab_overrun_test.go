@@ -34,7 +34,7 @@ func TestLabListenerSAOverrun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	l.gate.Lock()
 	for i := old; i < old+added; i++ {
 		if err := n.NL.XfrmStateAdd(sa(i)); err != nil {

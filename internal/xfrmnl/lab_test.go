@@ -31,7 +31,7 @@ func TestLabDecoders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer events.Close()
+	defer func() { _ = events.Close() }()
 	e4 := plain.ESP(t, scenario.ESPOptions{})
 	plain.ESP(t, scenario.ESPOptions{IPv6: true, Tunnel: true, Cipher: scenario.CBCHMAC})
 	en := natt.ESP(t, scenario.ESPOptions{NATT: true, Cipher: scenario.CBCHMAC})
@@ -48,7 +48,7 @@ func TestLabDecoders(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		ours, err := c.SAs()
 		if err != nil {
 			t.Fatal(err)
@@ -98,7 +98,7 @@ func TestLabDecoders(t *testing.T) {
 	}
 	if dirSA != 0 {
 		c, _ := Dial(p.A.Path(), 0)
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		sas, _ := c.SAs()
 		found := false
 		for _, sa := range sas {
@@ -236,7 +236,7 @@ func checkESN(t *testing.T, n *scenario.Node, sas []SA, spi uint32) {
 		t.Fatalf("%s: no ESN context in\n%s", n.Name, out)
 	}
 	var seqHi, seq, oseqHi, oseq uint64
-	fmt.Sscanf(m[1]+" "+m[2]+" "+m[3]+" "+m[4], "0x%x 0x%x 0x%x 0x%x", &seqHi, &seq, &oseqHi, &oseq)
+	_, _ = fmt.Sscanf(m[1]+" "+m[2]+" "+m[3]+" "+m[4], "0x%x 0x%x 0x%x 0x%x", &seqHi, &seq, &oseqHi, &oseq)
 	for _, sa := range sas {
 		if sa.SPI != spi {
 			continue

@@ -75,7 +75,7 @@ func Listen(nsPath string, rcvBuf int, logger *slog.Logger) (*Listener, error) {
 	}
 	if rcvBuf > 0 {
 		if err := conn.SetReadBuffer(rcvBuf); err != nil {
-			conn.Close()
+			_ = conn.Close()
 			return nil, fmt.Errorf("setting event socket buffer: %w", err)
 		}
 	}
@@ -86,7 +86,7 @@ func Listen(nsPath string, rcvBuf int, logger *slog.Logger) (*Listener, error) {
 	// Subscribed first, dumped second: a change between the two shows up
 	// as a notification and is then judged against the baseline.
 	if err := l.resync(false); err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return nil, err
 	}
 	go l.run()
@@ -227,7 +227,7 @@ func (l *Listener) resync(count bool) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	sas, err := c.SAs()
 	if err != nil {
 		return err

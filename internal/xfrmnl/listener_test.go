@@ -47,7 +47,7 @@ func TestListenerPolicyEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	for i := 1; i <= 3; i++ {
 		if err := h.XfrmPolicyAdd(policy(i, netlink.XFRM_DIR_IN)); err != nil {
 			t.Fatal(err)
@@ -94,7 +94,7 @@ func TestListenerOverrun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	l.gate.Lock()
 	for i := range added {
 		if err := h.XfrmPolicyAdd(policy(i, netlink.XFRM_DIR_OUT)); err != nil {

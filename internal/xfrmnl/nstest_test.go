@@ -22,7 +22,7 @@ func makeNS(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	_ = f.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // the thread ends with the goroutine: never reused in the new namespace
@@ -46,7 +46,7 @@ func nsHandle(t *testing.T, path string) *netlink.Handle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_XFRM, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatal(err)
