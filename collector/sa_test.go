@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"net/netip"
 	"os"
@@ -297,5 +298,35 @@ func TestSAPeerBooksFinals(t *testing.T) {
 		if got := packets(views(step.live...), views(step.finals...)); got != step.want {
 			t.Fatalf("%s: %d packets, want %d", step.what, got, step.want)
 		}
+	}
+}
+
+// TestSACollectorDuplicateIdentity: two SAs that differ only in what the
+// labels do not show (here the mark) must not make the scrape fail with a
+// duplicate series: the second is left out and counted, and both count in
+// the peer totals.
+func TestSACollectorDuplicateIdentity(t *testing.T) {
+	sas := sampleSAs()[:1]
+	twin := sas[0]
+	twin.Mark, twin.MarkMask, twin.Bytes = 0xd00, 0xf00, 60
+	sas = append(sas, twin)
+	c := newSACollector(booksLogger(), booksTargets(""), fakeSAReader(map[string]saSnapshot{"": {SAs: sas, Local: localOf("10.77.0.1")}}), true, 0)
+	got := scrapeText(t, c)
+	if n := strings.Count(got, "\nipsec_sa_info{"); n != 1 || !strings.Contains(got, "\nipsec_sa_omitted 1\n") {
+		t.Errorf("%d SAs exported, want 1 and one omitted:\n%s", n, got)
+	}
+	if !strings.Contains(got, `ipsec_peer_bytes_total{direction="out",netns="",peer="10.77.0.2"} 900`) {
+		t.Errorf("peer bytes should be 840 + 60:\n%s", got)
+	}
+}
+
+// TestSACollectorNoXfrm: a kernel without XFRM netlink (xfrm_user not
+// loaded) is "no data", not a failed scrape.
+func TestSACollectorNoXfrm(t *testing.T) {
+	c := newSACollector(booksLogger(), booksTargets(""), func(netnsTarget) (saSnapshot, error) {
+		return saSnapshot{}, fmt.Errorf("opening xfrm netlink socket: %w", unix.EPROTONOSUPPORT)
+	}, true, 0)
+	if err := c.Update(make(chan prometheus.Metric, 10)); !errors.Is(err, ErrNoData) {
+		t.Errorf("got %v, want ErrNoData", err)
 	}
 }
