@@ -158,11 +158,31 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.peers != nil {
 		names = c.peers.get()
 	}
-	for _, e := range entries {
-		peer := ""
+	peers := make([]string, len(entries))
+	for i, e := range entries {
 		if e.Peer.IsValid() {
-			peer = e.Peer.String()
+			peers[i] = e.Peer.String()
 		}
+	}
+	// Emit in the registry's order (label values in label-name order:
+	// direction, peer, result): its sort then finds the series sorted,
+	// one pass instead of n log n label comparisons.
+	order := make([]int, len(entries))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool {
+		x, y := order[a], order[b]
+		if entries[x].Direction != entries[y].Direction {
+			return entries[x].Direction < entries[y].Direction
+		}
+		if peers[x] != peers[y] {
+			return peers[x] < peers[y]
+		}
+		return entries[x].Result < entries[y].Result
+	})
+	for _, i := range order {
+		e, peer := entries[i], peers[i]
 		packets, bytes := bpfVerdictDescs(names != nil)
 		labels := []string{e.Direction, peer, e.Result}
 		if names != nil {
