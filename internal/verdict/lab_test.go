@@ -121,6 +121,7 @@ func runScenarios(t *testing.T, v *Verdicts) {
 	run("esp_in_esp_bundle", func(t *testing.T) { testBundle(t, v) })
 	run("bad_padding", func(t *testing.T) { testBadPadding(t, v) })
 	run("seq_overflow", func(t *testing.T) { testSeqOverflow(t, v) })
+	run("encap_mismatch", func(t *testing.T) { testEncapMismatch(t, v) })
 	// Last: the pcrypt instance stays preferred while any SA uses it.
 	run("async_crypto", func(t *testing.T) { testAsync(t, v) })
 }
@@ -557,6 +558,30 @@ func testSeqOverflow(t *testing.T, v *Verdicts) {
 	})
 	mib(t, p.A, statA, "XfrmOutStateSeqError", n-1)
 	checkBytes(t, d.get("encrypt", "ok", b), p.A.SACounters(t, e.AB), "A's outbound SA")
+	t.Logf("%s", d)
+}
+
+// testEncapMismatch: B's inbound SA expects ESP in UDP, A sends plain ESP.
+// The SA is found, then refused (XfrmInStateMismatch) before any check that
+// has its own marker: invalid_state, known only from the SA lookup hook
+// (xfrm_state_lookup on 6.1, xfrm_input_state_lookup on 6.12).
+func testEncapMismatch(t *testing.T, v *Verdicts) {
+	const n = 5
+	p := scenario.NewPair(t)
+	e := p.ESP(t, scenario.ESPOptions{})
+	replaceSA(t, p.B, e.AB, func(s *netlink.XfrmState) {
+		s.Encap = &netlink.XfrmStateEncap{Type: netlink.XFRM_ENCAP_ESPINUDP, SrcPort: 4500, DstPort: 4500,
+			OriginalAddress: net.IPv4zero}
+	})
+	before, statB := snap(t, v), p.B.XfrmStat(t)
+	p.A.PingTimeout(t, e.BAddr, n, 300*time.Millisecond)
+	d := snap(t, v).sub(before)
+	a, b := e.AB.Src, e.AB.Dst
+	expect(t, d, map[string]uint64{
+		key("encrypt", "ok", b):            n,
+		key("decrypt", "invalid_state", a): n,
+	})
+	mib(t, p.B, statB, "XfrmInStateMismatch", n)
 	t.Logf("%s", d)
 }
 
