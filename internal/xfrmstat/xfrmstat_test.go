@@ -137,3 +137,21 @@ func uitoa(v uint64) string {
 	}
 	return string(buf[i:])
 }
+
+// TestKnownMatchesMeanings: the ordered list and the meanings are the same
+// set, in the order of the newest fixture (the host's 6.18).
+func TestKnownMatchesMeanings(t *testing.T) {
+	known := Known()
+	if len(known) != len(meanings) {
+		t.Fatalf("%d known, %d meanings", len(known), len(meanings))
+	}
+	newest, err := ReadFile(filepath.Join("testdata", "xfrm_stat-6.18"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range newest {
+		if known[i] != c.Name {
+			t.Errorf("Known()[%d] = %s, kernel order has %s", i, known[i], c.Name)
+		}
+	}
+}
