@@ -105,12 +105,16 @@ func (c *Conn) Close() error {
 	return c.file.Close()
 }
 
-// SetReadBuffer sets the socket's receive buffer (SO_RCVBUF), which bounds
-// how many events can queue before the kernel drops them (ENOBUFS).
+// SetReadBuffer sets the socket's receive buffer, which bounds how many
+// events can queue before the kernel drops them (ENOBUFS). SO_RCVBUFFORCE
+// (with CAP_NET_ADMIN, which the listener needs anyway) goes beyond
+// net.core.rmem_max; SO_RCVBUF, the fallback, is capped by it.
 func (c *Conn) SetReadBuffer(bytes int) error {
 	var serr error
 	err := c.raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, bytes)
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bytes); serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, bytes)
+		}
 	})
 	if err != nil {
 		return err
