@@ -228,6 +228,7 @@ func tunnelRoutes(t testing.TB, n *Node, local, remote, gw netip.Addr) {
 	if err := n.NL.AddrAdd(lo, addr); err != nil {
 		t.Fatalf("%s: add %s: %v", n.Name, local, err)
 	}
+	WaitLocal(t, n.Netns, local)
 	l, err := n.NL.LinkByName(n.Link)
 	if err != nil {
 		t.Fatalf("%s: %v", n.Name, err)

@@ -102,6 +102,35 @@ func Connect(t testing.TB, x, y *Node, prefix4, prefix6 int) {
 	}
 	waitUp(t, x)
 	waitUp(t, y)
+	WaitLocal(t, x.Netns, x.IPv6)
+	WaitLocal(t, y.Netns, y.IPv6)
+}
+
+// WaitLocal waits until the kernel delivers packets for ip locally in n.
+// IPv6 installs an address's local route from a work queue (even with
+// NODAD), so packets arriving right after the address was added can be
+// dropped as unroutable; on a busy machine this took long enough to lose
+// whole ping runs. IPv4 installs the route synchronously.
+func WaitLocal(t testing.TB, n *Netns, ip netip.Addr) {
+	t.Helper()
+	if !ip.IsValid() || !ip.Is6() {
+		return
+	}
+	filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Dst: ipNet(netip.PrefixFrom(ip, 128))}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		routes, err := n.NL.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		if err != nil {
+			t.Fatalf("%s: local routes: %v", n.Name, err)
+		}
+		if len(routes) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no local route for %s after 5s", n.Name, ip)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // StaticNeighbour adds a permanent neighbour entry for ip on n's link.
