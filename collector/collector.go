@@ -118,7 +118,7 @@ func NewExporter(logger *slog.Logger, filters ...string) (*Exporter, error) {
 		}
 		c, err := r.factory(logger.With("collector", name))
 		if err != nil {
-			e.Close()
+			_ = e.Close()
 			return nil, fmt.Errorf("collector %s: %w", name, err)
 		}
 		e.collectors[name] = c
