@@ -26,7 +26,9 @@ func newTB(name string) *tb { return &tb{name: name} }
 func (t *tb) Helper()      {}
 func (t *tb) Name() string { return t.name }
 func (t *tb) Logf(format string, args ...any) {
-	log.Printf("%s: "+format, append([]any{t.name}, args...)...)
+	if !t.quiet {
+		log.Printf("%s: "+format, append([]any{t.name}, args...)...)
+	}
 }
 func (t *tb) Errorf(format string, args ...any) { t.Logf("error: "+format, args...) }
 func (t *tb) Fatalf(format string, args ...any) { panic(fatal{fmt.Sprintf(format, args...)}) }
