@@ -29,7 +29,7 @@ func main() {
 		labFiles  = flag.String("lab", "", "comma-separated outputs of `ipsec-lab test -run ^TestLabBench` (one per kernel or one for all)")
 		notesFile = flag.String("notes", "bench/NOTES.md", "hand-written findings appended to the report")
 		out       = flag.String("o", "BENCHMARKS.md", "report to write")
-		plot      = flag.String("plot", "bench/scrape.png", "PNG plot of scrape time against series")
+		plot      = flag.String("plot", "bench/scrape.png", "PNG plot of scrape time against series (empty: none)")
 		meta      = flag.String("meta", "", "file of `key: value` lines about the run (date, host, load, commands)")
 	)
 	flag.Parse()
@@ -499,6 +499,9 @@ func (r *report) writeHost(b *bytes.Buffer, plot, out string) {
 		}
 	}
 	b.WriteString("\n")
+	if plot == "" {
+		return
+	}
 	if err := drawPlot(plot, data.String()); err != nil {
 		fmt.Fprintf(b, "\n(No plot: %v.)\n", err)
 		return
@@ -559,8 +562,10 @@ plot %q index 0 using 1:2 with linespoints lw 2 title "Update (collector alone),
 `, path, tmp.Name(), tmp.Name(), tmp.Name())
 	cmd := exec.Command("gnuplot")
 	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("gnuplot: %v: %s", err, out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("gnuplot: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }
