@@ -45,7 +45,7 @@ var (
 // TestQueriesAgainstPrometheus runs every dashboard query and recording
 // rule against the Prometheus given with -prometheus:
 //
-//	go test ./e2e -run TestQueriesAgainstPrometheus -prometheus http://127.0.0.1:9090 -v
+//	go test ./e2e -run TestQueriesAgainstPrometheus -prometheus http://127.0.0.1:19090 -v
 func TestQueriesAgainstPrometheus(t *testing.T) {
 	if *existing == "" {
 		t.Skip("needs -prometheus URL")
