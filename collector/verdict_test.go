@@ -43,6 +43,9 @@ func (mapsSource) ProgramStats() map[string]*ebpf.ProgramStats {
 func newTestMaps(t *testing.T, size uint32, entries []verdict.Entry) mapsSource {
 	t.Helper()
 	m, err := verdict.NewMaps(size)
+	if errors.Is(err, fs.ErrPermission) {
+		t.Skipf("creating BPF maps needs root or CAP_BPF: %v", err)
+	}
 	if err != nil {
 		t.Fatalf("creating verdict maps: %v", err)
 	}

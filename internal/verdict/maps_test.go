@@ -1,6 +1,8 @@
 package verdict
 
 import (
+	"errors"
+	"io/fs"
 	"net/netip"
 	"slices"
 	"strings"
@@ -8,11 +10,7 @@ import (
 )
 
 func TestMapsRoundTrip(t *testing.T) {
-	m, err := NewMaps(8)
-	if err != nil {
-		t.Fatalf("NewMaps: %v", err)
-	}
-	defer func() { _ = m.Close() }()
+	m := newTestMaps(t, 8)
 	want := []Entry{
 		{Direction: "encrypt", Result: "ok", Peer: netip.MustParseAddr("10.0.0.2"), Packets: 5, Bytes: 420},
 		{Direction: "decrypt", Result: "integrity", Peer: netip.MustParseAddr("fd00::2"), Packets: 3, Bytes: 300},
@@ -48,11 +46,7 @@ func TestMapsRoundTrip(t *testing.T) {
 }
 
 func TestMapsManyKeysAcrossBatches(t *testing.T) {
-	m, err := NewMaps(1000)
-	if err != nil {
-		t.Fatalf("NewMaps: %v", err)
-	}
-	defer func() { _ = m.Close() }()
+	m := newTestMaps(t, 1000)
 	var in []Entry
 	for i := range 700 {
 		in = append(in, Entry{Direction: "decrypt", Result: "ok",
@@ -78,11 +72,7 @@ func TestMapsManyKeysAcrossBatches(t *testing.T) {
 }
 
 func TestErrorsCounters(t *testing.T) {
-	m, err := NewMaps(8)
-	if err != nil {
-		t.Fatalf("NewMaps: %v", err)
-	}
-	defer func() { _ = m.Close() }()
+	m := newTestMaps(t, 8)
 	if err := m.SetError("map_full", 7); err != nil {
 		t.Fatal(err)
 	}
@@ -107,4 +97,20 @@ func sortEntries(e []Entry) {
 	slices.SortFunc(e, func(a, b Entry) int {
 		return strings.Compare(a.Direction+a.Result+a.Peer.String(), b.Direction+b.Result+b.Peer.String())
 	})
+}
+
+// newTestMaps creates real maps. Without the right to create BPF maps
+// (not root, no CAP_BPF) the test is skipped and says so; every other
+// failure fails it.
+func newTestMaps(t *testing.T, size uint32) *Maps {
+	t.Helper()
+	m, err := NewMaps(size)
+	if errors.Is(err, fs.ErrPermission) {
+		t.Skipf("creating BPF maps needs root or CAP_BPF: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("NewMaps: %v", err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m
 }
