@@ -90,7 +90,18 @@ var (
 	saOmittedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "omitted"),
 		"SAs seen in this scrape that got no per-SA series (--no-collector.sa.per-sa, --collector.sa.max-series, or a duplicate identity). They still count in ipsec_peer_* and ipsec_sas.",
 		nil, nil)
+	saLarvalDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "larval"),
+		"Placeholder SAs the kernel holds while a key manager negotiates a real one (SPI 0, made on an ACQUIRE). They carry no traffic, expire on their own and are left out of every other SA and peer series.",
+		[]string{"netns"}, nil)
 )
+
+// isLarval tells the kernel's acquire placeholders from real SAs. On an
+// ACQUIRE (a policy needs an SA that does not exist, and a key manager is
+// listening — the events collector is one) the kernel inserts a larval state
+// with SPI 0 (xfrm_state_find -> km_query), reserved for ESP and never on the
+// wire. Counting it as an SA would keep a dead tunnel's peer looking alive and
+// make its 30 s acquire timeout look like an SA about to expire.
+func isLarval(sa *xfrmnl.SA) bool { return sa.SPI == 0 }
 
 func init() {
 	registerCollector("sa", true, func(logger *slog.Logger) (Collector, error) {
@@ -210,12 +221,20 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 		// the books hold its final counters back until it is gone.
 		if l := held[t.Name]; l != nil {
 			for _, sa := range l.TakeFinals() {
+				if isLarval(&sa) {
+					continue
+				}
 				finals = append(finals, viewOf(t.Name, &sa, snap.Local))
 			}
 		}
 		ch <- prometheus.MustNewConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), t.Name)
 		byDir := map[string]int{"in": 0, "out": 0}
+		larval := 0
 		for i := range snap.SAs {
+			if isLarval(&snap.SAs[i]) {
+				larval++
+				continue
+			}
 			v := viewOf(t.Name, &snap.SAs[i], snap.Local)
 			byDir[v.peer.direction]++
 			views = append(views, v)
@@ -223,6 +242,7 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 		for dir, n := range byDir {
 			ch <- prometheus.MustNewConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), t.Name, dir)
 		}
+		ch <- prometheus.MustNewConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), t.Name)
 	}
 	if len(read) == 0 && len(errs) > 0 {
 		if err := errors.Join(errs...); xfrmAbsent(err) {

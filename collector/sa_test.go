@@ -25,7 +25,9 @@ var updateGolden = flag.Bool("update-books", false, "rewrite the sa/policy colle
 const inf = math.MaxUint64
 
 // sampleSAs are an outbound SA with every kind of limit and an inbound one
-// with errors and no limits, between 10.77.0.1 (local) and 10.77.0.2.
+// with errors and no limits, between 10.77.0.1 (local) and 10.77.0.2, plus
+// the larval placeholder an ACQUIRE towards 10.77.0.3 leaves (SPI 0), which
+// must show only in ipsec_sa_larval.
 func sampleSAs() []xfrmnl.SA {
 	a, b := netip.MustParseAddr("10.77.0.1"), netip.MustParseAddr("10.77.0.2")
 	return []xfrmnl.SA{
@@ -40,6 +42,11 @@ func sampleSAs() []xfrmnl.SA {
 			Limits: xfrmnl.Limits{SoftBytes: inf, HardBytes: inf, SoftPackets: inf, HardPackets: inf},
 			Bytes:  420, Packets: 5, AddTime: 1700000001, ReplayDrops: 2, ReplayWindowDrops: 1, IntegrityFailures: 3,
 			HaveReplay: true, Seq: 5, Crypt: "cbc(aes)", Auth: "hmac(sha256)", EncapType: 2,
+		},
+		{
+			Family: unix.AF_INET, Src: a, Dst: netip.MustParseAddr("10.77.0.3"), SPI: 0, Proto: unix.IPPROTO_ESP, Reqid: 9,
+			Limits:  xfrmnl.Limits{SoftBytes: inf, HardBytes: inf, SoftPackets: inf, HardPackets: inf, HardAddSeconds: 30},
+			AddTime: 1700000002,
 		},
 	}
 }
