@@ -4,7 +4,7 @@ CLANG        ?= clang-14
 GOLANGCI_LINT_VERSION ?= v2.6.2
 PKGS          = ./...
 
-.PHONY: all build test test-host test-vm lab generate lint vet fmt deps bench clean
+.PHONY: all build test test-host test-vm test-e2e lab generate lint vet fmt deps bench clean
 
 all: build test
 
@@ -16,21 +16,33 @@ build:
 deps:
 	bash scripts/install-deps.sh
 
-## test: host unit tests, then every TestLab* test inside each lab kernel.
-test: deps test-host test-vm
+## test: host unit tests, every TestLab* test inside each lab kernel, then
+## the end-to-end run (lab VM, real Prometheus and Alertmanager on the host).
+test: deps test-host test-vm test-e2e
 
 test-host:
 	$(GO) vet $(PKGS)
 	$(GO) test -race $(PKGS)
 	cd examples/kubernetes && $(GO) vet ./... && $(GO) test ./...
+	cd dashboards && $(GO) vet ./... && $(GO) test ./...
 
 test-vm:
 	$(GO) run ./lab/cmd/ipsec-lab test
 
+test-e2e:
+	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 15m
+
 ## lab: boot the newest lab kernel with a two-node IPsec scenario and the
 ## exporter inside; metrics are forwarded to the host (see README).
+## Prometheus (127.0.0.1:19090) and Alertmanager (127.0.0.1:19093) run on the
+## host against it with the bundled rules.
 lab: deps
+	bash scripts/lab-monitoring.sh & mon=$$!; trap 'kill $$mon 2>/dev/null' EXIT INT TERM; \
 	$(GO) run ./lab/cmd/ipsec-lab run
+
+## bench: what watching IPsec costs; writes BENCHMARKS.md (15-30 min).
+bench:
+	bash scripts/bench.sh
 
 ## generate: rebuild the BPF objects (bpf2go) with the pinned clang.
 generate:
