@@ -19,7 +19,7 @@ const Prefix = "BENCH "
 //   - bpf_program: Variant, Round, Program, Packets, RunNs, Runs, Insns,
 //     Verified, MapCalls, Calls (run figures are deltas over the measured
 //     transfer, after a warm-up transfer with the programs attached)
-//   - throughput: Variant, Round, Bytes, Seconds
+//   - throughput: Variant, Round, Bytes, Seconds, Packets (ESP packets sent)
 //   - kstate: Collector (a configuration), Objects, Round, Seconds (the
 //     collector's own duration), WallSeconds (the whole HTTP scrape),
 //     Mallocs, AllocBytes, Series
