@@ -65,8 +65,15 @@ func NewPairNamed(t testing.TB, aPrefix, bPrefix string, subnet uint8) *Pair {
 // neighbours and waits for the link to be up on both sides.
 func Connect(t testing.TB, x, y *Node, prefix4, prefix6 int) {
 	t.Helper()
+	// Fresh namespaces number their first veth 2 on both sides. A veth whose
+	// peer has its own ifindex is not an "urgent" linkwatch event on 6.1, so
+	// the link came up a second late; a distinct index on x's side avoids it.
+	links, err := x.NL.LinkList()
+	if err != nil {
+		t.Fatalf("%s: links: %v", x.Name, err)
+	}
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: x.Link},
+		LinkAttrs:     netlink.LinkAttrs{Name: x.Link, Index: 100 + len(links)},
 		PeerName:      y.Link,
 		PeerNamespace: netlink.NsFd(int(y.handle)),
 	}
