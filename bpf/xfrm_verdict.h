@@ -135,13 +135,26 @@ struct {
 	__type(value, struct xv_stack);
 } frames SEC(".maps");
 
-/* Encrypt packets on their way to the crypto step: skb -> bytes the kernel
- * added to the SA's lifetime counter. Read by the async completion. */
+/* Encrypt packets on their way to the crypto step: what the kernel added to
+ * the SA's lifetime counter, for the async completion, in a slot chosen by
+ * the skb's address. An array, not a hash: the verifier inlines its lookup,
+ * so the per-packet write costs no helper call, hashing or lock (the LRU hash
+ * update it replaces was a quarter of the programs' run time per packet in
+ * the lab, see BENCHMARKS.md). A packet
+ * whose slot another one took meanwhile finds that one's skb there and counts
+ * pending_miss, as an LRU eviction did. */
+#define PENDING_SLOTS 8192 /* power of two */
+
+struct xv_pending {
+	__u64 skb;
+	__u64 bytes;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u64);
-	__type(value, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PENDING_SLOTS);
+	__type(key, __u32);
+	__type(value, struct xv_pending);
 } pending_encrypt SEC(".maps");
 
 struct {
@@ -156,6 +169,17 @@ static __always_inline void count_error(__u32 kind)
 	__u64 *v = bpf_map_lookup_elem(&verdict_errors, &kind);
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+/* pending_slot is the pending_encrypt slot of the frame's skb (slab
+ * objects: the low bits are alignment, fold higher ones in). The address is
+ * read back from the frame: the verifier allows no arithmetic on the skb
+ * pointer itself, only on the number stored in the map. */
+static __always_inline struct xv_pending *pending_slot(struct xv_frame *f)
+{
+	__u64 skb = *(volatile __u64 *)&f->skb;
+	__u32 idx = ((__u32)(skb >> 8) ^ (__u32)(skb >> 21)) & (PENDING_SLOTS - 1);
+	return bpf_map_lookup_elem(&pending_encrypt, &idx);
 }
 
 static __always_inline struct xv_stack *get_stack(void)
@@ -497,12 +521,11 @@ static __always_inline void on_output_enter(struct sk_buff *skb, int err)
 		return;
 	/* Async completion (or packet offload, which has no pending entry). */
 	f->flags |= F_RESUME;
-	__u64 key = (__u64)skb;
-	__u64 *bytes = bpf_map_lookup_elem(&pending_encrypt, &key);
-	if (bytes) {
-		f->bytes = *bytes;
+	struct xv_pending *p = pending_slot(f);
+	if (p && p->skb == f->skb) {
+		f->bytes = p->bytes;
 		f->flags |= F_SEQUENCED;
-		bpf_map_delete_elem(&pending_encrypt, &key);
+		p->skb = 0;
 	} else {
 		count_error(ERR_PENDING_MISS);
 	}
@@ -524,9 +547,11 @@ static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct x
 	 * step: pcrypt may complete on another CPU before this call returns.
 	 * A stale entry is harmless: the next packet with this skb address
 	 * passes here first and overwrites it. */
-	__u64 key = f->skb;
-	__u64 bytes = f->bytes;
-	bpf_map_update_elem(&pending_encrypt, &key, &bytes, BPF_ANY);
+	struct xv_pending *p = pending_slot(f);
+	if (p) {
+		p->bytes = f->bytes;
+		p->skb = f->skb;
+	}
 }
 
 /* The encrypted packet leaves through skb_dst(skb)->ops->local_out: the SA

@@ -36,6 +36,12 @@ type xfrmVerdictXvLookupArgs struct {
 	Daddr  [16]uint8
 }
 
+type xfrmVerdictXvPending struct {
+	_     structs.HostLayout
+	Skb   uint64
+	Bytes uint64
+}
+
 type xfrmVerdictXvStack struct {
 	_     structs.HostLayout
 	Depth uint32
