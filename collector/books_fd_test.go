@@ -43,7 +43,11 @@ func TestBooksNoFDLeak(t *testing.T) {
 	for range 200 {
 		scrape()
 	}
-	if after := booksFDs(t); after != before {
-		t.Errorf("open fds %d before 200 scrapes, %d after", before, after)
+	// A leak grows with the scrapes (200 or more fds); other tests of the
+	// package running in parallel open and close a few of their own, so the
+	// count may move a little either way without a leak.
+	const slack = 10
+	if after := booksFDs(t); after > before+slack {
+		t.Errorf("open fds %d before 200 scrapes, %d after: a leak", before, after)
 	}
 }
