@@ -235,8 +235,17 @@ func (r *report) write(b *bytes.Buffer, plot, out string) {
 	for _, k := range r.kernelList() {
 		fmt.Fprintf(b, "- lab kernel %s: Debian `%s`\n", k, r.kernels[k])
 	}
-	b.WriteString("\nThe lab runs under software emulation (qemu TCG, 2 vCPUs) on a shared 2-core machine: absolute times are\n")
-	b.WriteString("meaningless and noisy; the ratios between variants measured in the same VM run are what counts.\n")
+	b.WriteString("\nThe lab runs under software emulation (qemu TCG; no usable KVM here) on a shared 2-core machine.\n")
+	if strings.HasPrefix(r.meta.values["lab clock"], "instruction-counted") {
+		b.WriteString("Its clock is instruction-counted: every guest time below (BPF run time, transfer time) is a count of\n")
+		b.WriteString("emulated instructions, 1 ns each, so the figures repeat exactly and do not depend on the host's load. It\n")
+		b.WriteString("is a model (every instruction costs the same: cache misses are free, a byte of `rep movsb` costs as much\n")
+		b.WriteString("as an AES round), so absolute figures are not hardware nanoseconds; ratios between variants measured in\n")
+		b.WriteString("the same VM run are what counts.\n")
+	} else {
+		b.WriteString("Its clock is the host's: absolute times are meaningless and noisy; ratios between variants measured in\n")
+		b.WriteString("the same VM run are what counts.\n")
+	}
 	r.writeCost(b)
 	r.writeThroughput(b)
 	r.writeHost(b, plot, out)
