@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the tests and the lab need on Debian (bookworm): qemu to boot
 # the lab kernels, busybox-static and kmod to build their initramfs, iproute2
-# (its `ip` goes into the VM), xz-utils for 6.12's compressed modules.
+# (its `ip` goes into the VM), xz-utils for 6.12's compressed modules;
+# Prometheus and Alertmanager (promtool, amtool) for the rules tests, the
+# end-to-end run and the monitoring beside `make lab`; strace and systemd
+# (systemd-analyze) for the systemd unit's tests.
 # With --bpf also the pinned clang and llvm for `make generate`.
 # Idempotent and quick when everything is there: apt runs only for what is
 # missing. Called by `make deps`.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static kmod iproute2 cpio xz-utils)
+packages=(qemu-system-x86 busybox-static kmod iproute2 cpio xz-utils
+	prometheus prometheus-alertmanager strace systemd)
 for arg in "$@"; do
 	case "$arg" in
 	--bpf) packages+=(clang-14 llvm-14) ;;
