@@ -31,7 +31,7 @@ fi
 if [ "${BENCH_ICOUNT:-1}" = 1 ]; then
 	export PATH="$PWD/bench/qemu:$PATH"
 	smp=1
-	clock="instruction-counted (qemu -icount shift=0: guest time = emulated instructions, 1 ns each), 1 vCPU"
+	clock="instruction-counted (qemu -icount shift=0,sleep=off: guest time = emulated instructions, 1 ns each), 1 vCPU"
 else
 	smp=2
 	clock="host wall clock (BENCH_ICOUNT=0), 2 vCPUs"
