@@ -5,10 +5,10 @@ import (
 	"strings"
 )
 
-// initScript is the VM's /init: mount the usual file systems, load the lab
+// InitScript is the VM's /init: mount the usual file systems, load the lab
 // modules, then run body with fd 3 on the results port (ttyS1) and power off.
 // Lines starting with Marker on fd 3 are for the host runner.
-func initScript(k *Kernel, body string) string {
+func InitScript(k *Kernel, body string) string {
 	return fmt.Sprintf(`#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root

@@ -65,7 +65,7 @@ ip route add default via 10.0.2.2
 /lab/bin/ipsec-lab-node -listen :%d >&3 2>&3
 `, guestPort)
 	ir := &Initramfs{
-		Init:  initScript(k, body),
+		Init:  InitScript(k, body),
 		Files: map[string]string{VMExporter: exporter, "/lab/bin/ipsec-lab-node": agent},
 	}
 	initrd := filepath.Join(work, "initrd.cpio")

@@ -105,7 +105,7 @@ func Test(ctx context.Context, o TestOptions) error {
 		if err != nil {
 			return err
 		}
-		ir.Init = initScript(k, body.String())
+		ir.Init = InitScript(k, body.String())
 		dir := filepath.Join(work, spec.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
