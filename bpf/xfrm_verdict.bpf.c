@@ -22,7 +22,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 SEC("fentry/xfrm_input")
 int BPF_PROG(fentry_xfrm_input, struct sk_buff *skb, int nexthdr, __be32 spi, int encap_type)
 {
-	on_input_enter(skb, encap_type);
+	on_input_enter(skb, encap_type, true);
 	return 0;
 }
 
@@ -121,7 +121,7 @@ int BPF_PROG(tp_btf_kfree_skb, struct sk_buff *skb, void *location)
 SEC("fentry/xfrm_output_resume")
 int BPF_PROG(fentry_xfrm_output_resume, struct sock *sk, struct sk_buff *skb, int err)
 {
-	on_output_enter(skb, err);
+	on_output_enter(skb, err, true);
 	return 0;
 }
 
@@ -137,21 +137,21 @@ int BPF_PROG(fexit_xfrm_replay_overflow, struct xfrm_state *x, struct sk_buff *s
 {
 	struct xv_frame *f = top_of((__u64)skb, DIR_ENCRYPT);
 	if (f)
-		on_replay_overflow_exit(f, x, skb, ret);
+		on_replay_overflow_exit(f, x, skb, ret, true);
 	return 0;
 }
 
 SEC("fentry/__ip_local_out")
 int BPF_PROG(fentry___ip_local_out, struct net *net, struct sock *sk, struct sk_buff *skb)
 {
-	on_local_out(skb);
+	on_local_out(skb, true);
 	return 0;
 }
 
 SEC("fentry/__ip6_local_out")
 int BPF_PROG(fentry___ip6_local_out, struct net *net, struct sock *sk, struct sk_buff *skb)
 {
-	on_local_out(skb);
+	on_local_out(skb, true);
 	return 0;
 }
 
@@ -173,7 +173,7 @@ int BPF_PROG(fexit_xfrm_lookup_with_ifid, struct net *net, struct dst_entry *dst
 SEC("kprobe/xfrm_input")
 int BPF_KPROBE(kprobe_xfrm_input, struct sk_buff *skb, int nexthdr, __be32 spi, int encap_type)
 {
-	on_input_enter(skb, encap_type);
+	on_input_enter(skb, encap_type, false);
 	return 0;
 }
 
@@ -301,7 +301,7 @@ int raw_tracepoint_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 SEC("kprobe/xfrm_output_resume")
 int BPF_KPROBE(kprobe_xfrm_output_resume, struct sock *sk, struct sk_buff *skb, int err)
 {
-	on_output_enter(skb, err);
+	on_output_enter(skb, err, false);
 	return 0;
 }
 
@@ -329,21 +329,21 @@ int BPF_KRETPROBE(kretprobe_xfrm_replay_overflow, int ret)
 		return 0;
 	struct xfrm_state *x = (struct xfrm_state *)f->cand_x;
 	f->cand_x = 0;
-	on_replay_overflow_exit(f, x, (struct sk_buff *)f->skb, ret);
+	on_replay_overflow_exit(f, x, (struct sk_buff *)f->skb, ret, false);
 	return 0;
 }
 
 SEC("kprobe/__ip_local_out")
 int BPF_KPROBE(kprobe___ip_local_out, struct net *net, struct sock *sk, struct sk_buff *skb)
 {
-	on_local_out(skb);
+	on_local_out(skb, false);
 	return 0;
 }
 
 SEC("kprobe/__ip6_local_out")
 int BPF_KPROBE(kprobe___ip6_local_out, struct net *net, struct sock *sk, struct sk_buff *skb)
 {
-	on_local_out(skb);
+	on_local_out(skb, false);
 	return 0;
 }
 

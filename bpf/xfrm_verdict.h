@@ -309,13 +309,21 @@ static __always_inline void emit_frame(struct xv_frame *f, __u8 result)
 	emit(f->dir, f->family, f->peer, result, f->bytes);
 }
 
+/* XV_READ reads a field of a kernel object. btf (a constant at every call
+ * site) says the pointer is a BTF-typed argument of an fentry/fexit program:
+ * then it is one load, which the verifier guards, instead of a
+ * bpf_probe_read_kernel call (the helper calls were a fifth of the
+ * programs' run time per packet in the lab, see BENCHMARKS.md). kprobe
+ * programs and pointers read from memory always take the helper. */
+#define XV_READ(btf, p, field) ((btf) ? (p)->field : BPF_CORE_READ(p, field))
+
 /* The outer IP header is still at skb->network_header whenever xfrm_input is
  * entered, also on the async resume (esp_input_done2 moves only data and the
  * transport header). */
-static __always_inline void read_outer_source(struct sk_buff *skb, struct xv_frame *f)
+static __always_inline void read_outer_source(struct sk_buff *skb, struct xv_frame *f, bool btf)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
+	unsigned char *head = XV_READ(btf, skb, head);
+	__u16 nh = XV_READ(btf, skb, network_header);
 	__u8 vb = 0;
 
 	bpf_probe_read_kernel(&vb, 1, head + nh);
@@ -328,24 +336,35 @@ static __always_inline void read_outer_source(struct sk_buff *skb, struct xv_fra
 	}
 }
 
-static __always_inline void read_sa_peer(struct xfrm_state *x, struct xv_frame *f)
+static __always_inline void read_sa_peer(struct xfrm_state *x, struct xv_frame *f, bool btf)
 {
 	if (!x)
 		return;
-	__u16 family = BPF_CORE_READ(x, props.family);
+	__u16 family = XV_READ(btf, x, props.family);
+	__u32 *peer = (__u32 *)f->peer;
 	if (family == AF_INET) {
 		f->family = 4;
-		bpf_core_read(f->peer, 4, &x->id.daddr);
+		if (btf)
+			peer[0] = x->id.daddr.a4;
+		else
+			bpf_core_read(f->peer, 4, &x->id.daddr);
 	} else if (family == AF_INET6) {
 		f->family = 6;
-		bpf_core_read(f->peer, 16, &x->id.daddr);
+		if (btf) {
+			peer[0] = x->id.daddr.a6[0];
+			peer[1] = x->id.daddr.a6[1];
+			peer[2] = x->id.daddr.a6[2];
+			peer[3] = x->id.daddr.a6[3];
+		} else {
+			bpf_core_read(f->peer, 16, &x->id.daddr);
+		}
 	}
 }
 
 /* skb_dst(skb)->xfrm: the SA the packet is about to be transformed with. */
-static __always_inline struct xfrm_state *skb_dst_xfrm(struct sk_buff *skb)
+static __always_inline struct xfrm_state *skb_dst_xfrm(struct sk_buff *skb, bool btf)
 {
-	unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst);
+	unsigned long refdst = XV_READ(btf, skb, _skb_refdst);
 	struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
 	if (!dst)
 		return NULL;
@@ -354,15 +373,15 @@ static __always_inline struct xfrm_state *skb_dst_xfrm(struct sk_buff *skb)
 
 /* ---- decrypt ---------------------------------------------------------- */
 
-static __always_inline void on_input_enter(struct sk_buff *skb, int encap_type)
+static __always_inline void on_input_enter(struct sk_buff *skb, int encap_type, bool btf)
 {
 	struct xv_frame *f = push_frame((__u64)skb, DIR_DECRYPT);
 	if (!f)
 		return;
 	if (encap_type == -1)
 		f->flags |= F_RESUME;
-	f->bytes = BPF_CORE_READ(skb, len);
-	read_outer_source(skb, f);
+	f->bytes = XV_READ(btf, skb, len);
+	read_outer_source(skb, f, btf);
 }
 
 static __always_inline __u8 decrypt_reason(struct xv_frame *f)
@@ -509,14 +528,14 @@ static __always_inline void on_kfree_skb(__u64 skb)
 
 /* ---- encrypt ------------------------------------------------------------ */
 
-static __always_inline void on_output_enter(struct sk_buff *skb, int err)
+static __always_inline void on_output_enter(struct sk_buff *skb, int err, bool btf)
 {
 	struct xv_frame *f = push_frame((__u64)skb, DIR_ENCRYPT);
 	if (!f)
 		return;
 	f->err_in = err;
-	f->bytes = BPF_CORE_READ(skb, len);
-	read_sa_peer(skb_dst_xfrm(skb), f);
+	f->bytes = XV_READ(btf, skb, len);
+	read_sa_peer(skb_dst_xfrm(skb, btf), f, false); /* the SA pointer comes from memory */
 	if (err > 0)
 		return;
 	/* Async completion (or packet offload, which has no pending entry). */
@@ -531,7 +550,8 @@ static __always_inline void on_output_enter(struct sk_buff *skb, int err)
 	}
 }
 
-static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct xfrm_state *x, struct sk_buff *skb, int ret)
+static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct xfrm_state *x, struct sk_buff *skb, int ret,
+						    bool btf)
 {
 	next_output_sa(f);
 	if (ret != 0) {
@@ -540,9 +560,9 @@ static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct x
 		return;
 	}
 	/* The kernel adds skb->len to x->curlft.bytes right after this. */
-	f->bytes = BPF_CORE_READ(skb, len);
+	f->bytes = XV_READ(btf, skb, len);
 	f->flags |= F_SEQUENCED;
-	read_sa_peer(x, f);
+	read_sa_peer(x, f, btf);
 	/* Remember the bytes for an async completion now, before the crypto
 	 * step: pcrypt may complete on another CPU before this call returns.
 	 * A stale entry is harmless: the next packet with this skb address
@@ -557,13 +577,13 @@ static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct x
 /* The encrypted packet leaves through skb_dst(skb)->ops->local_out: the SA
  * did its work. In a bundle (tunnel in tunnel) the same call continues with
  * the next SA, which skb_dst(skb) now points to. */
-static __always_inline void on_local_out(struct sk_buff *skb)
+static __always_inline void on_local_out(struct sk_buff *skb, bool btf)
 {
 	struct xv_frame *f = top_of((__u64)skb, DIR_ENCRYPT);
 	if (!f || (f->flags & (F_DONE | F_DROPPED)))
 		return;
 	emit_frame(f, RESULT_OK);
-	struct xfrm_state *next = skb_dst_xfrm(skb);
+	struct xfrm_state *next = skb_dst_xfrm(skb, btf);
 	if (!next) {
 		f->flags |= F_DONE;
 		return;
@@ -571,8 +591,8 @@ static __always_inline void on_local_out(struct sk_buff *skb)
 	f->flags = 0;
 	f->hint = RESULT_NONE;
 	f->err_in = 1;
-	f->bytes = BPF_CORE_READ(skb, len);
-	read_sa_peer(next, f);
+	f->bytes = XV_READ(btf, skb, len);
+	read_sa_peer(next, f, false); /* the SA pointer comes from memory */
 }
 
 static __always_inline __u8 encrypt_reason(struct xv_frame *f, int ret)
