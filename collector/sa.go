@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -266,20 +267,23 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 	emitted := 0
 	seen := map[string]bool{}
 	for _, v := range views {
-		key := fmt.Sprint(v.labels)
-		switch {
-		case !c.perSA, c.max > 0 && emitted >= c.max:
+		if !c.perSA || (c.max > 0 && emitted >= c.max) {
+			// Beyond the cap nothing per SA is worked out: with 10k SAs
+			// and the default cap that is 9k identity keys not built.
 			omitted++
-		case seen[key]:
+			continue
+		}
+		key := strings.Join(v.labels, "\x00")
+		if seen[key] {
 			// Same identity labels (e.g. SAs differing only in mark):
 			// a second series would break the scrape.
-			c.logger.Debug("SA with a duplicate identity left out", "labels", key)
+			c.logger.Debug("SA with a duplicate identity left out", "labels", strings.Join(v.labels, ","))
 			omitted++
-		default:
-			seen[key] = true
-			emitted++
-			emitSA(ch, v, now)
+			continue
 		}
+		seen[key] = true
+		emitted++
+		emitSA(ch, v, now)
 	}
 	ch <- prometheus.MustNewConstMetric(saOmittedDesc, prometheus.GaugeValue, float64(omitted))
 	return errors.Join(errs...)
