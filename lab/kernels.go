@@ -120,14 +120,15 @@ func newestPackage(spec KernelSpec, cache string) (string, error) {
 	if len(names) == 0 {
 		return "", fmt.Errorf("no package matches %s in the apt lists: run `make deps` (apt-get update)", spec.Package)
 	}
-	sort.Slice(names, func(i, j int) bool { return versionLess(names[i], names[j]) })
+	sort.Slice(names, func(i, j int) bool { return VersionLess(names[i], names[j]) })
 	return names[len(names)-1], nil
 }
 
 var digits = regexp.MustCompile(`[0-9]+`)
 
-// versionLess compares the numbers in two package names in order.
-func versionLess(a, b string) bool {
+// VersionLess compares the numbers in two version strings or package names
+// in order (6.1 < 6.12; linux-image-6.1.0-9 < linux-image-6.1.0-56).
+func VersionLess(a, b string) bool {
 	x, y := digits.FindAllString(a, -1), digits.FindAllString(b, -1)
 	for i := 0; i < len(x) && i < len(y); i++ {
 		p, _ := strconv.Atoi(x[i])

@@ -66,8 +66,8 @@ func TestNewestPackage(t *testing.T) {
 		{"linux-image-6.1.0-9-cloud-amd64-unsigned", "linux-image-6.1.0-56-cloud-amd64-unsigned"},
 		{"linux-image-6.12.99+deb12-cloud-amd64-unsigned", "linux-image-6.12.117+deb12-cloud-amd64-unsigned"},
 	} {
-		if !versionLess(c.a, c.b) || versionLess(c.b, c.a) {
-			t.Errorf("versionLess(%s, %s) wrong", c.a, c.b)
+		if !VersionLess(c.a, c.b) || VersionLess(c.b, c.a) {
+			t.Errorf("VersionLess(%s, %s) wrong", c.a, c.b)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/ipsec-exporter/ipsec_exporter/bench"
+	"github.com/ipsec-exporter/ipsec_exporter/lab"
 )
 
 func main() {
@@ -192,20 +193,8 @@ func median(v []float64) float64 {
 
 func (r *report) kernelList() []string {
 	ks := append([]string(nil), r.order...)
-	sort.Slice(ks, func(i, j int) bool { return versionLess(ks[i], ks[j]) })
+	sort.Slice(ks, func(i, j int) bool { return lab.VersionLess(ks[i], ks[j]) })
 	return ks
-}
-
-func versionLess(a, b string) bool {
-	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < len(pa) && i < len(pb); i++ {
-		x, _ := strconv.Atoi(pa[i])
-		y, _ := strconv.Atoi(pb[i])
-		if x != y {
-			return x < y
-		}
-	}
-	return len(pa) < len(pb)
 }
 
 func (r *report) filter(kind, kernel string) []bench.Record {
