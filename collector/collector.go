@@ -94,26 +94,16 @@ type Exporter struct {
 	logger     *slog.Logger
 }
 
-// NewExporter builds every collector enabled by its flag, or only the named
-// ones when filters are given (the ?collect[]= URL parameter). A collector
-// whose factory fails is a start-up error: the caller decides whether that is
-// fatal.
-func NewExporter(logger *slog.Logger, filters ...string) (*Exporter, error) {
+// NewExporter builds every collector enabled by its flag, once per process:
+// collectors attach BPF programs and open netlink sockets, so they must not
+// be built per request. A collector whose factory fails is a start-up error:
+// the caller decides whether that is fatal.
+func NewExporter(logger *slog.Logger) (*Exporter, error) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
-	wanted := map[string]bool{}
-	for _, f := range filters {
-		if _, ok := registrations[f]; !ok {
-			return nil, fmt.Errorf("unknown collector %q", f)
-		}
-		wanted[f] = true
-	}
 	e := &Exporter{collectors: map[string]Collector{}, logger: logger}
 	for name, r := range registrations {
-		if len(wanted) > 0 && !wanted[name] {
-			continue
-		}
-		if len(wanted) == 0 && !*r.enabled {
+		if !*r.enabled {
 			continue
 		}
 		c, err := r.factory(logger.With("collector", name))
