@@ -143,7 +143,12 @@ func VersionLess(a, b string) bool {
 // download fetches pkg with apt-get download, unpacks it with dpkg-deb and
 // runs depmod on it; dir appears only when all of that worked.
 func download(pkg, dir string) error {
-	// A unique temporary directory: parallel runs may fetch the same kernel.
+	// The cache directory may not exist yet (a fresh machine, or CI's empty
+	// lab cache); a unique temporary directory inside it, because parallel
+	// runs may fetch the same kernel.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("lab cache: %w", err)
+	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".tmp*")
 	if err != nil {
 		return err
