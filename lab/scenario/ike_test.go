@@ -1,0 +1,48 @@
+package scenario
+
+import (
+	"testing"
+)
+
+// daemonPairs are the IKE daemon combinations the lab proves: each daemon
+// with itself, and strongSwan initiating to Libreswan.
+var daemonPairs = []struct {
+	name string
+	a, b DaemonKind
+}{
+	{"strongswan", StrongSwanKind, StrongSwanKind},
+	{"libreswan", LibreswanKind, LibreswanKind},
+	{"strongswan-libreswan", StrongSwanKind, LibreswanKind},
+}
+
+// TestLabIKEEstablish: each daemon pair negotiates transport and tunnel
+// children with a PSK, and pings move both kernels' SAs by exactly the
+// number sent.
+func TestLabIKEEstablish(t *testing.T) {
+	RequireVM(t)
+	for _, dp := range daemonPairs {
+		for _, tunnel := range []bool{false, true} {
+			name := dp.name + "/transport"
+			if tunnel {
+				name = dp.name + "/tunnel"
+			}
+			t.Run(name, func(t *testing.T) {
+				p := NewPair(t)
+				e := p.IKE(t, dp.a, dp.b, IKEOptions{Tunnel: tunnel})
+				t.Logf("child SAs in both kernels %s after A started", e.Established)
+				ab, ba := e.SPIs(t, p.A)
+				const n = 10
+				beforeA, beforeB := p.A.SACounters(t, SA{Src: p.A.IPv4, Dst: p.B.IPv4, SPI: ab[0]}), p.B.SACounters(t, SA{Src: p.B.IPv4, Dst: p.A.IPv4, SPI: ba[0]})
+				if got := p.A.Ping(t, e.BAddr, n); got != n {
+					t.Errorf("%d of %d replies", got, n)
+				}
+				dA := p.A.SACounters(t, SA{Src: p.A.IPv4, Dst: p.B.IPv4, SPI: ab[0]}).Sub(beforeA)
+				dB := p.B.SACounters(t, SA{Src: p.B.IPv4, Dst: p.A.IPv4, SPI: ba[0]}).Sub(beforeB)
+				if dA["packets"] != n || dB["packets"] != n {
+					t.Errorf("A->B SA on A moved %v, B->A SA on B moved %v; want %d packets each", dA, dB, n)
+				}
+				t.Logf("A rss %d KiB, B rss %d KiB", RSS(t, e.A.Pid())>>10, RSS(t, e.B.Pid())>>10)
+			})
+		}
+	}
+}
