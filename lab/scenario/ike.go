@@ -112,6 +112,20 @@ const (
 	LibreswanKind  DaemonKind = "libreswan"
 )
 
+// DaemonPair is a combination of daemons, a on A (the initiator) and b on B.
+type DaemonPair struct {
+	Name string
+	A, B DaemonKind
+}
+
+// DaemonPairs are the combinations the lab proves: each daemon with
+// itself, and strongSwan initiating to Libreswan (they interoperate).
+var DaemonPairs = []DaemonPair{
+	{"strongswan", StrongSwanKind, StrongSwanKind},
+	{"libreswan", LibreswanKind, LibreswanKind},
+	{"strongswan-libreswan", StrongSwanKind, LibreswanKind},
+}
+
 // IKE starts daemon a on A and b on B with the connection o and, unless
 // o.Trap or o.NoWait, waits until both kernels have the child SAs.
 func (p *Pair) IKE(t testing.TB, a, b DaemonKind, o IKEOptions) *IKE {

@@ -4,31 +4,20 @@ import (
 	"testing"
 )
 
-// daemonPairs are the IKE daemon combinations the lab proves: each daemon
-// with itself, and strongSwan initiating to Libreswan.
-var daemonPairs = []struct {
-	name string
-	a, b DaemonKind
-}{
-	{"strongswan", StrongSwanKind, StrongSwanKind},
-	{"libreswan", LibreswanKind, LibreswanKind},
-	{"strongswan-libreswan", StrongSwanKind, LibreswanKind},
-}
-
 // TestLabIKEEstablish: each daemon pair negotiates transport and tunnel
 // children with a PSK, and pings move both kernels' SAs by exactly the
 // number sent.
 func TestLabIKEEstablish(t *testing.T) {
 	RequireVM(t)
-	for _, dp := range daemonPairs {
+	for _, dp := range DaemonPairs {
 		for _, tunnel := range []bool{false, true} {
-			name := dp.name + "/transport"
+			name := dp.Name + "/transport"
 			if tunnel {
-				name = dp.name + "/tunnel"
+				name = dp.Name + "/tunnel"
 			}
 			t.Run(name, func(t *testing.T) {
 				p := NewPair(t)
-				e := p.IKE(t, dp.a, dp.b, IKEOptions{Tunnel: tunnel})
+				e := p.IKE(t, dp.A, dp.B, IKEOptions{Tunnel: tunnel})
 				t.Logf("child SAs in both kernels %s after A started", e.Established)
 				ab, ba := e.SPIs(t, p.A)
 				const n = 10
