@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"sync"
@@ -56,14 +57,22 @@ func startLabExporter(t *testing.T, ns []*scenario.Netns, args ...string) *labEx
 			t.Logf("exporter log:\n%s", e.logs.String())
 		}
 	})
-	e.scrape(t) // up: its event listeners run
+	// Attaching the verdict programs takes 2-20s under emulation on a
+	// loaded machine.
+	e.scrapeWithin(t, 2*time.Minute) // up: its event listeners run
 	return e
 }
 
-// scrape reads /metrics (waiting up to 30s for the exporter to answer).
+// scrape reads /metrics.
 func (e *labExporter) scrape(t *testing.T) samples {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	return e.scrapeWithin(t, 30*time.Second)
+}
+
+// scrapeWithin reads /metrics, waiting up to d for the exporter to answer.
+func (e *labExporter) scrapeWithin(t *testing.T, d time.Duration) samples {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		resp, err := http.Get("http://" + e.addr + "/metrics")
 		if err == nil {
@@ -116,10 +125,12 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-// outErrors and inErrors sum a namespace's XfrmOut* and XfrmIn* MIB
-// counters: packets the kernel failed to encrypt or decrypt.
-func outErrors(c scenario.Counters) uint64 { return sumPrefix(c, "XfrmOut") }
-func inErrors(c scenario.Counters) uint64  { return sumPrefix(c, "XfrmIn") }
+// outDrops and inDrops sum a namespace's XfrmOut* and XfrmIn* MIB
+// counters, plus XfrmAcquireError on input (xfrm_input: ESP for an SPI that
+// is still larval, when a peer switched to a new SA before this side had
+// installed it), for the log: what the kernel dropped.
+func outDrops(c scenario.Counters) uint64 { return sumPrefix(c, "XfrmOut") }
+func inDrops(c scenario.Counters) uint64  { return sumPrefix(c, "XfrmIn") + c["XfrmAcquireError"] }
 
 func sumPrefix(c scenario.Counters, prefix string) uint64 {
 	var n uint64
@@ -133,14 +144,16 @@ func sumPrefix(c scenario.Counters, prefix string) uint64 {
 
 // TestLabIKERekeys: continuous pings from A to B while the daemons rekey
 // the child SAs every few seconds (and the IKE SA too), then both daemons
-// stop (and delete their SAs). At every point of the path the exporter's
-// counts equal what the kernel did:
-//   - eBPF verdicts: A encrypted = requests sent minus A's XfrmOut* drops;
-//     B decrypted = that minus B's XfrmIn* drops; and back; A decrypted =
-//     the replies the pinger received;
-//   - per-peer books (ipsec_peer_packets_total) in each namespace equal the
-//     verdicts, over all the SAs the rekeys made and deleted;
-//   - ipsec_xfrm_events_total equals the kernel's event stream, per event.
+// stop and delete their SAs. At every point of the path the exporter's
+// counts equal the kernel's own SA counters, taken from the kernel's event
+// stream (each deleted SA's final counters, on the test's own socket):
+//   - eBPF verdicts: ok encrypts towards B = what A's A->B SAs carried; ok
+//     decrypts from A = what B's copies carried; and back;
+//   - per-peer books (ipsec_peer_packets_total) in each namespace, the same,
+//     over all the SAs the rekeys made and deleted;
+//   - ipsec_xfrm_events_total equals the kernel's event stream, per event;
+//   - the pings: replies = A's ok decrypts; requests lost at the rekeys are
+//     few and the kernel's drop counters are logged.
 func TestLabIKERekeys(t *testing.T) {
 	scenario.RequireVM(t)
 	exp := startLabExporter(t, nil)
@@ -157,23 +170,21 @@ func TestLabIKERekeys(t *testing.T) {
 			rekeys := spis() - 1
 			e.A.Stop(t)
 			e.B.Stop(t)
-			waitNoSAs(t, e)
+			waitNoSAs(t, e) // every SA deleted: the event stream has all final counters
 			xA, xB := p.A.XfrmStat(t).Sub(xA0), p.B.XfrmStat(t).Sub(xB0)
 			after := waitEventsSettled(t, exp, map[string]*scenario.XfrmEvents{p.A.Name: evA, p.B.Name: evB})
 
-			a, b := p.A.IPv4.String(), p.B.IPv4.String()
-			verdict := func(dir, peer string) uint64 {
-				l := labels("direction", dir, "peer", peer, "result", "ok")
+			a, b := p.A.IPv4, p.B.IPv4
+			verdict := func(dir string, peer netip.Addr) uint64 {
+				l := labels("direction", dir, "peer", peer.String(), "result", "ok")
 				return uint64(after.value(t, "ipsec_xfrm_packets_total", l) - before.value(t, "ipsec_xfrm_packets_total", l))
 			}
-			books := func(netns, peer, dir string) uint64 {
-				l := labels("netns", netns, "peer", peer, "direction", dir)
+			books := func(netns string, peer netip.Addr, dir string) uint64 {
+				l := labels("netns", netns, "peer", peer.String(), "direction", dir)
 				return uint64(after.value(t, "ipsec_peer_packets_total", l) - before.value(t, "ipsec_peer_packets_total", l))
 			}
-			sent := uint64(res.Sent + res.Failed)
-			encAB := sent - outErrors(xA)
-			decAB := encAB - inErrors(xB)
-			encBA := decAB - outErrors(xB)
+			encAB, decAB := evA.RemovedPackets(a, b), evB.RemovedPackets(a, b)
+			encBA, decBA := evB.RemovedPackets(b, a), evA.RemovedPackets(b, a)
 			for _, c := range []struct {
 				what      string
 				got, want uint64
@@ -181,25 +192,27 @@ func TestLabIKERekeys(t *testing.T) {
 				{"A encrypted to B (verdicts)", verdict("encrypt", b), encAB},
 				{"B decrypted from A (verdicts)", verdict("decrypt", a), decAB},
 				{"B encrypted to A (verdicts)", verdict("encrypt", a), encBA},
-				{"A decrypted from B (verdicts) = replies", verdict("decrypt", b), uint64(res.Replies)},
+				{"A decrypted from B (verdicts)", verdict("decrypt", b), decBA},
 				{"A's books, out to B", books(p.A.Name, b, "out"), encAB},
 				{"B's books, in from A", books(p.B.Name, a, "in"), decAB},
 				{"B's books, out to A", books(p.B.Name, a, "out"), encBA},
-				{"A's books, in from B", books(p.A.Name, b, "in"), uint64(res.Replies)},
+				{"A's books, in from B", books(p.A.Name, b, "in"), decBA},
+				{"ping replies = A's decrypts", uint64(res.Replies), decBA},
 			} {
 				if c.got != c.want {
-					t.Errorf("%s: %d, want %d", c.what, c.got, c.want)
+					t.Errorf("%s: %d, kernel's SA counters %d", c.what, c.got, c.want)
 				}
 			}
-			if encBA-uint64(res.Replies) != inErrors(xA) {
-				t.Errorf("B encrypted %d replies, A received %d, but A's XfrmIn* counters rose by %d", encBA, res.Replies, inErrors(xA))
+			sent := uint64(res.Sent + res.Failed)
+			if encAB == 0 || sent-encAB > sent/50 {
+				t.Errorf("A encrypted %d of %d requests: more than 2%% lost at the rekeys", encAB, sent)
 			}
 			if rekeys < 3 {
 				t.Errorf("%d child rekeys in 30s, want at least 3 (rekey every 5s)", rekeys)
 			}
-			t.Logf("kernel %s, %s: %d requests sent (%d sendto errors), %d replies, across %d child rekeys; encrypt ok A->B %d, B->A %d; kernel drops: A out %d in %d, B out %d in %d (%s | %s); established after %s; test %s",
-				scenario.Kernel(), dp.Name, res.Sent, res.Failed, res.Replies, rekeys, encAB, encBA,
-				outErrors(xA), inErrors(xA), outErrors(xB), inErrors(xB), xA, xB, e.Established.Round(time.Millisecond), time.Since(start).Round(time.Second))
+			t.Logf("kernel %s, %s: %d requests sent (%d sendto errors), %d replies, across %d child rekeys; kernel SA counters: A->B %d encrypted, %d decrypted; B->A %d encrypted, %d decrypted; kernel drops: A out %d in %d, B out %d in %d (A: %s | B: %s); established after %s; test %s",
+				scenario.Kernel(), dp.Name, res.Sent, res.Failed, res.Replies, rekeys, encAB, decAB, encBA, decBA,
+				outDrops(xA), inDrops(xA), outDrops(xB), inDrops(xB), xA, xB, e.Established.Round(time.Millisecond), time.Since(start).Round(time.Second))
 		})
 	}
 }
@@ -278,14 +291,22 @@ func waitEventsSettled(t *testing.T, exp *labExporter, streams map[string]*scena
 			}
 			for name := range names {
 				got := s.value(t, "ipsec_xfrm_events_total", labels("netns", netns, "event", name))
-				if uint64(got) != kernel[name] {
-					diffs = append(diffs, fmt.Sprintf("%s %s: exporter %v, kernel %d", netns, name, got, kernel[name]))
+				want := kernel[name]
+				if name == "sa_deleted" {
+					// The exporter counts the deletion of SAs it knew: not of
+					// an SPI a daemon allocated and gave up (strongSwan after
+					// a failed authentication), which the kernel never
+					// announced as added.
+					want -= ev.Unannounced()
+				}
+				if uint64(got) != want {
+					diffs = append(diffs, fmt.Sprintf("%s %s: exporter %v, kernel %d (of which %d unannounced)", netns, name, got, kernel[name], ev.Unannounced()))
 				}
 			}
 		}
 		if len(diffs) == 0 {
 			for netns, ev := range streams {
-				t.Logf("kernel %s: %s events, exporter = kernel stream: %s", scenario.Kernel(), netns, ev.Counts(t))
+				t.Logf("kernel %s: %s events, exporter = kernel stream: %s (sa_deleted of never-installed SPIs: %d)", scenario.Kernel(), netns, ev.Counts(t), ev.Unannounced())
 			}
 			return s
 		}

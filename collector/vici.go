@@ -56,8 +56,8 @@ var (
 		"IKE SAs seen in this scrape that got no per-SA series (--collector.vici.max-sas), nor did their child SAs. They still count in ipsec_ike_connection_*.",
 		nil, nil)
 
-	ikeSALabels     = []string{"connection", "uid", "peer"}
-	ikeSAInfoDesc   = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_info"),
+	ikeSALabels   = []string{"connection", "uid", "peer"}
+	ikeSAInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_info"),
 		"An IKE SA with its state (CONNECTING, ESTABLISHED, REKEYING, DELETING, ...), IKE version and local address; peer is the remote IKE address. Always 1.",
 		append(append([]string{}, ikeSALabels...), "state", "version", "local"), nil)
 	ikeSAEstablishedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_established_timestamp_seconds"),

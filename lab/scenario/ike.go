@@ -151,6 +151,11 @@ func (p *Pair) IKE(t testing.TB, a, b DaemonKind, o IKEOptions) *IKE {
 	e.B = startDaemon(t, b, endB, o)
 	start := time.Now()
 	e.A = startDaemon(t, a, endA, o)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("A (%s) log:\n%s\nB (%s) log:\n%s", e.A.Kind(), e.A.LogTail(), e.B.Kind(), e.B.LogTail())
+		}
+	})
 	if !o.Trap && !o.NoWait {
 		e.WaitChild(t, 60*time.Second)
 		e.Established = time.Since(start)

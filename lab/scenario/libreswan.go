@@ -85,7 +85,7 @@ func plutoConf(end ikeEnd, o IKEOptions) string {
 	if o.DPD > 0 {
 		// IKEv2 liveness: a probe every DPD; the peer is dead when one stays
 		// unanswered through the retransmits (retransmit-timeout).
-		dpd = fmt.Sprintf("dpddelay=%s\n\tretransmit-timeout=5s\n\tdpdaction=clear\n", seconds(o.DPD))
+		dpd = fmt.Sprintf("dpddelay=%s\n\tretransmit-timeout=5s\n\tdpdaction=clear\n\t", seconds(o.DPD))
 	}
 	return fmt.Sprintf(`config setup
 	plutodebug=none

@@ -64,6 +64,8 @@ func socketAnswers(path string) bool {
 // dead after about 5 s instead of minutes), log to stderr.
 func charonConf(vici string) string {
 	plugins := "random nonce aes sha1 sha2 hmac gcm gmp kdf kernel-netlink socket-default vici"
+	// swanctl loads only library plugins (the others are charon's).
+	swanctlPlugins := "random nonce aes sha1 sha2 hmac gcm gmp kdf"
 	return fmt.Sprintf(`charon {
 	load = %[1]s
 	install_routes = no
@@ -85,10 +87,10 @@ func charonConf(vici string) string {
 	}
 }
 swanctl {
-	load = %[1]s
+	load = %[3]s
 	socket = unix://%[2]s
 }
-`, plugins, vici)
+`, plugins, vici, swanctlPlugins)
 }
 
 // swanctlConf is the connection and its PSK in swanctl.conf syntax.

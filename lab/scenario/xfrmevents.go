@@ -1,6 +1,7 @@
 package scenario
 
 import (
+	"net/netip"
 	"sync"
 	"syscall"
 	"testing"
@@ -14,10 +15,27 @@ import (
 // every message on its XFRM netlink multicast groups, by type, read on a
 // socket of the test's own (independent of the exporter's listener). Names
 // are those of ipsec_xfrm_events_total{event}.
+//
+// It also keeps the kernel's own final packet counts of the SAs it saw go
+// (deleted, or hard-expired, which deletes them): with the live SAs'
+// counters, that is everything an SA pair carried across rekeys.
 type XfrmEvents struct {
 	mu      sync.Mutex
 	counts  Counters
 	overrun bool
+	// announced are the SAs the stream reported as added or updated;
+	// unannounced counts deletions of others (SPIs a daemon allocated with
+	// XFRM_MSG_ALLOCSPI, which the kernel never announces, and deleted
+	// without installing).
+	announced   map[saID]bool
+	unannounced uint64
+	removed     map[[2]netip.Addr]uint64 // (src, dst) -> packets
+}
+
+type saID struct {
+	daddr [16]byte
+	spi   uint32
+	proto uint8
 }
 
 // Every XFRM netlink multicast group (linux/xfrm.h XFRMNLGRP_*): acquire,
@@ -47,7 +65,7 @@ func (n *Netns) WatchXfrmEvents(t testing.TB) *XfrmEvents {
 	if err != nil {
 		t.Fatalf("%s: XFRM event socket: %v", n.Name, err)
 	}
-	ev := &XfrmEvents{counts: Counters{}}
+	ev := &XfrmEvents{counts: Counters{}, announced: map[saID]bool{}, removed: map[[2]netip.Addr]uint64{}}
 	done, stop := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -79,6 +97,7 @@ func (n *Netns) WatchXfrmEvents(t testing.TB) *XfrmEvents {
 			for _, m := range msgs {
 				if name := xfrmEventName(m); name != "" {
 					ev.counts[name]++
+					ev.track(name, m.Data)
 				}
 			}
 			ev.mu.Unlock()
@@ -105,6 +124,74 @@ func (ev *XfrmEvents) Counts(t testing.TB) Counters {
 		out[k] = v
 	}
 	return out
+}
+
+// track keeps which SAs were announced and the final counters of those
+// removed (linux/xfrm.h: NEWSA/UPDSA carry xfrm_usersa_info; DELSA an
+// xfrm_usersa_id and the info in XFRMA_SA; EXPIRE xfrm_user_expire, whose
+// first member is the info). ev.mu is held.
+func (ev *XfrmEvents) track(name string, data []byte) {
+	var info *nl.XfrmUsersaInfo
+	switch name {
+	case "sa_added", "sa_updated":
+		if len(data) >= nl.SizeofXfrmUsersaInfo {
+			info = nl.DeserializeXfrmUsersaInfo(data)
+			ev.announced[saID{info.Id.Daddr, info.Id.Spi, info.Id.Proto}] = true
+		}
+		return
+	case "sa_deleted":
+		if len(data) < nl.SizeofXfrmUsersaId {
+			return
+		}
+		id := nl.DeserializeXfrmUsersaId(data)
+		key := saID{id.Daddr, id.Spi, id.Proto}
+		if !ev.announced[key] {
+			ev.unannounced++
+		}
+		delete(ev.announced, key)
+		attrs, err := nl.ParseRouteAttr(data[nl.SizeofXfrmUsersaId:])
+		if err != nil {
+			return
+		}
+		for _, a := range attrs {
+			if a.Attr.Type == nl.XFRMA_SA && len(a.Value) >= nl.SizeofXfrmUsersaInfo {
+				info = nl.DeserializeXfrmUsersaInfo(a.Value)
+			}
+		}
+	case "sa_hard_expired":
+		if len(data) >= nl.SizeofXfrmUsersaInfo {
+			info = nl.DeserializeXfrmUsersaInfo(data)
+			delete(ev.announced, saID{info.Id.Daddr, info.Id.Spi, info.Id.Proto})
+		}
+	}
+	if info == nil {
+		return
+	}
+	src, dst := xfrmAddr(info.Saddr, info.Family), xfrmAddr(info.Id.Daddr, info.Family)
+	ev.removed[[2]netip.Addr{src, dst}] += info.Curlft.Packets
+}
+
+func xfrmAddr(a [16]byte, family uint16) netip.Addr {
+	if family == unix.AF_INET {
+		return netip.AddrFrom4([4]byte(a[:4]))
+	}
+	return netip.AddrFrom16(a).Unmap()
+}
+
+// RemovedPackets is what the SAs from src to dst that the kernel deleted
+// (or hard-expired) carried, by their final counters.
+func (ev *XfrmEvents) RemovedPackets(src, dst netip.Addr) uint64 {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return ev.removed[[2]netip.Addr{src, dst}]
+}
+
+// Unannounced is how many sa_deleted events were for SAs the stream never
+// announced (allocated SPIs deleted before they were installed).
+func (ev *XfrmEvents) Unannounced() uint64 {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return ev.unannounced
 }
 
 // xfrmEventName names a message by its type (and, for expiries, its hard
