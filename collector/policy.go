@@ -11,6 +11,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmnl"
 )
 
@@ -45,7 +46,12 @@ var (
 
 func init() {
 	registerCollector("policy", true, func(logger *slog.Logger) (Collector, error) {
-		return &policyCollector{logger: logger, targets: netnsTargets, read: readPolicies, max: *policyMaxSeries}, nil
+		w, err := watchedNamespaces.acquire(logger)
+		if err != nil {
+			return nil, err
+		}
+		return &policyCollector{logger: logger, namespaces: namespacesNow(w), read: readPolicies, max: *policyMaxSeries,
+			release: watchedNamespaces.release}, nil
 	})
 }
 
@@ -55,15 +61,24 @@ type policySnapshot struct {
 }
 
 type policyCollector struct {
-	logger  *slog.Logger
-	targets func() ([]netnsTarget, error)
-	read    func(netnsTarget) (policySnapshot, error)
-	max     int
+	logger     *slog.Logger
+	namespaces func() []netnsx.Namespace
+	read       func(netnsx.Namespace) (policySnapshot, error)
+	max        int
+	release    func() error
 }
 
-func readPolicies(t netnsTarget) (policySnapshot, error) {
+// Close lets go of the namespace watcher.
+func (c *policyCollector) Close() error {
+	if c.release == nil {
+		return nil
+	}
+	return c.release()
+}
+
+func readPolicies(ns netnsx.Namespace) (policySnapshot, error) {
 	var s policySnapshot
-	conn, err := xfrmnl.Dial(t.Path, 0)
+	conn, err := xfrmnl.Dial(ns, 0)
 	if err != nil {
 		return s, err
 	}
@@ -78,14 +93,14 @@ func readPolicies(t netnsTarget) (policySnapshot, error) {
 }
 
 func (c *policyCollector) Update(ch chan<- prometheus.Metric) error {
-	targets, err := c.targets()
-	if err != nil {
-		return err
-	}
 	var errs []error
 	emitted, omitted := 0, 0
-	for _, t := range targets {
+	for _, t := range c.namespaces() {
 		snap, err := c.read(t)
+		if gone(err) {
+			c.logger.Debug("namespace gone before it was read", "netns", t.Name, "err", err)
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("netns %q: %w", t.Name, err))
 			continue

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmstat"
 )
 
@@ -30,7 +31,12 @@ import (
 
 func init() {
 	registerCollector("xfrm_stat", true, func(logger *slog.Logger) (Collector, error) {
-		return &xfrmStatCollector{logger: logger, targets: netnsTargets, read: readXfrmStat}, nil
+		w, err := watchedNamespaces.acquire(logger)
+		if err != nil {
+			return nil, err
+		}
+		return &xfrmStatCollector{logger: logger, namespaces: namespacesNow(w), read: readXfrmStat,
+			release: watchedNamespaces.release}, nil
 	})
 }
 
@@ -52,13 +58,22 @@ func xfrmStatHelp() string {
 }
 
 type xfrmStatCollector struct {
-	logger  *slog.Logger
-	targets func() ([]netnsTarget, error)
-	read    func(netnsTarget) ([]xfrmstat.Counter, error)
+	logger     *slog.Logger
+	namespaces func() []netnsx.Namespace
+	read       func(netnsx.Namespace) ([]xfrmstat.Counter, error)
+	release    func() error
 }
 
-func readXfrmStat(t netnsTarget) ([]xfrmstat.Counter, error) {
-	data, err := readInNetns(t, xfrmstat.Path)
+// Close lets go of the namespace watcher.
+func (c *xfrmStatCollector) Close() error {
+	if c.release == nil {
+		return nil
+	}
+	return c.release()
+}
+
+func readXfrmStat(ns netnsx.Namespace) ([]xfrmstat.Counter, error) {
+	data, err := ns.ReadFile(xfrmstat.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -69,15 +84,14 @@ func readXfrmStat(t netnsTarget) ([]xfrmstat.Counter, error) {
 // kernel without CONFIG_XFRM_STATISTICS) is skipped; if no namespace has
 // it, the collector has no data. A malformed file fails the scrape.
 func (c *xfrmStatCollector) Update(ch chan<- prometheus.Metric) error {
-	targets, err := c.targets()
-	if err != nil {
-		return err
-	}
 	found := false
 	var errs []error
-	for _, t := range targets {
+	for _, t := range c.namespaces() {
 		counters, err := c.read(t)
 		switch {
+		case gone(err):
+			c.logger.Debug("namespace gone before it was read", "netns", t.Name, "err", err)
+			continue
 		case errors.Is(err, os.ErrNotExist):
 			continue
 		case err != nil:
