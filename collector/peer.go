@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 )
 
 // The per-peer books of the sa collector: the SA counters summed per
@@ -79,19 +81,22 @@ func (t saTotals) sub(o saTotals) saTotals {
 }
 
 // saIdent is what makes an SA unique in the kernel (plus its source, so a
-// reused SPI towards another peer is another SA).
+// reused SPI towards another peer is another SA), in the namespace itself
+// (its ID: a namespace created again under a name has SAs of its own). No
+// pointers, so a map of 50,000 of them is cheap to hash and to scan.
 type saIdent struct {
-	netns    string
-	src, dst netip.Addr
+	netns    netnsx.ID
+	src, dst [16]byte
 	spi      uint32
-	proto    uint8
 	mark     uint32
+	proto    uint8
 }
 
-// seenSA is an SA as a scrape saw it.
-type seenSA struct {
+// bookEntry is an SA as the books know it.
+type bookEntry struct {
 	peer   peerKey
-	totals saTotals
+	totals saTotals // as last seen
+	gen    uint64   // the scrape that last saw it
 }
 
 type retiredShare struct {
@@ -106,15 +111,17 @@ type guessedSA struct {
 
 // finalSA is an SA the kernel removed, with its counters at the end.
 type finalSA struct {
-	id   saIdent
-	seen seenSA
+	id     saIdent
+	peer   peerKey
+	totals saTotals
 }
 
 type peerBooks struct {
-	// last and next are the SAs of the previous scrape and of the one
-	// being read; swapped at each update, so their memory is reused.
-	last, next map[saIdent]seenSA
-	retired    map[peerKey]*retiredShare
+	// sas are the SAs seen, updated in place: a scrape of 50,000 SAs
+	// does one map lookup per SA and allocates only for new ones.
+	sas     map[saIdent]*bookEntry
+	gen     uint64 // the scrape being read
+	retired map[peerKey]*retiredShare
 	// pending are final counters of SAs still in the last dump (removed
 	// between dump and notification): applied once the SA is gone.
 	pending []finalSA
@@ -124,27 +131,27 @@ type peerBooks struct {
 }
 
 func newPeerBooks() *peerBooks {
-	return &peerBooks{last: map[saIdent]seenSA{}, next: map[saIdent]seenSA{},
-		retired: map[peerKey]*retiredShare{}, guessed: map[saIdent]guessedSA{}}
+	return &peerBooks{sas: map[saIdent]*bookEntry{}, retired: map[peerKey]*retiredShare{}, guessed: map[saIdent]guessedSA{}}
 }
+
+// begin starts reading a scrape.
+func (b *peerBooks) begin() { b.gen++ }
 
 // see records one SA of the scrape being read.
-func (b *peerBooks) see(id saIdent, s seenSA) {
-	if prev, ok := b.next[id]; ok {
-		// Identities differing only in what saIdent leaves out: count
-		// both.
-		s.totals.add(prev.totals)
-	}
-	b.next[id] = s
-}
-
-// forget drops what a namespace added to the scrape being read (its dump
-// failed half-way): its SAs are then kept as the last scrape saw them.
-func (b *peerBooks) forget(netns string) {
-	for id := range b.next {
-		if id.netns == netns {
-			delete(b.next, id)
+func (b *peerBooks) see(id saIdent, peer peerKey, t saTotals) {
+	e := b.sas[id]
+	switch {
+	case e == nil:
+		b.sas[id] = &bookEntry{peer: peer, totals: t, gen: b.gen}
+	case e.gen == b.gen:
+		// Identities differing only in what saIdent leaves out (an
+		// if_id): count both.
+		e.totals.add(t)
+	default:
+		if t.bytes < e.totals.bytes || t.packets < e.totals.packets {
+			b.retire(e.peer, e.totals, time.Time{}) // same identity, new SA (SPI reused)
 		}
+		e.peer, e.totals, e.gen = peer, t, b.gen
 	}
 }
 
@@ -164,35 +171,31 @@ func (p peerSeries) emit(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(peerReplayDesc, prometheus.CounterValue, float64(p.totals.replay), l...)
 }
 
-// update ends a scrape: the SAs seen since the last update, the final
-// counters of SAs the kernel removed, and the namespaces that exist but
-// could not be read (whose SAs are kept as they were). It returns every
-// peer's series.
-func (b *peerBooks) update(finals []finalSA, unreadable map[string]bool, now time.Time) []peerSeries {
-	current := b.next
-	b.applyFinals(current, finals, now)
-	b.retireGone(current, unreadable, now)
-	b.last, b.next = current, b.last
-	clear(b.next)
-	return b.series(current, now)
+// update ends a scrape: the SAs seen since begin, the final counters of
+// SAs the kernel removed, and the namespaces that exist but could not be
+// read (whose SAs are kept as they were). It returns every peer's series.
+func (b *peerBooks) update(finals []finalSA, unreadable map[netnsx.ID]bool, now time.Time) []peerSeries {
+	b.applyFinals(finals, now)
+	b.retireGone(unreadable, now)
+	return b.series(now)
 }
 
 // applyFinals retires removed SAs with their final counters; one still in
 // the dump waits until it is gone.
-func (b *peerBooks) applyFinals(current map[saIdent]seenSA, finals []finalSA, now time.Time) {
+func (b *peerBooks) applyFinals(finals []finalSA, now time.Time) {
 	var pending []finalSA
 	for _, f := range append(b.pending, finals...) {
-		if _, live := current[f.id]; live {
-			pending = append(pending, f)
+		if e := b.sas[f.id]; e != nil && e.gen == b.gen {
+			pending = append(pending, f) // still live
 			continue
 		}
-		t := f.seen.totals
+		t := f.totals
 		if g, ok := b.guessed[f.id]; ok {
 			t = t.sub(g.totals) // the last-seen share is already retired
 			delete(b.guessed, f.id)
 		}
-		b.retire(seenSA{peer: f.seen.peer, totals: t}, now)
-		delete(b.last, f.id) // retired now: not again below
+		b.retire(f.peer, t, now)
+		delete(b.sas, f.id) // retired now: not again below
 	}
 	b.pending = pending
 	for id, g := range b.guessed {
@@ -202,35 +205,31 @@ func (b *peerBooks) applyFinals(current map[saIdent]seenSA, finals []finalSA, no
 	}
 }
 
-// retireGone retires, with their last-seen counters, the SAs of the last
-// scrape that are gone, and the old share of an SPI reused by a new SA.
-func (b *peerBooks) retireGone(current map[saIdent]seenSA, unreadable map[string]bool, now time.Time) {
-	for id, old := range b.last {
-		cur, still := current[id]
-		switch {
-		case !still && unreadable[id.netns]:
-			current[id] = old // namespace not read this time: keep what we knew
-		case !still:
-			b.retire(old, now)
-			b.guessed[id] = guessedSA{totals: old.totals, at: now}
-		case cur.totals.bytes < old.totals.bytes || cur.totals.packets < old.totals.packets:
-			b.retire(old, now) // same identity, new SA (SPI reused)
+// retireGone retires, with their last-seen counters, the SAs this scrape
+// did not see, except in namespaces it could not read.
+func (b *peerBooks) retireGone(unreadable map[netnsx.ID]bool, now time.Time) {
+	for id, e := range b.sas {
+		if e.gen == b.gen || unreadable[id.netns] {
+			continue
 		}
+		b.retire(e.peer, e.totals, now)
+		b.guessed[id] = guessedSA{totals: e.totals, at: now}
+		delete(b.sas, id)
 	}
 }
 
-// series sums the current SAs and the retired shares per peer, and drops
-// the shares of peers gone for peerRetention.
-func (b *peerBooks) series(current map[saIdent]seenSA, now time.Time) []peerSeries {
+// series sums the SAs and the retired shares per peer, and drops the shares
+// of peers gone for peerRetention.
+func (b *peerBooks) series(now time.Time) []peerSeries {
 	byPeer := map[peerKey]*peerSeries{}
-	for _, s := range current {
-		p := byPeer[s.peer]
+	for _, e := range b.sas {
+		p := byPeer[e.peer]
 		if p == nil {
-			p = &peerSeries{key: s.peer}
-			byPeer[s.peer] = p
+			p = &peerSeries{key: e.peer}
+			byPeer[e.peer] = p
 		}
 		p.sas++
-		p.totals.add(s.totals)
+		p.totals.add(e.totals)
 	}
 	for key, r := range b.retired {
 		p := byPeer[key]
@@ -254,12 +253,16 @@ func (b *peerBooks) series(current map[saIdent]seenSA, now time.Time) []peerSeri
 	return out
 }
 
-func (b *peerBooks) retire(s seenSA, now time.Time) {
-	r := b.retired[s.peer]
+// retire adds an SA's counters to its peer's retired share; a zero now
+// leaves the share's last-seen time alone (the SA's peer is live).
+func (b *peerBooks) retire(peer peerKey, t saTotals, now time.Time) {
+	r := b.retired[peer]
 	if r == nil {
-		r = &retiredShare{}
-		b.retired[s.peer] = r
+		r = &retiredShare{lastSeen: now}
+		b.retired[peer] = r
 	}
-	r.totals.add(s.totals)
-	r.lastSeen = now
+	r.totals.add(t)
+	if !now.IsZero() {
+		r.lastSeen = now
+	}
 }

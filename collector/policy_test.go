@@ -15,20 +15,34 @@ import (
 )
 
 func TestPolicyCollectorGolden(t *testing.T) {
-	snap := policySnapshot{
-		SPD: xfrmnl.SPDInfo{In: 1, Out: 1, SocketIn: 1, SocketOut: 1},
-		Policies: []xfrmnl.Policy{
-			{Family: 2, Src: netip.MustParsePrefix("10.78.1.0/24"), Dst: netip.MustParsePrefix("10.78.2.1/32"),
-				Index: 9, Dir: xfrmnl.PolicyOut, Priority: 100, Templates: 1, AddTime: 1700000000, UseTime: 1700000100},
-			{Family: 2, Src: netip.MustParsePrefix("10.78.2.1/32"), Dst: netip.MustParsePrefix("10.78.1.0/24"), Proto: 17,
-				Index: 16, Dir: xfrmnl.PolicyIn, Action: 1, AddTime: 1700000000},
-		},
+	spd := xfrmnl.SPDInfo{In: 1, Out: 1, SocketIn: 1, SocketOut: 1}
+	pols := []xfrmnl.Policy{
+		{Family: 2, Src: netip.MustParsePrefix("10.78.1.0/24"), Dst: netip.MustParsePrefix("10.78.2.1/32"),
+			Index: 9, Dir: xfrmnl.PolicyOut, Priority: 100, Templates: 1, AddTime: 1700000000, UseTime: 1700000100},
+		{Family: 2, Src: netip.MustParsePrefix("10.78.2.1/32"), Dst: netip.MustParsePrefix("10.78.1.0/24"), Proto: 17,
+			Index: 16, Dir: xfrmnl.PolicyIn, Action: 1, AddTime: 1700000000},
 	}
-	c := &policyCollector{logger: slog.New(slog.DiscardHandler), namespaces: fakeNamespaces("gw"), read: func(netnsx.Namespace) (policySnapshot, error) { return snap, nil }}
+	c := &policyCollector{logger: slog.New(slog.DiscardHandler), namespaces: fakeNamespaces("gw"), read: fakePolicyReader(spd, pols)}
 	compareGolden(t, "testdata/policy.prom", scrapeText(t, c))
 	c.max = 1
 	if got := scrapeText(t, c); !strings.Contains(got, "\nipsec_policy_omitted 1\n") || strings.Count(got, "\nipsec_policy_info{") != 1 {
 		t.Errorf("capped at 1:\n%s", got)
+	}
+}
+
+// fakePolicyReader reads the same policies in every namespace.
+func fakePolicyReader(spd xfrmnl.SPDInfo, pols []xfrmnl.Policy) func(netnsx.Namespace) (policyNamespace, error) {
+	return func(netnsx.Namespace) (policyNamespace, error) {
+		return policyNamespace{SPD: spd, Close: func() {}, Each: func(fn func(*xfrmnl.Policy) error) error {
+			var p xfrmnl.Policy // reused, as the real reader does
+			for i := range pols {
+				p = pols[i]
+				if err := fn(&p); err != nil {
+					return err
+				}
+			}
+			return nil
+		}}, nil
 	}
 }
 

@@ -132,7 +132,7 @@ func takeFinals(ls *xfrmnl.Listeners) func(netnsx.ID) []xfrmnl.SA {
 // saNamespace is what the sa collector reads of one namespace.
 type saNamespace struct {
 	SAD   xfrmnl.SADInfo
-	Local map[netip.Addr]bool // the namespace's own addresses
+	Local addrSet // the namespace's own addresses
 	// Each calls fn with every SA, decoded into one reused value.
 	Each func(fn func(*xfrmnl.SA) error) error
 	// Close releases what Each needs.
@@ -189,9 +189,15 @@ func readSAs(ns netnsx.Namespace) (saNamespace, error) {
 	return s, nil
 }
 
+// addrSet is a namespace's own addresses: a few, so a list to scan is
+// cheaper than a map to hash, once per SA.
+type addrSet []netip.Addr
+
+func (s addrSet) has(a netip.Addr) bool { return slices.Contains(s, a) }
+
 // localAddrs lists the addresses of the namespace's interfaces.
-func localAddrs(ns netnsx.Namespace) (map[netip.Addr]bool, error) {
-	local := map[netip.Addr]bool{}
+func localAddrs(ns netnsx.Namespace) (addrSet, error) {
+	var local addrSet
 	err := ns.Do(func() error {
 		addrs, err := net.InterfaceAddrs()
 		if err != nil {
@@ -199,8 +205,8 @@ func localAddrs(ns netnsx.Namespace) (map[netip.Addr]bool, error) {
 		}
 		for _, a := range addrs {
 			if ipn, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
-					local[ip.Unmap()] = true
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && !local.has(ip.Unmap()) {
+					local = append(local, ip.Unmap())
 				}
 			}
 		}
@@ -234,23 +240,23 @@ func (d saDirection) String() string {
 // classify works out an SA's direction and peer (the remote end): the
 // kernel's own mark on 6.10+, else which end is an address of the
 // namespace.
-func classify(netns string, sa *xfrmnl.SA, local map[netip.Addr]bool) peerKey {
+func classify(netns string, sa *xfrmnl.SA, local addrSet) peerKey {
 	src, dst := sa.Src.Unmap(), sa.Dst.Unmap()
 	switch {
 	case sa.Dir == xfrmnl.SADirIn:
 		return peerKey{netns: netns, peer: src, dir: dirIn}
 	case sa.Dir == xfrmnl.SADirOut:
 		return peerKey{netns: netns, peer: dst, dir: dirOut}
-	case local[dst]:
+	case local.has(dst):
 		return peerKey{netns: netns, peer: src, dir: dirIn}
-	case local[src]:
+	case local.has(src):
 		return peerKey{netns: netns, peer: dst, dir: dirOut}
 	}
 	return peerKey{netns: netns, dir: dirUnknown}
 }
 
-func identOf(netns string, sa *xfrmnl.SA) saIdent {
-	return saIdent{netns: netns, src: sa.Src, dst: sa.Dst, spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
+func identOf(netns netnsx.ID, sa *xfrmnl.SA) saIdent {
+	return saIdent{netns: netns, src: sa.Src.As16(), dst: sa.Dst.As16(), spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
 }
 
 func totalsOf(sa *xfrmnl.SA) saTotals {
@@ -264,6 +270,9 @@ type saRow struct {
 	peer peerKey
 }
 
+// newRows keeps the SAs that get per-SA series (--collector.sa.max-series).
+func (c *saCollector) newRows() *firstN[saRow] { return newFirstN(c.max, compareRows) }
+
 // compareRows is the order in which the per-SA cap keeps SAs, stable from
 // scrape to scrape.
 func compareRows(a, b *saRow) int {
@@ -276,11 +285,12 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
-	rows := newRowSet(c.perSA, c.max)
+	rows := c.newRows()
 	var finals []finalSA
 	var errs []error
-	unreadable := map[string]bool{}
+	unreadable := map[netnsx.ID]bool{}
 	read := 0
+	c.peers.begin()
 	for _, ns := range c.namespaces() {
 		f, err := c.readNamespace(ch, ns, rows)
 		switch {
@@ -288,7 +298,7 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 			c.logger.Debug("namespace gone before it was read", "netns", ns.Name, "err", err)
 			continue
 		case err != nil:
-			unreadable[ns.Name] = true
+			unreadable[ns.ID] = true
 			errs = append(errs, fmt.Errorf("netns %q: %w", ns.Name, err))
 			continue
 		}
@@ -296,7 +306,6 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 		finals = append(finals, f...)
 	}
 	if read == 0 && len(errs) > 0 {
-		clear(c.peers.next) // nothing is updated from a scrape that read nothing
 		if err := errors.Join(errs...); xfrmAbsent(err) {
 			return fmt.Errorf("%w: %w", ErrNoData, err)
 		}
@@ -314,15 +323,15 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 // the SAs its listener saw removed. Those are taken after the dump: an SA
 // removed in between is in both, and the books hold its final counters
 // back until it is gone.
-func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Namespace, rows *rowSet) ([]finalSA, error) {
+func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Namespace, rows *firstN[saRow]) ([]finalSA, error) {
 	snap, err := c.read(ns)
 	if err != nil {
 		return nil, err
 	}
 	defer snap.Close()
-	byDir := map[saDirection]int{dirIn: 0, dirOut: 0}
+	var byDir [dirOut + 1]int
 	larval := 0
-	mine := newRowSet(rows.perSA, rows.max)
+	mine := c.newRows()
 	err = snap.Each(func(sa *xfrmnl.SA) error {
 		if isLarval(sa) {
 			larval++
@@ -330,12 +339,17 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 		}
 		peer := classify(ns.Name, sa, snap.Local)
 		byDir[peer.dir]++
-		c.peers.see(identOf(ns.Name, sa), seenSA{peer: peer, totals: totalsOf(sa)})
-		mine.offer(sa, peer)
+		// SAs seen before a dump fails half-way are still true; the
+		// ones not seen are kept as they were (unreadable).
+		c.peers.see(identOf(ns.ID, sa), peer, totalsOf(sa))
+		if c.perSA {
+			mine.offer(&saRow{sa: *sa, peer: peer})
+		} else {
+			mine.dropped++
+		}
 		return nil
 	})
 	if err != nil {
-		c.peers.forget(ns.Name) // what this namespace added is not to be trusted
 		return nil, err
 	}
 	rows.merge(mine)
@@ -343,14 +357,15 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 	if c.finals != nil {
 		for _, sa := range c.finals(ns.ID) {
 			if !isLarval(&sa) {
-				finals = append(finals, finalSA{id: identOf(ns.Name, &sa),
-					seen: seenSA{peer: classify(ns.Name, &sa, snap.Local), totals: totalsOf(&sa)}})
+				finals = append(finals, finalSA{id: identOf(ns.ID, &sa), peer: classify(ns.Name, &sa, snap.Local), totals: totalsOf(&sa)})
 			}
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), ns.Name)
 	for dir, n := range byDir {
-		ch <- prometheus.MustNewConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), ns.Name, dir.String())
+		if d := saDirection(dir); d != dirUnknown || n > 0 {
+			ch <- prometheus.MustNewConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), ns.Name, d.String())
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), ns.Name)
 	return finals, nil
@@ -358,7 +373,7 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 
 // emitPerSA sends the per-SA series of the rows kept, in a stable order,
 // and ipsec_sa_omitted for the rest.
-func (c *saCollector) emitPerSA(ch chan<- prometheus.Metric, rows *rowSet, now time.Time) {
+func (c *saCollector) emitPerSA(ch chan<- prometheus.Metric, rows *firstN[saRow], now time.Time) {
 	kept := rows.sorted()
 	omitted := rows.dropped
 	seen := map[string]bool{}

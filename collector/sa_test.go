@@ -57,7 +57,7 @@ func sampleSAs() []xfrmnl.SA {
 type saSnapshot struct {
 	SAs   []xfrmnl.SA
 	SAD   xfrmnl.SADInfo
-	Local map[netip.Addr]bool
+	Local addrSet
 }
 
 func fakeSAReader(snaps map[string]saSnapshot) func(netnsx.Namespace) (saNamespace, error) {
@@ -68,7 +68,9 @@ func fakeSAReader(snaps map[string]saSnapshot) func(netnsx.Namespace) (saNamespa
 		}
 		return saNamespace{SAD: s.SAD, Local: s.Local, Close: func() {},
 			Each: func(fn func(*xfrmnl.SA) error) error {
-				for _, sa := range s.SAs {
+				var sa xfrmnl.SA // reused, as the real reader does: a collector that keeps the pointer fails
+				for i := range s.SAs {
+					sa = s.SAs[i]
 					if err := fn(&sa); err != nil {
 						return err
 					}
@@ -89,12 +91,12 @@ func fakeNamespaces(names ...string) func() []netnsx.Namespace {
 	}
 }
 
-func localOf(addrs ...string) map[netip.Addr]bool {
-	m := map[netip.Addr]bool{}
+func localOf(addrs ...string) addrSet {
+	var s addrSet
 	for _, a := range addrs {
-		m[netip.MustParseAddr(a)] = true
+		s = append(s, netip.MustParseAddr(a))
 	}
-	return m
+	return s
 }
 
 func scrapeText(t *testing.T, c Collector) string {
@@ -305,12 +307,13 @@ func TestSAPeerBooksFinals(t *testing.T) {
 	local := localOf("10.0.0.1")
 	packets := func(live, finals []xfrmnl.SA) uint64 {
 		t.Helper()
+		books.begin()
 		for i := range live {
-			books.see(identOf("", &live[i]), seenSA{peer: classify("", &live[i], local), totals: totalsOf(&live[i])})
+			books.see(identOf(netnsx.ID{}, &live[i]), classify("", &live[i], local), totalsOf(&live[i]))
 		}
 		var fs []finalSA
 		for i := range finals {
-			fs = append(fs, finalSA{id: identOf("", &finals[i]), seen: seenSA{peer: classify("", &finals[i], local), totals: totalsOf(&finals[i])}})
+			fs = append(fs, finalSA{id: identOf(netnsx.ID{}, &finals[i]), peer: classify("", &finals[i], local), totals: totalsOf(&finals[i])})
 		}
 		series := books.update(fs, nil, now)
 		if len(series) != 1 {
