@@ -145,9 +145,9 @@ func loadErrorReason(err error) string {
 
 func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.src == nil {
-		ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
-		ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
-		ch <- prometheus.MustNewConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
+		ch <- newConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
+		ch <- newConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
+		ch <- newConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
 		return nil
 	}
 	entries, err := c.src.Read()
@@ -188,11 +188,11 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		if names != nil {
 			labels = append(labels, names[peer])
 		}
-		ch <- prometheus.MustNewConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
-		ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
+		ch <- newConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
+		ch <- newConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
 	}
-	ch <- prometheus.MustNewConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
-	ch <- prometheus.MustNewConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
+	ch <- newConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	ch <- newConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
 
 	errs, err := c.src.Errors()
 	if err != nil {
@@ -205,10 +205,10 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	sort.Strings(kinds)
 	for _, k := range kinds {
 		if k == "map_full" {
-			ch <- prometheus.MustNewConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
+			ch <- newConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
+		ch <- newConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
 	}
 	c.updateMeta(ch)
 	return nil
@@ -248,19 +248,19 @@ func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
 			v = 1
 			attached++
 		}
-		ch <- prometheus.MustNewConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
+		ch <- newConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
 	}
-	ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
-	ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
+	ch <- newConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
+	ch <- newConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
 	for program, n := range c.src.Missed() {
-		ch <- prometheus.MustNewConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
+		ch <- newConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
 	}
 	if !c.statsEnabled() {
 		return
 	}
 	for program, s := range c.src.ProgramStats() {
-		ch <- prometheus.MustNewConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
-		ch <- prometheus.MustNewConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
+		ch <- newConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
+		ch <- newConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
 	}
 }
 
