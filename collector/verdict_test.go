@@ -212,11 +212,11 @@ func TestVerdictFactoryOnThisHost(t *testing.T) {
 
 func TestLoadErrorReason(t *testing.T) {
 	for err, want := range map[error]string{
-		fmt.Errorf("x: %w", fs.ErrPermission):          "permission_denied",
-		fmt.Errorf("x: %w", ebpf.ErrNotSupported):      "not_supported",
+		fmt.Errorf("x: %w", fs.ErrPermission):                                                          "permission_denied",
+		fmt.Errorf("x: %w", ebpf.ErrNotSupported):                                                      "not_supported",
 		fmt.Errorf("fentry: %w: fentry/xfrm_input: %w", verdict.ErrRequiredHook, ebpf.ErrNotSupported): "not_supported",
-		fmt.Errorf("fentry: %w: fentry/xfrm_input: %w", verdict.ErrRequiredHook, errors.New("attach")):  "hook_unavailable",
-		errors.New("something else"):                   "load_failed",
+		fmt.Errorf("fentry: %w: fentry/xfrm_input: %w", verdict.ErrRequiredHook, errors.New("attach")): "hook_unavailable",
+		errors.New("something else"):                                                                   "load_failed",
 	} {
 		if got := loadErrorReason(err); got != want {
 			t.Errorf("loadErrorReason(%v) = %q, want %q", err, got, want)
