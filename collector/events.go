@@ -97,11 +97,11 @@ func (c *eventsCollector) Update(ch chan<- prometheus.Metric) error {
 	c.addRetired(byName)
 	for name, counts := range byName {
 		for _, e := range xfrmnl.Events {
-			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(counts.Events[e]), name, string(e))
+			ch <- newConstMetric(eventsDesc, prometheus.CounterValue, float64(counts.Events[e]), name, string(e))
 		}
-		ch <- prometheus.MustNewConstMetric(eventOverrunsDesc, prometheus.CounterValue, float64(counts.Overruns), name)
-		ch <- prometheus.MustNewConstMetric(eventLostDesc, prometheus.CounterValue, float64(counts.Lost), name)
-		ch <- prometheus.MustNewConstMetric(eventResyncsDesc, prometheus.CounterValue, float64(counts.Resyncs), name)
+		ch <- newConstMetric(eventOverrunsDesc, prometheus.CounterValue, float64(counts.Overruns), name)
+		ch <- newConstMetric(eventLostDesc, prometheus.CounterValue, float64(counts.Lost), name)
+		ch <- newConstMetric(eventResyncsDesc, prometheus.CounterValue, float64(counts.Resyncs), name)
 	}
 	err := errors.Join(errs...)
 	if err != nil && len(byName) == 0 && xfrmAbsent(err) {

@@ -155,17 +155,17 @@ type netnsCollector struct {
 func (c *netnsCollector) Update(ch chan<- prometheus.Metric) error {
 	c.watcher.Refresh()
 	st := c.watcher.Stats()
-	ch <- prometheus.MustNewConstMetric(netnsWatchedDesc, prometheus.GaugeValue, float64(st.Namespaces))
+	ch <- newConstMetric(netnsWatchedDesc, prometheus.GaugeValue, float64(st.Namespaces))
 	for _, r := range netnsx.SkipReasons {
-		ch <- prometheus.MustNewConstMetric(netnsSkippedDesc, prometheus.GaugeValue, float64(st.Skipped[r]), r)
+		ch <- newConstMetric(netnsSkippedDesc, prometheus.GaugeValue, float64(st.Skipped[r]), r)
 	}
-	ch <- prometheus.MustNewConstMetric(netnsChangesDesc, prometheus.CounterValue, float64(st.Appeared), "appeared")
-	ch <- prometheus.MustNewConstMetric(netnsChangesDesc, prometheus.CounterValue, float64(st.Vanished), "vanished")
+	ch <- newConstMetric(netnsChangesDesc, prometheus.CounterValue, float64(st.Appeared), "appeared")
+	ch <- newConstMetric(netnsChangesDesc, prometheus.CounterValue, float64(st.Vanished), "vanished")
 	following := 0.0
 	if st.Following {
 		following = 1
 	}
-	ch <- prometheus.MustNewConstMetric(netnsFollowingDesc, prometheus.GaugeValue, following)
+	ch <- newConstMetric(netnsFollowingDesc, prometheus.GaugeValue, following)
 	return nil
 }
 

@@ -361,13 +361,13 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 			}
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), ns.Name)
+	ch <- newConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), ns.Name)
 	for dir, n := range byDir {
 		if d := saDirection(dir); d != dirUnknown || n > 0 {
-			ch <- prometheus.MustNewConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), ns.Name, d.String())
+			ch <- newConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), ns.Name, d.String())
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), ns.Name)
+	ch <- newConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), ns.Name)
 	return finals, nil
 }
 
@@ -390,7 +390,7 @@ func (c *saCollector) emitPerSA(ch chan<- prometheus.Metric, rows *firstN[saRow]
 		seen[key] = true
 		emitSA(ch, &kept[i].sa, labels, now)
 	}
-	ch <- prometheus.MustNewConstMetric(saOmittedDesc, prometheus.GaugeValue, float64(omitted))
+	ch <- newConstMetric(saOmittedDesc, prometheus.GaugeValue, float64(omitted))
 }
 
 // saLabelValues are an SA's identity labels, in saLabels order.
@@ -404,10 +404,10 @@ func saLabelValues(r *saRow) []string {
 func emitSA(ch chan<- prometheus.Metric, sa *xfrmnl.SA, l []string, now time.Time) {
 	with := func(extra ...string) []string { return append(slices.Clone(l), extra...) }
 	gauge := func(d *prometheus.Desc, val float64, labels []string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, val, labels...)
+		ch <- newConstMetric(d, prometheus.GaugeValue, val, labels...)
 	}
 	counter := func(d *prometheus.Desc, val uint64, labels []string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(val), labels...)
+		ch <- newConstMetric(d, prometheus.CounterValue, float64(val), labels...)
 	}
 	gauge(saInfoDesc, 1, with(sa.Crypt, sa.Auth, sa.AEAD, sa.Comp, xfrmnl.EncapName(sa.EncapType), strconv.FormatBool(sa.ESN)))
 	counter(saBytesDesc, sa.Bytes, l)
