@@ -160,15 +160,18 @@ func gatewaySA(gw net.IP, spiBase, i int) *netlink.XfrmState {
 }
 
 // gatewayPolicy is policy i of the gateway: the client's inner address
-// (10.90.x.y) through its tunnel, in (even i) and out.
+// 10.90.x.y and a host behind the gateway, 10.91.x.y, through its tunnel,
+// in (even i) and out. Host-sized selectors both ways keep every policy in
+// the kernel's exact hash: a real gateway's 0.0.0.0/0 side would put 50,000
+// in the inexact list, whose insertion is quadratic (minutes in the lab).
 func gatewayPolicy(gw net.IP, i int) *netlink.XfrmPolicy {
 	client := net.IPv4(10, 81, byte(i>>9), byte(i>>1))
 	inner := &net.IPNet{IP: net.IPv4(10, 90, byte(i>>9), byte(i>>1)), Mask: net.CIDRMask(32, 32)}
-	any := &net.IPNet{IP: net.IPv4(0, 0, 0, 0), Mask: net.CIDRMask(0, 32)}
-	p := &netlink.XfrmPolicy{Src: inner, Dst: any, Dir: netlink.XFRM_DIR_IN,
+	host := &net.IPNet{IP: net.IPv4(10, 91, byte(i>>9), byte(i>>1)), Mask: net.CIDRMask(32, 32)}
+	p := &netlink.XfrmPolicy{Src: inner, Dst: host, Dir: netlink.XFRM_DIR_IN,
 		Tmpls: []netlink.XfrmPolicyTmpl{{Src: client, Dst: gw, Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TUNNEL, Reqid: i/2 + 1}}}
 	if i%2 == 1 {
-		p.Src, p.Dst, p.Dir = any, inner, netlink.XFRM_DIR_OUT
+		p.Src, p.Dst, p.Dir = host, inner, netlink.XFRM_DIR_OUT
 		p.Tmpls[0].Src, p.Tmpls[0].Dst = gw, client
 	}
 	return p

@@ -51,7 +51,17 @@ var (
 		[]string{"netns"}, nil)
 )
 
+// The event socket's buffer: below 64 KiB a burst of a few dozen SAs
+// overruns it; above 1 GiB it is no buffer but a memory reservation.
+const minEventsRcvBuf, maxEventsRcvBuf = 64 << 10, 1 << 30
+
 func init() {
+	RegisterFlagCheck("collector.events.socket-buffer", func() error {
+		if v := *eventsRcvBuf; v != 0 && (v < minEventsRcvBuf || v > maxEventsRcvBuf) {
+			return fmt.Errorf("must be 0 (the system default) or between %d and %d bytes, got %d", minEventsRcvBuf, maxEventsRcvBuf, v)
+		}
+		return nil
+	})
 	registerCollector("events", true, func(logger *slog.Logger) (Collector, error) {
 		ls, err := eventListeners.acquire(logger)
 		if err != nil {

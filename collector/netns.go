@@ -2,8 +2,12 @@ package collector
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -35,6 +39,33 @@ var (
 		"Read only this named namespace from --collector.netns.dir (repeatable). Default: all of them.").
 		Strings()
 )
+
+func init() {
+	RegisterFlagCheck("collector.netns.dir", func() error {
+		dir := *netnsDir
+		if dir == "" {
+			return nil
+		}
+		if !filepath.IsAbs(dir) {
+			return fmt.Errorf("must be an absolute directory, or empty for the exporter's own namespace only, got %q", dir)
+		}
+		if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+			return fmt.Errorf("%q is not a directory", dir)
+		}
+		return nil // one that does not exist yet is followed once it does
+	})
+	RegisterFlagCheck("collector.netns.name", func() error {
+		for _, name := range *netnsNames {
+			if name == "" || name == "." || name == ".." || strings.ContainsRune(name, '/') {
+				return fmt.Errorf("must be a file name in --collector.netns.dir, got %q", name)
+			}
+		}
+		if len(*netnsNames) > 0 && *netnsDir == "" {
+			return errors.New("needs --collector.netns.dir")
+		}
+		return nil
+	})
+}
 
 // shared is one resource for every collector that uses it: opened by the
 // first acquire, closed by the last release.

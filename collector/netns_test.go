@@ -337,3 +337,41 @@ func netnsChild(t *testing.T, dir string) {
 	}
 	t.Logf("log:\n%s", log.String())
 }
+
+// TestStateCollectorFlags: the kernel-state collectors' flags are checked
+// before any collector starts, with a message naming the flag and the bound
+// (issue 13: --collector.sa.max-series=-5 silently meant no limit).
+func TestStateCollectorFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		set  func()
+		want string // "" for no error
+	}{
+		{func() {}, ""},
+		{func() { *saMaxSeries = -5 }, "--collector.sa.max-series: must be 0 (no limit) or between 1 and 1000000, got -5"},
+		{func() { *saMaxSeries = 2_000_000 }, "--collector.sa.max-series: must be 0 (no limit) or between 1 and 1000000, got 2000000"},
+		{func() { *saMaxSeries = 0 }, ""},
+		{func() { *policyMaxSeries = -1 }, "--collector.policy.max-series: must be 0 (no limit) or between 1 and 1000000, got -1"},
+		{func() { *eventsRcvBuf = 100 }, "--collector.events.socket-buffer: must be 0 (the system default) or between 65536 and 1073741824 bytes, got 100"},
+		{func() { *eventsRcvBuf = 0 }, ""},
+		{func() { *netnsDir = "run/netns" }, `--collector.netns.dir: must be an absolute directory, or empty for the exporter's own namespace only, got "run/netns"`},
+		{func() { *netnsDir = file }, "--collector.netns.dir: " + fmt.Sprintf("%q", file) + " is not a directory"},
+		{func() { *netnsDir = "/nonexistent/yet" }, ""},
+		{func() { *netnsNames = []string{"a/b"} }, `--collector.netns.name: must be a file name in --collector.netns.dir, got "a/b"`},
+		{func() { *netnsDir, *netnsNames = "", []string{"vpn"} }, "--collector.netns.name: needs --collector.netns.dir"},
+	} {
+		saved := []any{*saMaxSeries, *policyMaxSeries, *eventsRcvBuf, *netnsDir, *netnsNames}
+		c.set()
+		err := CheckFlags()
+		*saMaxSeries, *policyMaxSeries, *eventsRcvBuf, *netnsDir, *netnsNames = saved[0].(int), saved[1].(int), saved[2].(int), saved[3].(string), saved[4].([]string)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("unexpected error: %v", err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("error %v, want one containing %q", err, c.want)
+		}
+	}
+}

@@ -45,6 +45,7 @@ var (
 )
 
 func init() {
+	RegisterFlagCheck("collector.policy.max-series", checkMaxSeries(policyMaxSeries))
 	registerCollector("policy", true, func(logger *slog.Logger) (Collector, error) {
 		w, err := watchedNamespaces.acquire(logger)
 		if err != nil {

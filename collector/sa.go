@@ -104,7 +104,22 @@ var (
 // make its 30 s acquire timeout look like an SA about to expire.
 func isLarval(sa *xfrmnl.SA) bool { return sa.SPI == 0 }
 
+// maxSeriesBound bounds the per-object caps: beyond it the series a node
+// exports are no cap at all (about 15 per SA).
+const maxSeriesBound = 1_000_000
+
+// checkMaxSeries is the check of a --collector.*.max-series flag.
+func checkMaxSeries(v *int) func() error {
+	return func() error {
+		if *v < 0 || *v > maxSeriesBound {
+			return fmt.Errorf("must be 0 (no limit) or between 1 and %d, got %d", maxSeriesBound, *v)
+		}
+		return nil
+	}
+}
+
 func init() {
+	RegisterFlagCheck("collector.sa.max-series", checkMaxSeries(saMaxSeries))
 	registerCollector("sa", true, func(logger *slog.Logger) (Collector, error) {
 		ls, err := eventListeners.acquire(logger)
 		if err != nil {

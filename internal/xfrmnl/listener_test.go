@@ -159,9 +159,9 @@ func TestListenerFlushAndAdd(t *testing.T) {
 		}
 	}
 	// The first flush found an empty database: the kernel announces none.
-	c := waitFor(t, l, func(c Counts) bool { return c.Events[EventPolicyAdded] >= uint64(adds) })
+	waitFor(t, l, func(c Counts) bool { return c.Events[EventPolicyAdded] >= uint64(adds) })
 	time.Sleep(50 * time.Millisecond) // nothing more may come
-	c = l.Counts()
+	c := l.Counts()
 	if c.Events[EventPolicyAdded] != uint64(adds) || c.Events[EventPolicyFlushed] != rounds-1 || c.Events[EventPolicyDeleted] != 0 {
 		t.Errorf("policy_added %d (want %d), policy_flushed %d (want %d), policy_deleted %d (want 0); overruns %d",
 			c.Events[EventPolicyAdded], adds, c.Events[EventPolicyFlushed], rounds-1, c.Events[EventPolicyDeleted], c.Overruns)
