@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -27,7 +26,8 @@ import (
 //     users already query, with no metric name made up from the kernel's;
 //   - the label values are the kernel's own names (XfrmInNoStates), which is
 //     what `cat /proc/net/xfrm_stat`, the kernel docs and runbooks use.
-// The help text carries each counter's kernel meaning.
+// What each counter means is in docs/xfrm_stat.md (generated from
+// internal/xfrmstat, which knows them), not in a 3 kB help text.
 
 func init() {
 	registerCollector("xfrm_stat", true, func(logger *slog.Logger) (Collector, error) {
@@ -42,20 +42,9 @@ func init() {
 
 var xfrmStatDesc = prometheus.NewDesc(
 	prometheus.BuildFQName(namespace, "xfrm_stat", "errors_total"),
-	xfrmStatHelp(),
+	"Packets the kernel's IPsec (XFRM) layer dropped, by /proc/net/xfrm_stat counter (the kernel's names; counters of newer kernels appear as they come). What each counts: docs/xfrm_stat.md.",
 	[]string{"netns", "counter"}, nil,
 )
-
-// xfrmStatHelp lists the meaning of every counter this version knows.
-func xfrmStatHelp() string {
-	var b strings.Builder
-	b.WriteString("Packets the kernel's IPsec (XFRM) layer dropped, by /proc/net/xfrm_stat counter (the kernel's name; counters of newer kernels appear as they come). Meanings:")
-	for _, name := range xfrmstat.Known() {
-		m, _ := xfrmstat.Meaning(name)
-		fmt.Fprintf(&b, " %s: %s", name, m)
-	}
-	return b.String()
-}
 
 type xfrmStatCollector struct {
 	logger     *slog.Logger
