@@ -108,23 +108,6 @@ func (s samples) value(t *testing.T, name string, want map[string]string) float6
 	return v
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // outDrops and inDrops sum a namespace's XfrmOut* and XfrmIn* MIB
 // counters, plus XfrmAcquireError on input (xfrm_input: ESP for an SPI that
 // is still larval, when a peer switched to a new SA before this side had

@@ -24,13 +24,15 @@ import (
 // connection. Off by default: it needs charon's socket. Libreswan has no
 // stable API; its users have the kernel view (see README).
 
+const viciDefaultTimeout = 5 * time.Second
+
 var (
 	viciSocket = kingpin.Flag("collector.vici.socket",
 		"Path of strongSwan's VICI socket (charon's `charon.plugins.vici.socket`).").
 		Default(vici.DefaultSocket).String()
 	viciTimeout = kingpin.Flag("collector.vici.timeout",
-		"How long one exchange with the daemon may take before it counts as unreachable.").
-		Default("5s").Duration()
+		"How long one exchange with the daemon may take before it counts as unreachable (0: the default).").
+		Default(viciDefaultTimeout.String()).Duration()
 	viciMaxSAs = kingpin.Flag("collector.vici.max-sas",
 		"Maximum number of IKE SAs per scrape that get per-SA series (with their child SAs); the rest are counted in ipsec_ike_sas_omitted. 0: no limit.").
 		Default("1000").Int()
@@ -86,14 +88,24 @@ var (
 )
 
 func init() {
-	registerCollector("vici", false, func(logger *slog.Logger) (Collector, error) {
-		if *viciTimeout <= 0 {
-			return nil, fmt.Errorf("--collector.vici.timeout must be positive, got %s", *viciTimeout)
+	RegisterFlagCheck("collector.vici.timeout", func() error {
+		if *viciTimeout < 0 || *viciTimeout > time.Minute {
+			return fmt.Errorf("must be between 0 (the default, %s) and 1m, got %s", viciDefaultTimeout, *viciTimeout)
 		}
+		return nil
+	})
+	RegisterFlagCheck("collector.vici.max-sas", func() error {
 		if *viciMaxSAs < 0 {
-			return nil, fmt.Errorf("--collector.vici.max-sas must be 0 (no limit) or more, got %d", *viciMaxSAs)
+			return fmt.Errorf("must be 0 (no limit) or more, got %d", *viciMaxSAs)
 		}
-		c := newViciCollector(logger, &vici.Client{Socket: *viciSocket, Timeout: *viciTimeout}, *viciMaxSAs)
+		return nil
+	})
+	registerCollector("vici", false, func(logger *slog.Logger) (Collector, error) {
+		timeout := *viciTimeout
+		if timeout == 0 {
+			timeout = viciDefaultTimeout
+		}
+		c := newViciCollector(logger, &vici.Client{Socket: *viciSocket, Timeout: timeout}, *viciMaxSAs)
 		// The configured peers are known before the first scrape, so that
 		// plaintext to a peer whose tunnel never came up is flagged too.
 		if snap, err := c.client.Read(context.Background()); err == nil {
@@ -134,10 +146,10 @@ func (c *viciCollector) Update(ch chan<- prometheus.Metric) error {
 	if errors.Is(err, vici.ErrUnreachable) {
 		// A daemon that is down is a signal, not a failing collector.
 		c.logOutage(err)
-		ch <- prometheus.MustNewConstMetric(ikeDaemonUpDesc, prometheus.GaugeValue, 0)
+		ch <- newConstMetric(ikeDaemonUpDesc, prometheus.GaugeValue, 0)
 		return nil
 	}
-	ch <- prometheus.MustNewConstMetric(ikeDaemonUpDesc, prometheus.GaugeValue, 1)
+	ch <- newConstMetric(ikeDaemonUpDesc, prometheus.GaugeValue, 1)
 	if err != nil {
 		return fmt.Errorf("reading the IKE daemon: %w", err)
 	}
@@ -250,21 +262,14 @@ func (c *viciCollector) sas(ch chan<- prometheus.Metric, snap *vici.Snapshot) {
 			}
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(ikeSAsOmittedDesc, prometheus.GaugeValue, float64(omitted))
+	ch <- newConstMetric(ikeSAsOmittedDesc, prometheus.GaugeValue, float64(omitted))
 }
 
-// send sends one gauge; label values come from the daemon's configuration
-// and are made valid UTF-8 first (a name is the operator's, not ours).
+// send sends one gauge. Label values come from the daemon's configuration
+// (connection names are the operator's): newConstMetric repairs invalid
+// UTF-8.
 func (c *viciCollector) send(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels ...string) {
-	for i, l := range labels {
-		labels[i] = strings.ToValidUTF8(l, "\uFFFD")
-	}
-	m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v, labels...)
-	if err != nil {
-		c.logger.Debug("dropping a series", "desc", desc.String(), "err", err)
-		return
-	}
-	ch <- m
+	ch <- newConstMetric(desc, prometheus.GaugeValue, v, labels...)
 }
 
 func addrLabel(a netip.Addr) string {

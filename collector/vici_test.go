@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -49,7 +50,7 @@ func viciFixture() *vici.Snapshot {
 }
 
 func TestViciCollector(t *testing.T) {
-	c := newViciCollector(booksLogger(), fakeVici{snap: viciFixture()}, 0)
+	c := newViciCollector(slog.New(slog.DiscardHandler), fakeVici{snap: viciFixture()}, 0)
 	c.now = func() time.Time { return time.Unix(1_000_000, 0) }
 	var peers []netip.Addr
 	c.peers = func(a []netip.Addr) { peers = a }
@@ -119,7 +120,7 @@ ipsec_ike_sas_omitted 0
 // TestViciCollectorCap: past --collector.vici.max-sas, IKE SAs and their
 // children get no series but are counted; the connection counts stay whole.
 func TestViciCollectorCap(t *testing.T) {
-	c := newViciCollector(booksLogger(), fakeVici{snap: viciFixture()}, 1)
+	c := newViciCollector(slog.New(slog.DiscardHandler), fakeVici{snap: viciFixture()}, 1)
 	s := gatherSamples(t, c)
 	if got := s.get(t, "ipsec_ike_sas_omitted", nil); got != 1 {
 		t.Errorf("ipsec_ike_sas_omitted %v, want 1", got)
@@ -135,7 +136,7 @@ func TestViciCollectorCap(t *testing.T) {
 // TestViciCollectorUnreachable: a daemon that is down is ipsec_ike_daemon_up
 // 0 and no collector failure; an answer that cannot be read is a failure.
 func TestViciCollectorUnreachable(t *testing.T) {
-	c := newViciCollector(booksLogger(), fakeVici{err: fmt.Errorf("%w: dial: no such file", vici.ErrUnreachable)}, 0)
+	c := newViciCollector(slog.New(slog.DiscardHandler), fakeVici{err: fmt.Errorf("%w: dial: no such file", vici.ErrUnreachable)}, 0)
 	ch := make(chan prometheus.Metric, 10)
 	if err := c.Update(ch); err != nil {
 		t.Fatalf("Update with the daemon down: %v, want no error", err)
@@ -151,7 +152,7 @@ func TestViciCollectorUnreachable(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d series with the daemon down, want ipsec_ike_daemon_up only", n)
 	}
-	c = newViciCollector(booksLogger(), fakeVici{err: fmt.Errorf("list-sas: bad message")}, 0)
+	c = newViciCollector(slog.New(slog.DiscardHandler), fakeVici{err: fmt.Errorf("list-sas: bad message")}, 0)
 	if err := c.Update(make(chan prometheus.Metric, 10)); err == nil {
 		t.Errorf("Update with an unreadable answer: no error")
 	}
@@ -161,7 +162,7 @@ func TestViciCollectorUnreachable(t *testing.T) {
 // listens on is "unreachable", quickly.
 func TestViciCollectorRealSocket(t *testing.T) {
 	client := &vici.Client{Socket: t.TempDir() + "/charon.vici", Timeout: time.Second}
-	c := newViciCollector(booksLogger(), client, 0)
+	c := newViciCollector(slog.New(slog.DiscardHandler), client, 0)
 	s := gatherSamples(t, c)
 	if got := s.get(t, "ipsec_ike_daemon_up", nil); got != 0 {
 		t.Errorf("ipsec_ike_daemon_up %v with no socket, want 0", got)
@@ -170,6 +171,6 @@ func TestViciCollectorRealSocket(t *testing.T) {
 
 func viciRegistry(t *testing.T, c Collector) prometheus.Gatherer {
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(booksProm{t, c})
+	reg.MustRegister(adapt(t, c))
 	return reg
 }
