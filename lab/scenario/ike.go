@@ -38,6 +38,11 @@ type IKEOptions struct {
 	Trap bool
 	// NoWait returns at once, without waiting for the child SAs.
 	NoWait bool
+	// Encap forces ESP in UDP 4500 (NAT-T) although no NAT is on the path.
+	Encap bool
+	// ASubnet widens A's traffic selector to a subnet behind A (tunnel mode,
+	// A as a gateway, as ESPOptions.ASubnet).
+	ASubnet netip.Prefix
 }
 
 func (o IKEOptions) name() string {
@@ -102,6 +107,24 @@ type IKE struct {
 	// Established is how long A took from its start to the child SAs
 	// being in both kernels (zero with NoWait or Trap).
 	Established time.Duration
+
+	kindB DaemonKind
+	endB  ikeEnd
+}
+
+// RestartB starts B's daemon again (after Kill or Stop) with the same
+// configuration, then has A initiate the connection again and waits for
+// the child SAs.
+func (e *IKE) RestartB(t testing.TB) {
+	t.Helper()
+	e.B = startDaemon(t, e.kindB, e.endB, e.Opts)
+	switch a := e.A.(type) {
+	case *Charon:
+		a.Swanctl(t, "--initiate", "--child", e.Opts.name(), "--timeout", "30")
+	case *Pluto:
+		a.Whack(t, "--name", e.Opts.name(), "--initiate", "--asynchronous")
+	}
+	e.WaitChild(t, 60*time.Second)
 }
 
 // DaemonKind selects an IKE daemon implementation.
@@ -144,10 +167,14 @@ func (p *Pair) IKE(t testing.TB, a, b DaemonKind, o IKEOptions) *IKE {
 	host := func(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 	endA := ikeEnd{Node: p.A, Addr: aOuter, TS: host(e.AAddr), RemoteAddr: bOuter, RemoteTS: host(e.BAddr), Initiator: true, PSK: labPSK}
 	endB := ikeEnd{Node: p.B, Addr: bOuter, TS: host(e.BAddr), RemoteAddr: aOuter, RemoteTS: host(e.AAddr), PSK: labPSK}
+	if o.ASubnet.IsValid() {
+		endA.TS, endB.RemoteTS = o.ASubnet, o.ASubnet
+	}
 	if o.WrongPSK {
 		endB.PSK = wrongPSK
 	}
 	// The responder first, so the initiator's first message finds it.
+	e.kindB, e.endB = b, endB
 	e.B = startDaemon(t, b, endB, o)
 	start := time.Now()
 	e.A = startDaemon(t, a, endA, o)

@@ -87,6 +87,9 @@ func plutoConf(end ikeEnd, o IKEOptions) string {
 		// unanswered through the retransmits (retransmit-timeout).
 		dpd = fmt.Sprintf("dpddelay=%s\n\tretransmit-timeout=5s\n\tdpdaction=clear\n\t", seconds(o.DPD))
 	}
+	if o.Encap {
+		dpd += "encapsulation=yes\n\t"
+	}
 	return fmt.Sprintf(`config setup
 	plutodebug=none
 

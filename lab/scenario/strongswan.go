@@ -119,6 +119,9 @@ func swanctlConf(end ikeEnd, o IKEOptions) string {
 	if o.DPD > 0 {
 		conn = append(conn, "dpd_delay = "+seconds(o.DPD)+"s")
 	}
+	if o.Encap {
+		conn = append(conn, "encap = yes")
+	}
 	return fmt.Sprintf(`connections {
 	%[1]s {
 		version = 2
