@@ -47,7 +47,12 @@ func startPluto(t testing.TB, end ikeEnd, o IKEOptions) *Pluto {
 		t.Fatalf("%s: pluto's control socket %s not up after 30s; log:\n%s", end.Node.Name, p.Ctl, p.LogTail())
 	}
 	run(t, end.Node, nil, addconnBin, "--config", p.conf, "--ctlsocket", p.Ctl, "--autoall")
-	if end.Initiator && !o.Trap {
+	switch {
+	case end.Initiator && o.Trap:
+		// auto=ondemand is only added by addconn: routing installs the trap
+		// policies (as `ipsec auto --route` does).
+		p.Whack(t, "--name", o.name(), "--route")
+	case end.Initiator:
 		p.Whack(t, "--name", o.name(), "--initiate", "--asynchronous")
 	}
 	return p
