@@ -92,15 +92,19 @@ type Client struct {
 var ErrUnreachable = errors.New("vici: daemon unreachable")
 
 // Read asks the daemon for its version, connections and SAs.
-func (c *Client) Read(ctx context.Context) (*Snapshot, error) {
+func (c *Client) Read(ctx context.Context) (snap *Snapshot, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	s, err := govici.NewSession(govici.WithSocketPath(c.Socket))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, err)
 	}
-	defer s.Close()
-	snap := &Snapshot{}
+	defer func() {
+		if cerr := s.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("vici: closing the session: %w", cerr)
+		}
+	}()
+	snap = &Snapshot{}
 	v, err := s.Call(ctx, "version", nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: version: %w", ErrUnreachable, err)
