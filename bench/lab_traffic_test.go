@@ -154,4 +154,3 @@ func manyPeers(t *testing.T, p *scenario.Pair, n int) []netip.Addr {
 	}
 	return peers
 }
-

@@ -122,10 +122,3 @@ func judge(value string, ok bool, measured bool) verdict {
 	}
 	return verdict{Value: value, State: "**missed**"}
 }
-
-// target is one of issue 18's targets, judged per kernel.
-type target struct {
-	Name, Goal string
-	Kernels    []verdict
-	Source     string // where the figure comes from
-}
