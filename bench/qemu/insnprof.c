@@ -354,7 +354,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 		if (!strncmp(argv[i], "out=", 4))
 			path = argv[i] + 4;
 	if (!path || !info->system_emulation) {
-		qemu_plugin_outs("insnprof: needs out=FILE and system emulation\n");
+		fprintf(stderr, "insnprof: needs out=FILE and system emulation\n");
 		return -1;
 	}
 	out = fopen(path, "w");
