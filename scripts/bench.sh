@@ -72,7 +72,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 	echo "lab clock: $clock"
 	echo "insnprof: ${plugin:+loaded (bench/qemu/insnprof.c, gcc $(gcc -dumpfullversion), qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'))}${no_profile:+not loaded: $no_profile}"
 	echo "host benchmark command: $host_cmd"
-	echo "lab command: go run ./lab/cmd/ipsec-lab test -kernel K -smp $smp -pkg ./bench -run '^TestLabBench' -timeout 75m, K in $kernels"
+	echo "lab command: go run ./lab/cmd/ipsec-lab test -kernel K -smp $smp -pkg ./bench -run '^TestLabBench' -timeout 75m -boot-timeout 10m, K in $kernels"
 } >"$out/meta.txt"
 
 status=0
@@ -84,7 +84,7 @@ for k in $kernels; do
 	echo "bench: lab benchmarks on $k ($out/lab-$k.txt)" >&2
 	start=$(date +%s)
 	BENCH_PLUGIN="$plugin" BENCH_PLUGIN_OUT="$PWD/$out/insnprof-$k.txt" \
-		go run ./lab/cmd/ipsec-lab test -kernel "$k" -smp "$smp" -pkg ./bench -run '^TestLabBench' -timeout 75m |
+		go run ./lab/cmd/ipsec-lab test -kernel "$k" -smp "$smp" -pkg ./bench -run '^TestLabBench' -timeout 75m -boot-timeout 10m |
 		tee "$out/lab-$k.txt" || status=1
 	echo "lab wall time $k: $(( $(date +%s) - start )) s" >>"$out/meta.txt"
 	labs+=("$out/lab-$k.txt")
