@@ -79,9 +79,8 @@ type Symbol struct {
 	End    uint64
 }
 
-// maxSymbolSize caps a symbol's range where the next symbol is far away
-// (the last symbol of a module, a trampoline page): no function here is
-// larger.
+// maxSymbolSize caps a symbol's range where the next symbol is far away:
+// no function here is larger.
 const maxSymbolSize = 64 << 10
 
 // ParseKallsyms reads /proc/kallsyms (as root: addresses are zero
@@ -122,10 +121,18 @@ func ParseKallsyms(r io.Reader) ([]Symbol, error) {
 		if sym.Type != 't' && sym.Type != 'T' {
 			continue
 		}
-		sym.End = sym.Start + maxSymbolSize
+		// The next symbol ends this one, if it is of the same module: the
+		// last function of a module (or of the core kernel text) is
+		// followed by unrelated memory (another module, BPF images), so
+		// it gets at most a page.
+		sym.End = sym.Start + 4096
 		for j := i + 1; j < len(all); j++ {
 			if all[j].Start > sym.Start {
-				sym.End = min(sym.End, all[j].Start)
+				if all[j].Module == sym.Module {
+					sym.End = min(sym.Start+maxSymbolSize, all[j].Start)
+				} else {
+					sym.End = min(sym.End, all[j].Start)
+				}
 				break
 			}
 		}

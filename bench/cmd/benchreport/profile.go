@@ -201,6 +201,7 @@ func (w *windowCost) charge(rs spans, tbs []tbLine, edges []edgeLine) {
 			serves[callee.start] = site
 		}
 	}
+	own := map[string]uint64{} // the traced functions' own work, by hook
 	for _, e := range edges {
 		site, callee := rs.find(e.from), rs.find(e.to)
 		if site.cat() == bench.CategoryProgram {
@@ -216,10 +217,14 @@ func (w *windowCost) charge(rs spans, tbs []tbLine, edges []edgeLine) {
 		}
 		if site.cat() == bench.CategoryTrampoline {
 			if f := serves[site.start]; f != nil && callee != nil && callee.start == f.start {
-				h := w.hook(hookName(f, site))
-				h.insns -= min(h.insns, e.insns)
+				own[hookName(f, site)] += e.insns
 			}
 		}
+	}
+	// Taken out once all entries are in: the edges come in no order.
+	for name, n := range own {
+		h := w.hook(name)
+		h.insns -= min(h.insns, n)
 	}
 }
 
@@ -232,7 +237,9 @@ const entrySite = 16
 // not print them (that would take a kallsyms read per window): a call made
 // from the first bytes of a function a program is attached to into code
 // no range names is that function's patched entry calling its BPF
-// trampoline (fentry/fexit) or its ftrace trampoline (kprobe). Either is
+// trampoline (fentry/fexit) or its ftrace trampoline (kprobe), whatever
+// range the address seems to fall in (the last function of a module may
+// seem to reach into the BPF area). Either is
 // at most a page, and ends where the next known range starts.
 func (s spans) withEntries(edges []edgeLine) spans {
 	kinds := map[string]string{}
@@ -252,7 +259,7 @@ func (s spans) withEntries(edges []edgeLine) spans {
 	out := s
 	for _, e := range edges {
 		site := s.find(e.from)
-		if site == nil || e.from-site.start >= entrySite || seen[e.to] || s.find(e.to) != nil {
+		if site == nil || e.from-site.start >= entrySite || seen[e.to] || bench.Machinery(s.find(e.to).cat()) {
 			continue
 		}
 		base, _, _ := strings.Cut(site.symbol, ".")
