@@ -148,11 +148,11 @@ func (r *run) instrumentChecks(ks []string) table {
 		// guest clock, and n+1 here.
 		{fmt.Sprintf("executions of one rep movsb of %d bytes (n+1: the last finds the count zero)", bench.InstrumentReps),
 			bench.InstrumentReps + 1, func(ws map[string]*windowCost) (uint64, bool) {
-			if w := ws["rep_movsb"]; w != nil {
-				return w.userRep, true
-			}
-			return 0, false
-		}},
+				if w := ws["rep_movsb"]; w != nil {
+					return w.userRep, true
+				}
+				return 0, false
+			}},
 		{"lock-prefixed instructions (lock xadd loop; the Go runtime may add a few)", bench.InstrumentLocks,
 			func(ws map[string]*windowCost) (uint64, bool) {
 				if w := ws["lock_xadd"]; w != nil {
