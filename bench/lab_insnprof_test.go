@@ -166,6 +166,7 @@ type loadedProgram struct {
 
 func loadedPrograms(t *testing.T) []loadedProgram {
 	t.Helper()
+	loadSymbols(t)
 	var out []loadedProgram
 	var id ebpf.ProgramID
 	for {

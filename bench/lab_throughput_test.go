@@ -205,18 +205,38 @@ func attachVariant(t *testing.T, variant string, tr *traffic) (hookSet, func()) 
 
 func attachVerdict(t *testing.T, mode string) (hookSet, func()) {
 	t.Helper()
+	v := loadVerdict(t, mode)
+	return hooksOf(attachedHooks(v), func(h verdict.Hook) (string, string, string) { return h.Program, h.Kind, h.Target }),
+		func() { v.Close() }
+}
+
+func loadVerdict(t *testing.T, mode string) *verdict.Verdicts {
+	t.Helper()
 	v, err := verdict.Load(verdict.Options{Mode: mode})
 	if err != nil {
 		t.Fatalf("loading the verdict programs (%s): %v", mode, err)
 	}
-	var attached []verdict.Hook
+	return v
+}
+
+// attachedHooks are the verdict hooks that attached.
+func attachedHooks(v *verdict.Verdicts) []verdict.Hook {
+	var out []verdict.Hook
 	for _, h := range v.Hooks() {
 		if h.Attached {
-			attached = append(attached, h)
+			out = append(out, h)
 		}
 	}
-	return hooksOf(attached, func(h verdict.Hook) (string, string, string) { return h.Program, h.Kind, h.Target }),
-		func() { v.Close() }
+	return out
+}
+
+// floorOf is where the floor of a verdict program set goes: the same hooks.
+func floorOf(hooks []verdict.Hook) []baseline.Hook {
+	out := make([]baseline.Hook, len(hooks))
+	for i, h := range hooks {
+		out[i] = baseline.Hook{Kind: h.Kind, Target: h.Target}
+	}
+	return out
 }
 
 func attachWire(t *testing.T, tr *traffic) func() {
@@ -279,16 +299,8 @@ func verdictHooks(t *testing.T, mode string) []baseline.Hook {
 	if h, ok := verdictHookCache[mode]; ok {
 		return h
 	}
-	v, err := verdict.Load(verdict.Options{Mode: mode})
-	if err != nil {
-		t.Fatalf("loading the verdict programs (%s): %v", mode, err)
-	}
-	var hooks []baseline.Hook
-	for _, h := range v.Hooks() {
-		if h.Attached {
-			hooks = append(hooks, baseline.Hook{Kind: h.Kind, Target: h.Target})
-		}
-	}
+	v := loadVerdict(t, mode)
+	hooks := floorOf(attachedHooks(v))
 	v.Close()
 	verdictHookCache[mode] = hooks
 	return hooks
