@@ -23,10 +23,10 @@ TEXT ·repMovsb(SB), NOSPLIT, $0-24
 TEXT ·lockAdds(SB), NOSPLIT, $0-16
 	MOVQ p+0(FP), DI
 	MOVQ n+8(FP), CX
-	MOVQ $1, AX
 loop:
 	TESTQ CX, CX
 	JZ done
+	MOVQ $1, AX // xadd leaves the old value in AX
 	LOCK; XADDQ AX, (DI)
 	DECQ CX
 	JMP loop
