@@ -38,7 +38,9 @@ const Prefix = "BENCH "
 //     it), Packets (on the wire between the two namespaces, both ways),
 //     Bytes (payload sent), Seconds (guest time: instructions under icount)
 //   - workload, variant: Workload or Variant, Text (what it is, for the
-//     report's tables)
+//     report's tables); a workload's Normalise is "byte" where its packets
+//     are not a fixed unit (TCP without IPsec leaves as GSO super-packets
+//     whose number varies from round to round), else per packet
 //   - range: Mark (the window it is valid for; 0: every window of the run),
 //     Symbol, Category, Start, End (guest kernel addresses), Hook ("kind
 //     target" of a BPF program)
@@ -73,6 +75,7 @@ type Record struct {
 	End         uint64  `json:"end,omitempty"`
 	Hook        string  `json:"hook,omitempty"`
 	Text        string  `json:"text,omitempty"`
+	Normalise   string  `json:"normalise,omitempty"`
 }
 
 // Line is the record as one output line: Prefix and JSON.

@@ -29,10 +29,11 @@ const settle = 2 * time.Second
 // in every round for every variant. Per round, each variant (none first)
 // is attached, warmed up, measured in an insnprof window, and detached.
 type workload struct {
-	name     string
-	text     string
-	rounds   int
-	variants []string
+	name      string
+	text      string
+	normalise string // "byte" where the packet count is not fixed (see bench.Record)
+	rounds    int
+	variants  []string
 	// setup builds the nodes, SAs and policies and returns the traffic.
 	setup func(t *testing.T) *traffic
 }
@@ -106,7 +107,7 @@ var benchWorkloads = []workload{
 		p := scenario.NewPairNamed(t, "ma", "mb", 14)
 		return datagrams(t, p, manyPeers(t, p, 1000), 10000, 64)
 	}},
-	{name: "plain_tcp", text: "bulk TCP (4 MiB) between two namespaces, no IPsec at all", rounds: 2, variants: plainVariants, setup: func(t *testing.T) *traffic {
+	{name: "plain_tcp", text: "bulk TCP (4 MiB) between two namespaces, no IPsec at all", normalise: "byte", rounds: 2, variants: plainVariants, setup: func(t *testing.T) *traffic {
 		p := scenario.NewPairNamed(t, "pa", "pb", 15)
 		return bulk(t, p, p.B.IPv4, 4<<20)
 	}},
@@ -144,7 +145,7 @@ func TestLabBenchThroughput(t *testing.T) {
 	}
 	for _, w := range benchWorkloads {
 		t.Run(w.name, func(t *testing.T) {
-			Emit(Record{Kind: "workload", Kernel: scenario.Kernel(), Workload: w.name, Text: w.text})
+			Emit(Record{Kind: "workload", Kernel: scenario.Kernel(), Workload: w.name, Text: w.text, Normalise: w.normalise})
 			tr := w.setup(t)
 			for round := 1; round <= w.rounds; round++ {
 				for _, v := range w.variants {

@@ -115,6 +115,10 @@ type verdict struct {
 
 func judge(value string, ok bool, measured bool) verdict {
 	switch {
+	case value != "" && value[0] == '-':
+		// Programs cannot make the path shorter: a negative figure is
+		// noise larger than what was to be measured.
+		return verdict{Value: value, State: "below the noise"}
 	case !measured:
 		return verdict{Value: value, State: "not measured"}
 	case ok:

@@ -66,12 +66,17 @@ func (r *run) workloadCosts() workloadCosts {
 			workload string
 			round    int
 		}
-		none := map[key]float64{}
+		none, noneTime := map[key]float64{}, map[key]float64{}
 		wins := r.filter("window", k)
 		for _, w := range wins {
 			if w.Variant == "none" && w.Packets > 0 {
 				none[key{w.Workload, w.Round}] = w.Seconds * 1e9 / float64(w.Packets)
+				noneTime[key{w.Workload, w.Round}] = w.Seconds * 1e9
 			}
+		}
+		byBytes := map[string]bool{}
+		for _, rec := range r.filter("workload", k) {
+			byBytes[rec.Workload] = rec.Normalise == "byte"
 		}
 		for _, w := range wins {
 			if out[k][w.Workload] == nil {
@@ -86,8 +91,16 @@ func (r *run) workloadCosts() workloadCosts {
 			if w.Packets > 0 && w.Seconds > 0 {
 				rc.perPacket = w.Seconds * 1e9 / float64(w.Packets)
 				if n, ok := none[key{w.Workload, w.Round}]; ok {
-					rc.extra = rc.perPacket - n
-					rc.loss = rc.extra / rc.perPacket
+					if byBytes[w.Workload] {
+						// Same bytes, packets not a fixed unit: the extra
+						// time of the round, over this window's packets.
+						t := noneTime[key{w.Workload, w.Round}]
+						rc.extra = (w.Seconds*1e9 - t) / float64(w.Packets)
+						rc.loss = (w.Seconds*1e9 - t) / (w.Seconds * 1e9)
+					} else {
+						rc.extra = rc.perPacket - n
+						rc.loss = rc.extra / rc.perPacket
+					}
 				}
 			}
 			if p := r.profiles[k]; p != nil {
