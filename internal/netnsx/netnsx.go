@@ -120,3 +120,32 @@ func ReadFile(t Target, path string) ([]byte, error) {
 	})
 	return data, err
 }
+
+// ErrNotNamespace marks a path that is not a namespace file (a plain or
+// empty file that CNI plugins leave in the directory, a FIFO).
+var ErrNotNamespace = errors.New("not a network namespace")
+
+// nsfsMagic is NSFS_MAGIC (include/uapi/linux/magic.h).
+const nsfsMagic = 0x6e736673
+
+// Inode identifies the namespace of t: the inode of its nsfs file, which
+// changes when a namespace is deleted and another created under the same
+// name. It neither opens nor reads the file, so a FIFO cannot block it.
+func Inode(t Target) (uint64, error) {
+	path := t.Path
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return 0, err
+	}
+	if fs.Type != nsfsMagic {
+		return 0, fmt.Errorf("%s: %w", path, ErrNotNamespace)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}

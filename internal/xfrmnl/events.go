@@ -195,3 +195,35 @@ func appendAttr(b []byte, a attr) []byte {
 	}
 	return b
 }
+
+// Groups of the multicast messages a reader of SA and policy changes needs:
+// additions, updates and deletions (XFRMNLGRP_SA, _POLICY) and hard
+// expiries, after which the kernel removes the SA without a deletion
+// message (XFRMNLGRP_EXPIRE). Pass it to Dial.
+const ChangeGroups = 1<<(grpSA-1) | 1<<(grpPolicy-1) | 1<<(grpExpire-1)
+
+// ReadNotifications waits for one datagram of multicast messages on a Conn
+// dialled with groups and hands each decodable event to fn, in order; the
+// receive buffer is wiped afterwards (SA messages carry keys), so fn must
+// not keep n beyond its copies of SA and Policy. It returns unix.ENOBUFS
+// when the kernel dropped notifications (the reader must re-read the
+// state), os.ErrClosed after Close, and the number of undecodable messages
+// it skipped.
+func (c *Conn) ReadNotifications(fn func(n Notification)) (skipped int, err error) {
+	msgs, err := c.receive()
+	if err != nil {
+		return 0, err
+	}
+	defer c.wipe()
+	for _, m := range msgs {
+		n, ok, err := ParseNotification(m.typ, m.data)
+		if err != nil {
+			skipped++
+			continue
+		}
+		if ok {
+			fn(n)
+		}
+	}
+	return skipped, nil
+}
