@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
@@ -15,7 +14,8 @@ import (
 
 // The node's known IPsec peers (internal/peers), shared by the collectors
 // that need them: wire (which plaintext is unprotected traffic to a peer)
-// and verdict (peer names). One tracker per process, started by the first
+// and verdict (peer names). One tracker per process, following the
+// namespaces of the exporter's namespace watcher, started by the first
 // collector that asks and stopped with the last.
 
 var (
@@ -30,18 +30,36 @@ var (
 				Hidden().Default("").String()
 )
 
-// namespacePoll is how often the namespace directory is listed for
-// namespaces that came or went (wire attaches in each, peers follows each).
-const namespacePoll = 2 * time.Second
+// knownPeers is the exporter's tracker.
+var knownPeers = shared[*trackedPeers]{open: func(logger *slog.Logger) (*trackedPeers, error) {
+	path, err := peersNamesPath()
+	if err != nil {
+		return nil, err
+	}
+	t, err := peers.New(peers.Config{ForgetAfter: *peersForgetAfter, NamesFile: path, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("--peers.names-file: %w", err)
+	}
+	w, err := watchedNamespaces.acquire(logger)
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	tp := &trackedPeers{Tracker: t}
+	tp.stop = followNamespaces(w, t.Watch)
+	return tp, nil
+}}
 
-// shared is the process's tracker and namespace poller.
-var shared = &sharedPeers{}
+// trackedPeers holds the watcher for as long as the tracker follows it.
+type trackedPeers struct {
+	*peers.Tracker
+	stop func()
+}
 
-type sharedPeers struct {
-	mu      sync.Mutex
-	users   int
-	tracker *peers.Tracker
-	watch   *namespaceWatch
+func (t *trackedPeers) Close() error {
+	t.stop()
+	t.Tracker.Close()
+	return watchedNamespaces.release()
 }
 
 // peersNamesPath is the peer-names file of the flags, either name.
@@ -55,126 +73,62 @@ func peersNamesPath() (string, error) {
 	return *verdictPeerNames, nil
 }
 
-// acquirePeers returns the shared tracker, starting it for the first user;
-// release stops it after the last.
-func acquirePeers(logger *slog.Logger) (t *peers.Tracker, w *namespaceWatch, release func(), err error) {
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.tracker == nil {
-		path, err := peersNamesPath()
-		if err != nil {
-			return nil, nil, nil, err
-		}
+func init() {
+	RegisterFlagCheck("peers.forget-after", func() error {
 		if *peersForgetAfter < 0 {
-			return nil, nil, nil, fmt.Errorf("--peers.forget-after=%s: must not be negative", *peersForgetAfter)
+			return fmt.Errorf("must not be negative, got %s", *peersForgetAfter)
 		}
-		tr, err := peers.New(peers.Config{ForgetAfter: *peersForgetAfter, NamesFile: path, Logger: logger})
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--peers.names-file: %w", err)
+		return nil
+	})
+	RegisterFlagCheck("peers.names-file", func() error {
+		_, err := peersNamesPath()
+		return err
+	})
+}
+
+// followNamespaces calls fn with the watcher's whole list of namespaces
+// now, and again (from a goroutine of its own, the latest list only) after
+// every change, until the returned stop. The watcher's subscribers must
+// return quickly; fn may take its time (it starts followers and attaches
+// programs).
+func followNamespaces(w *netnsx.Watcher, fn func([]netnsx.Namespace)) (stop func()) {
+	var mu sync.Mutex
+	var current []netnsx.Namespace
+	kick := make(chan struct{}, 1)
+	cancel := w.Subscribe(func(c netnsx.Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		current = slices.DeleteFunc(current, func(n netnsx.Namespace) bool { return slices.Contains(c.Removed, n) })
+		current = append(current, c.Added...)
+		select {
+		case kick <- struct{}{}:
+		default:
 		}
-		shared.tracker = tr
-		shared.watch = startNamespaceWatch(netnsTargets, namespacePoll, logger)
-		shared.watch.subscribe(tr.Watch)
+	})
+	latest := func() []netnsx.Namespace {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(current)
 	}
-	shared.users++
-	var once sync.Once
-	return shared.tracker, shared.watch, func() {
-		once.Do(func() {
-			shared.mu.Lock()
-			defer shared.mu.Unlock()
-			if shared.users--; shared.users == 0 {
-				shared.watch.stop()
-				shared.tracker.Close()
-				shared.tracker, shared.watch = nil, nil
-			}
-		})
-	}, nil
-}
-
-// namespaceWatch lists the watched namespaces now and then and tells its
-// subscribers the whole list whenever a namespace came, went or was
-// recreated under its name.
-type namespaceWatch struct {
-	list   func() ([]netnsx.Target, error)
-	logger *slog.Logger
-
-	mu      sync.Mutex
-	current []netnsx.Target
-	ids     map[string]uint64 // inode by name, to see a recreation
-	subs    []func([]netnsx.Target)
-
-	done chan struct{}
-	wg   sync.WaitGroup
-}
-
-func startNamespaceWatch(list func() ([]netnsx.Target, error), every time.Duration, logger *slog.Logger) *namespaceWatch {
-	w := &namespaceWatch{list: list, logger: logger, done: make(chan struct{})}
-	w.poll()
-	w.wg.Add(1)
+	<-kick
+	fn(latest())
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		defer w.wg.Done()
-		tick := time.NewTicker(every)
-		defer tick.Stop()
+		defer wg.Done()
 		for {
 			select {
-			case <-w.done:
+			case <-done:
 				return
-			case <-tick.C:
-				w.poll()
+			case <-kick:
+				fn(latest())
 			}
 		}
 	}()
-	return w
-}
-
-// subscribe calls fn with the current list now and on every change.
-func (w *namespaceWatch) subscribe(fn func([]netnsx.Target)) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.subs = append(w.subs, fn)
-	fn(slices.Clone(w.current))
-}
-
-func (w *namespaceWatch) poll() {
-	targets, err := w.list()
-	if err != nil {
-		w.logger.Debug("listing namespaces", "err", err)
-		return
+	return func() {
+		cancel()
+		close(done)
+		wg.Wait()
 	}
-	ids := make(map[string]uint64, len(targets))
-	var live []netnsx.Target
-	for _, t := range targets {
-		ino, err := netnsx.Inode(t)
-		if err != nil {
-			continue // not a namespace (yet, or any more)
-		}
-		ids[t.Name] = ino
-		live = append(live, t)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.ids != nil && equalIDs(ids, w.ids) {
-		return
-	}
-	w.current, w.ids = live, ids
-	for _, fn := range w.subs {
-		fn(slices.Clone(live))
-	}
-}
-
-func equalIDs(a, b map[string]uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func (w *namespaceWatch) stop() {
-	close(w.done)
-	w.wg.Wait()
 }

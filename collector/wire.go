@@ -1,18 +1,19 @@
 package collector
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"regexp"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netns"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
@@ -78,32 +79,53 @@ var (
 )
 
 func init() {
+	RegisterFlagCheck("collector.wire.interfaces", func() error {
+		_, err := wireInterfacesRegexp()
+		return err
+	})
+	RegisterFlagCheck("bpf.wire-peer-map-size", func() error {
+		if n := *wirePeerMapSize; n < 1 || n > maxWirePeerMapSize {
+			return fmt.Errorf("must be between 1 and %d, got %d", maxWirePeerMapSize, n)
+		}
+		return nil
+	})
 	registerCollector("wire", true, func(logger *slog.Logger) (Collector, error) {
 		cfg := wire.Config{Logger: logger}
-		if *wireInterfaces != "" {
-			re, err := regexp.Compile("^(?:" + *wireInterfaces + ")$")
-			if err != nil {
-				return nil, fmt.Errorf("--collector.wire.interfaces: %w", err)
-			}
-			cfg.Interfaces = re
-		}
+		cfg.Interfaces, _ = wireInterfacesRegexp() // checked with the flags
 		if *wireAttachMode != "auto" {
 			cfg.Mode = wire.Mode(*wireAttachMode)
 		}
-		if *wirePeerMapSize == 0 {
-			return nil, fmt.Errorf("--bpf.wire-peer-map-size must be at least 1")
-		}
-		tracker, watch, release, err := acquirePeers(logger)
+		tracker, err := knownPeers.acquire(logger)
 		if err != nil {
 			return nil, err
 		}
-		c := newWireCollector(logger, cfg, func() (*wire.Programs, error) { return wire.Load(*wirePeerMapSize) }, tracker)
-		c.release = release
+		w, err := watchedNamespaces.acquire(logger)
+		if err != nil {
+			_ = knownPeers.release()
+			return nil, err
+		}
+		c := newWireCollector(logger, cfg, func() (*wire.Programs, error) { return wire.Load(*wirePeerMapSize) }, tracker.Tracker)
+		c.release = func() { _ = errors.Join(watchedNamespaces.release(), knownPeers.release()) }
 		if c.progs != nil {
-			watch.subscribe(c.watch)
+			c.stopWatch = followNamespaces(w, c.watch)
 		}
 		return c, nil
 	})
+}
+
+// maxWirePeerMapSize bounds --bpf.wire-peer-map-size: 16 million peers is
+// beyond any node, and a typo of that size would let the map grow to GiBs.
+const maxWirePeerMapSize = 1 << 24
+
+func wireInterfacesRegexp() (*regexp.Regexp, error) {
+	if *wireInterfaces == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile("^(?:" + *wireInterfaces + ")$")
+	if err != nil {
+		return nil, fmt.Errorf("not a regular expression: %w", err)
+	}
+	return re, nil
 }
 
 type wireCollector struct {
@@ -111,8 +133,9 @@ type wireCollector struct {
 	cfg         wire.Config    // for each namespace's monitor
 	progs       *wire.Programs // nil when the program could not be loaded
 	tracker     *peers.Tracker
-	release     func() // of the shared tracker
+	release     func() // of the shared tracker and namespace watcher
 	cancel      func() // of the peer subscription
+	stopWatch   func() // of following the namespaces
 	statsSysctl string
 
 	mu         sync.Mutex
@@ -126,12 +149,11 @@ type wireCollector struct {
 
 // wireNetns is the wire program in one watched namespace.
 type wireNetns struct {
-	target  netnsx.Target
-	inode   uint64
+	ns      netnsx.Namespace
 	slot    uint32
-	handle  netns.NsHandle
+	handle  *os.File // the namespace, held open while watched
+	nsh     netns.NsHandle
 	monitor *wire.Monitor // nil when it cannot be watched
-	err     error
 }
 
 // newWireCollector loads the programs. A failure is logged once and leaves
@@ -141,7 +163,7 @@ func newWireCollector(logger *slog.Logger, cfg wire.Config, load func() (*wire.P
 	c := &wireCollector{
 		logger: logger, cfg: cfg, tracker: tracker,
 		namespaces:  map[string]*wireNetns{},
-		statsSysctl: "/proc/sys/kernel/bpf_stats_enabled",
+		statsSysctl: bpfmap.StatsSysctl,
 	}
 	progs, err := load()
 	if err != nil {
@@ -162,27 +184,23 @@ func newWireCollector(logger *slog.Logger, cfg wire.Config, load func() (*wire.P
 
 // watch follows the watched namespaces: a monitor in each new one (or one
 // recreated under its name), none in one that went.
-func (c *wireCollector) watch(targets []netnsx.Target) {
+func (c *wireCollector) watch(namespaces []netnsx.Namespace) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return
 	}
 	seen := map[string]bool{}
-	for _, t := range targets {
-		seen[t.Name] = true
-		inode, err := netnsx.Inode(t)
-		if err != nil {
-			continue
-		}
-		ns := c.namespaces[t.Name]
-		if ns != nil && ns.inode == inode {
+	for _, n := range namespaces {
+		seen[n.Name] = true
+		ns := c.namespaces[n.Name]
+		if ns != nil && ns.ns == n {
 			continue
 		}
 		if ns != nil {
 			c.stopLocked(ns)
 		}
-		c.namespaces[t.Name] = c.startLocked(t, inode)
+		c.namespaces[n.Name] = c.startLocked(n)
 	}
 	for label, ns := range c.namespaces {
 		if !seen[label] {
@@ -193,26 +211,26 @@ func (c *wireCollector) watch(targets []netnsx.Target) {
 	c.setPeersLocked()
 }
 
-func (c *wireCollector) startLocked(t netnsx.Target, inode uint64) *wireNetns {
-	ns := &wireNetns{target: t, inode: inode, slot: c.nextSlot, handle: netns.None()}
+func (c *wireCollector) startLocked(n netnsx.Namespace) *wireNetns {
+	ns := &wireNetns{ns: n, slot: c.nextSlot}
 	c.nextSlot++
 	cfg := c.cfg
 	cfg.Programs, cfg.NetnsSlot = c.progs, ns.slot
-	cfg.Logger = c.logger.With("netns", t.Name)
-	if t.Path != "" {
-		h, err := netns.GetFromPath(t.Path)
+	cfg.Logger = c.logger.With("netns", n.Name)
+	if n.Path != "" {
+		f, err := n.Open()
 		if err != nil {
-			ns.err = err
-			c.logger.Warn("cannot watch the interfaces of a namespace", "netns", t.Name, "err", err)
+			if !errors.Is(err, netnsx.ErrGone) {
+				c.logger.Warn("cannot watch the interfaces of a namespace", "netns", n.Name, "err", err)
+			}
 			return ns
 		}
-		ns.handle = h
-		cfg.Netns = &ns.handle
+		ns.handle, ns.nsh = f, netns.NsHandle(f.Fd())
+		cfg.Netns = &ns.nsh
 	}
 	m, err := wire.Start(cfg)
 	if err != nil {
-		ns.err = err
-		c.logger.Warn("cannot watch the interfaces of a namespace", "netns", t.Name, "err", err)
+		c.logger.Warn("cannot watch the interfaces of a namespace", "netns", n.Name, "err", err)
 		c.closeHandle(ns)
 		return ns
 	}
@@ -223,7 +241,7 @@ func (c *wireCollector) startLocked(t netnsx.Target, inode uint64) *wireNetns {
 func (c *wireCollector) stopLocked(ns *wireNetns) {
 	if ns.monitor != nil {
 		if err := ns.monitor.Close(); err != nil {
-			c.logger.Warn("detaching the wire program", "netns", ns.target.Name, "err", err)
+			c.logger.Warn("detaching the wire program", "netns", ns.ns.Name, "err", err)
 		}
 		ns.monitor = nil
 	}
@@ -231,9 +249,9 @@ func (c *wireCollector) stopLocked(ns *wireNetns) {
 }
 
 func (c *wireCollector) closeHandle(ns *wireNetns) {
-	if ns.handle != netns.None() {
+	if ns.handle != nil {
 		_ = ns.handle.Close()
-		ns.handle = netns.None()
+		ns.handle = nil
 	}
 }
 
@@ -263,10 +281,10 @@ func (c *wireCollector) setPeersLocked() {
 
 func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.progs == nil {
-		ch <- prometheus.MustNewConstMetric(wireLoadedDesc, prometheus.GaugeValue, 0)
+		ch <- newConstMetric(wireLoadedDesc, prometheus.GaugeValue, 0)
 		return nil
 	}
-	ch <- prometheus.MustNewConstMetric(wireLoadedDesc, prometheus.GaugeValue, 1)
+	ch <- newConstMetric(wireLoadedDesc, prometheus.GaugeValue, 1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
@@ -274,13 +292,13 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 	stats := map[wire.Direction]struct{ seconds, runs float64 }{}
 	for _, label := range sortedLabels(c.namespaces) {
 		ns := c.namespaces[label]
-		ch <- prometheus.MustNewConstMetric(wireNetnsDesc, prometheus.GaugeValue, wireGauge(ns.monitor != nil), label)
+		ch <- newConstMetric(wireNetnsDesc, prometheus.GaugeValue, wireGauge(ns.monitor != nil), label)
 		if ns.monitor == nil {
 			continue
 		}
 		byLabel[ns.slot] = label
 		for _, i := range ns.monitor.Interfaces() {
-			ch <- prometheus.MustNewConstMetric(wireAttachedDesc, prometheus.GaugeValue, wireGauge(i.Attached), label, i.Name, string(i.Mode))
+			ch <- newConstMetric(wireAttachedDesc, prometheus.GaugeValue, wireGauge(i.Attached), label, i.Name, string(i.Mode))
 		}
 		counters, err := ns.monitor.Counters()
 		if err != nil {
@@ -293,8 +311,8 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 						continue // a class never seen on this interface
 					}
 					labels := []string{label, ic.Name, wire.Direction(d).String(), wire.Class(class).String()}
-					ch <- prometheus.MustNewConstMetric(wirePacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
-					ch <- prometheus.MustNewConstMetric(wireBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
+					ch <- newConstMetric(wirePacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
+					ch <- newConstMetric(wireBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
 				}
 			}
 		}
@@ -311,14 +329,14 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 		return err
 	}
 	for slot, label := range byLabel {
-		ch <- prometheus.MustNewConstMetric(wirePeersDesc, prometheus.GaugeValue, float64(len(unprotected[slot])/2), label)
+		ch <- newConstMetric(wirePeersDesc, prometheus.GaugeValue, float64(len(unprotected[slot])/2), label)
 		for k, v := range unprotected[slot] {
 			if v == (wire.Counter{}) {
 				continue // a series appears with the first unprotected packet
 			}
 			labels := []string{label, k.Peer.String(), k.Direction.String()}
-			ch <- prometheus.MustNewConstMetric(unprotectedPacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
-			ch <- prometheus.MustNewConstMetric(unprotectedBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
+			ch <- newConstMetric(unprotectedPacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
+			ch <- newConstMetric(unprotectedBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
 		}
 		remembered := 0
 		for _, p := range c.peerSet.Netns[label] {
@@ -326,17 +344,17 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 				remembered++
 			}
 		}
-		ch <- prometheus.MustNewConstMetric(wirePeersRememberedDesc, prometheus.GaugeValue, float64(remembered), label)
+		ch <- newConstMetric(wirePeersRememberedDesc, prometheus.GaugeValue, float64(remembered), label)
 	}
-	ch <- prometheus.MustNewConstMetric(wirePeersUnwatchedDesc, prometheus.GaugeValue, float64(c.status.Unwatched))
+	ch <- newConstMetric(wirePeersUnwatchedDesc, prometheus.GaugeValue, float64(c.status.Unwatched))
 
 	// Without kernel.bpf_stats_enabled the kernel keeps no run time or
 	// count, and zeros would look like idle programs.
-	if b, err := os.ReadFile(c.statsSysctl); err == nil && strings.TrimSpace(string(b)) == "1" {
+	if bpfmap.StatsEnabled(c.statsSysctl) {
 		for d, s := range stats {
 			program := "wire_" + d.String()
-			ch <- prometheus.MustNewConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.seconds, program)
-			ch <- prometheus.MustNewConstMetric(wireRunsDesc, prometheus.CounterValue, s.runs, program)
+			ch <- newConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.seconds, program)
+			ch <- newConstMetric(wireRunsDesc, prometheus.CounterValue, s.runs, program)
 		}
 	}
 	return nil
@@ -353,6 +371,9 @@ func sortedLabels(m map[string]*wireNetns) []string {
 
 // Close detaches the program from every interface of every namespace.
 func (c *wireCollector) Close() error {
+	if c.stopWatch != nil {
+		c.stopWatch()
+	}
 	c.mu.Lock()
 	c.closed = true
 	for _, ns := range c.namespaces {

@@ -16,9 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx/netnsxtest"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
-	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
 
 // TestWireCollectorDegraded: a program that cannot load (no CAP_BPF, say)
@@ -27,8 +27,8 @@ func TestWireCollectorDegraded(t *testing.T) {
 	c := newWireCollector(slog.New(slog.DiscardHandler), wire.Config{}, func() (*wire.Programs, error) {
 		return nil, errors.New("operation not permitted")
 	}, nil)
-	c.watch([]netnsx.Target{{}})
-	err := testutil.CollectAndCompare(booksProm{t, c}, strings.NewReader(`
+	c.watch([]netnsx.Namespace{{}})
+	err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(`
 # HELP ipsec_bpf_wire_program_loaded Whether the wire BPF programs could be loaded (1) or not (0: see the log; usually missing CAP_BPF or CAP_NET_ADMIN).
 # TYPE ipsec_bpf_wire_program_loaded gauge
 ipsec_bpf_wire_program_loaded 0
@@ -41,31 +41,33 @@ ipsec_bpf_wire_program_loaded 0
 	}
 }
 
-// wireFixture is a namespace with a veth pair (w0, w1) and an IPsec policy
-// whose tunnel endpoints 192.0.2.1 and 192.0.2.9 are its peers.
-func wireFixture(t *testing.T, prefix string) (*scenario.Netns, netnsx.Target) {
+// wireFixture is a namespace (dir/name, dir "" for a new one) with a veth
+// pair (w0, w1, or the given names) and an IPsec policy whose tunnel
+// endpoints 192.0.2.1 and 192.0.2.9 are its peers.
+func wireFixture(t *testing.T, dir, name string, links ...string) (*netlink.Handle, netnsx.Namespace) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace and attach TC programs")
+	ns := netnsxtest.New(t, dir, name)
+	h := netnsxtest.Handle(t, ns)
+	if len(links) == 0 {
+		links = []string{"w0", "w1"}
 	}
-	n := scenario.NewNetns(t, prefix)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "w0"}, PeerName: "w1"}
-	if err := n.NL.LinkAdd(veth); err != nil {
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: links[0]}, PeerName: links[1]}
+	if err := h.LinkAdd(veth); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"w0", "w1"} {
-		l, err := n.NL.LinkByName(name)
+	for _, name := range links {
+		l, err := h.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := n.NL.LinkSetUp(l); err != nil {
+		if err := h.LinkSetUp(l); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := n.NL.XfrmPolicyAdd(wirePolicy("192.0.2.1", "192.0.2.9")); err != nil {
+	if err := h.XfrmPolicyAdd(wirePolicy("192.0.2.1", "192.0.2.9")); err != nil {
 		t.Fatal(err)
 	}
-	return n, netnsx.Target{Name: n.Name, Path: n.Path()}
+	return h, ns
 }
 
 func wirePolicy(src, dst string) *netlink.XfrmPolicy {
@@ -81,7 +83,7 @@ func wirePolicy(src, dst string) *netlink.XfrmPolicy {
 
 // startWireCollector runs the collector with its own tracker on the given
 // namespaces, as the exporter runs it on --collector.netns.*.
-func startWireCollector(t *testing.T, forget time.Duration, targets ...netnsx.Target) (*wireCollector, *peers.Tracker) {
+func startWireCollector(t *testing.T, forget time.Duration, targets ...netnsx.Namespace) (*wireCollector, *peers.Tracker) {
 	t.Helper()
 	tracker, err := peers.New(peers.Config{ForgetAfter: forget, Coalesce: 10 * time.Millisecond})
 	if err != nil {
@@ -120,11 +122,11 @@ func waitSample(t *testing.T, c Collector, name string, want map[string]string, 
 // exposition passes the linter, and that scrapes leak no descriptor. Exact
 // packet counts are internal/wire's and the lab's tests.
 func TestWireCollector(t *testing.T) {
-	_, target := wireFixture(t, "wirecoll")
+	_, target := wireFixture(t, "", "wirecoll")
 	c, _ := startWireCollector(t, time.Hour, target)
 	waitSample(t, c, "ipsec_wire_peers", labels("netns", target.Name), 2)
 	ns := target.Name
-	err := testutil.CollectAndCompare(booksProm{t, c}, strings.NewReader(fmt.Sprintf(`
+	err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(fmt.Sprintf(`
 # HELP ipsec_bpf_wire_interface_attached Whether the wire programs are attached to a selected interface (1) or attaching failed (0: see the log), and how (mode tcx or tc).
 # TYPE ipsec_bpf_wire_interface_attached gauge
 ipsec_bpf_wire_interface_attached{interface="w0",mode="tcx",netns="%[1]s"} 1
@@ -150,7 +152,7 @@ ipsec_bpf_wire_program_loaded 1
 		t.Error(err)
 	}
 	// Run time and count only with kernel.bpf_stats_enabled.
-	if n := testutil.CollectAndCount(booksProm{t, c}, "ipsec_bpf_wire_program_runs_total"); n != 0 && readSysctl("/proc/sys/kernel/bpf_stats_enabled") != "1" {
+	if n := testutil.CollectAndCount(adapt(t, c), "ipsec_bpf_wire_program_runs_total"); n != 0 && readSysctl("/proc/sys/kernel/bpf_stats_enabled") != "1" {
 		t.Errorf("%d run counters without bpf_stats_enabled, want none", n)
 	}
 	enabled := t.TempDir() + "/bpf_stats_enabled"
@@ -158,11 +160,11 @@ ipsec_bpf_wire_program_loaded 1
 		t.Fatal(err)
 	}
 	c.statsSysctl = enabled
-	if n := testutil.CollectAndCount(booksProm{t, c}, "ipsec_bpf_wire_program_runs_total", "ipsec_bpf_wire_program_run_seconds_total"); n != 4 {
+	if n := testutil.CollectAndCount(adapt(t, c), "ipsec_bpf_wire_program_runs_total", "ipsec_bpf_wire_program_run_seconds_total"); n != 4 {
 		t.Errorf("%d run time and count series with bpf_stats_enabled, want 4 (two programs)", n)
 	}
 
-	problems, err := testutil.CollectAndLint(booksProm{t, c})
+	problems, err := testutil.CollectAndLint(adapt(t, c))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,11 +174,11 @@ ipsec_bpf_wire_program_loaded 1
 
 	// Scrapes read maps only (the peers follow the kernel's events, not
 	// the scrapes): none may leak a file descriptor.
-	fds := booksFDs(t)
+	fds := countFDs(t)
 	for range 50 {
-		testutil.CollectAndCount(booksProm{t, c})
+		testutil.CollectAndCount(adapt(t, c))
 	}
-	if after := booksFDs(t); after > fds {
+	if after := countFDs(t); after > fds {
 		t.Errorf("%d open file descriptors after 50 scrapes, %d before", after, fds)
 	}
 }
@@ -186,50 +188,41 @@ ipsec_bpf_wire_program_loaded 1
 // label, one recreated under its name is attached anew, one that goes is
 // detached and let go (nothing keeps it alive).
 func TestWireCollectorNamespaces(t *testing.T) {
-	_, a := wireFixture(t, "wirensa")
+	dir := t.TempDir()
+	_, a := wireFixture(t, dir, "a")
 	c, tracker := startWireCollector(t, time.Hour, a)
-	attached := labels("netns", a.Name, "interface", "w0", "mode", "tcx")
+	attached := labels("netns", "a", "interface", "w0", "mode", "tcx")
 	waitSample(t, c, "ipsec_bpf_wire_interface_attached", attached, 1)
 
-	_, b := wireFixture(t, "wirensb")
-	var st unix.Stat_t
-	if err := unix.Stat(b.Path, &st); err != nil {
-		t.Fatal(err)
-	}
-	heldBefore := fdsOnInode(t, st.Ino) // the fixture's own handle
-	both := []netnsx.Target{a, b}
+	_, b := wireFixture(t, dir, "b")
+	heldBefore := fdsOnInode(t, b.ID.Ino) // none: the fixture keeps no descriptor
+	both := []netnsx.Namespace{a, b}
 	tracker.Watch(both)
 	c.watch(both)
-	waitSample(t, c, "ipsec_bpf_wire_interface_attached", labels("netns", b.Name, "interface", "w1", "mode", "tcx"), 1)
-	waitSample(t, c, "ipsec_wire_peers", labels("netns", b.Name), 2)
+	waitSample(t, c, "ipsec_bpf_wire_interface_attached", labels("netns", "b", "interface", "w1", "mode", "tcx"), 1)
+	waitSample(t, c, "ipsec_wire_peers", labels("netns", "b"), 2)
 
-	// a's name now points at another namespace (as after `ip netns del;
-	// ip netns add`) with an interface of another name.
-	other := scenario.NewNetns(t, "wirensc")
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "x0", Flags: net.FlagUp}, PeerName: "x1"}
-	if err := other.NL.LinkAdd(veth); err != nil {
+	// ip netns del a; ip netns add a, with interfaces of other names.
+	if err := netnsxtest.Delete(a.Path); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	recreated := netnsx.Target{Name: a.Name, Path: dir + "/" + a.Name}
-	if err := os.Symlink(other.Path(), recreated.Path); err != nil {
-		t.Fatal(err)
-	}
-	c.watch([]netnsx.Target{recreated, b})
-	waitSample(t, c, "ipsec_bpf_wire_interface_attached", labels("netns", a.Name, "interface", "x0", "mode", "tcx"), 1)
+	_, recreated := wireFixture(t, dir, "a", "x0", "x1")
+	tracker.Watch([]netnsx.Namespace{recreated, b})
+	c.watch([]netnsx.Namespace{recreated, b})
+	waitSample(t, c, "ipsec_bpf_wire_interface_attached", labels("netns", "a", "interface", "x0", "mode", "tcx"), 1)
 	if _, ok := gatherSamples(t, c).find(t, "ipsec_bpf_wire_interface_attached", attached); ok {
 		t.Error("the old namespace's interface is still reported")
 	}
 
-	// b goes from the list: its series go, and deleting it succeeds with
-	// nothing of ours left in it.
-	tracker.Watch([]netnsx.Target{recreated})
-	c.watch([]netnsx.Target{recreated})
-	if _, ok := gatherSamples(t, c).find(t, "ipsec_bpf_wire_netns_watched", labels("netns", b.Name)); ok {
+	// b goes from the list: its series go, and the collector holds it no
+	// more.
+	tracker.Watch([]netnsx.Namespace{recreated})
+	c.watch([]netnsx.Namespace{recreated})
+	if _, ok := gatherSamples(t, c).find(t, "ipsec_bpf_wire_netns_watched", labels("netns", "b")); ok {
 		t.Error("a namespace no longer watched is still reported")
 	}
-	if held := fdsOnInode(t, st.Ino); held != heldBefore {
-		t.Errorf("%d descriptors hold namespace %s after the collector let it go, %d before it watched it", held, b.Name, heldBefore)
+	if held := fdsOnInode(t, b.ID.Ino); held != heldBefore {
+		t.Errorf("%d descriptors hold namespace b after the collector let it go, %d before it watched it", held, heldBefore)
 	}
 }
 
@@ -256,11 +249,11 @@ func fdsOnInode(t *testing.T, ino uint64) int {
 // it is counted as unprotected, in its namespace's series, and the peer is
 // reported as remembered; once forgotten, its series end.
 func TestWireCollectorRemembersPeers(t *testing.T) {
-	n, target := wireFixture(t, "wiredpd")
+	n, target := wireFixture(t, "", "wiredpd")
 	const forget = 2 * time.Second
 	c, _ := startWireCollector(t, forget, target)
 	waitSample(t, c, "ipsec_wire_peers", labels("netns", target.Name), 2)
-	if err := n.NL.XfrmPolicyDel(wirePolicy("192.0.2.1", "192.0.2.9")); err != nil {
+	if err := n.XfrmPolicyDel(wirePolicy("192.0.2.1", "192.0.2.9")); err != nil {
 		t.Fatal(err)
 	}
 	gone := time.Now()
@@ -268,7 +261,7 @@ func TestWireCollectorRemembersPeers(t *testing.T) {
 
 	// Plaintext out of w0 to the peer whose policy is gone.
 	const frames = 5
-	sendPlaintext(t, n, "w0", netip.MustParseAddr("192.0.2.9"), frames)
+	sendPlaintext(t, n, target, "w0", netip.MustParseAddr("192.0.2.9"), frames)
 	unprotected := labels("netns", target.Name, "peer", "192.0.2.9", "direction", "egress")
 	waitSample(t, c, "ipsec_wire_unprotected_packets_total", unprotected, frames)
 	if time.Since(gone) > forget {
@@ -283,9 +276,9 @@ func TestWireCollectorRemembersPeers(t *testing.T) {
 
 // sendPlaintext sends n UDP frames to dst out of the named interface of ns
 // through a packet socket (no route, no neighbour needed).
-func sendPlaintext(t *testing.T, ns *scenario.Netns, ifname string, dst netip.Addr, n int) {
+func sendPlaintext(t *testing.T, h *netlink.Handle, ns netnsx.Namespace, ifname string, dst netip.Addr, n int) {
 	t.Helper()
-	l, err := ns.NL.LinkByName(ifname)
+	l, err := h.LinkByName(ifname)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@
 package peers
 
 import (
+	"errors"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -107,8 +108,7 @@ type Tracker struct {
 
 // namespace is one watched namespace.
 type namespace struct {
-	target   netnsx.Target
-	inode    uint64
+	ns       netnsx.Namespace
 	follower *follower // nil while it cannot be followed
 	warned   bool      // the failure to follow it was logged
 	watched  bool      // in the last Watch; an unwatched one stays until its peers are forgotten
@@ -178,40 +178,36 @@ func (t *Tracker) Close() {
 
 // Watch makes the tracker follow exactly these namespaces (as listed now:
 // call it again when they change). A namespace recreated under the same
-// name (another inode) is followed anew; the peers of one that is no longer
+// name (another ID) is followed anew; the peers of one that is no longer
 // watched are remembered like peers whose SAs went.
-func (t *Tracker) Watch(targets []netnsx.Target) {
+func (t *Tracker) Watch(namespaces []netnsx.Namespace) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.cfg.Now()
 	for _, ns := range t.namespaces {
 		ns.watched = false
 	}
-	for _, target := range targets {
-		inode, err := netnsx.Inode(target)
-		if err != nil {
-			continue // gone between listing and now
-		}
-		ns := t.namespaces[target.Name]
+	for _, n := range namespaces {
+		ns := t.namespaces[n.Name]
 		if ns == nil {
 			ns = &namespace{gone: map[netip.Addr]time.Time{}}
-			t.namespaces[target.Name] = ns
+			t.namespaces[n.Name] = ns
 		}
 		ns.watched = true
-		if ns.follower != nil && ns.inode == inode {
+		if ns.follower != nil && ns.ns == n {
 			continue
 		}
 		if ns.follower != nil {
-			t.logger.Info("namespace recreated; following the new one", "netns", target.Name)
+			t.logger.Info("namespace recreated; following the new one", "netns", n.Name)
 			t.stopLocked(ns, now)
 		}
-		ns.target, ns.inode = target, inode
-		name := target.Name
-		f, err := startFollower(target, t.logger, func() { t.changed(name) })
+		ns.ns = n
+		name := n.Name
+		f, err := startFollower(n, t.logger, func() { t.changed(name) })
 		if err != nil {
-			if !ns.warned {
+			if !ns.warned && !errors.Is(err, netnsx.ErrGone) {
 				t.logger.Warn("cannot follow the SAs and policies of a namespace; its peers are not known (retried when namespaces change)",
-					"netns", target.Name, "err", err)
+					"netns", n.Name, "err", err)
 				ns.warned = true
 			}
 			continue

@@ -1,7 +1,6 @@
 package peers
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -14,7 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
-	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx/netnsxtest"
 )
 
 func addrs(ss ...string) []netip.Addr {
@@ -26,14 +25,12 @@ func addrs(ss ...string) []netip.Addr {
 }
 
 // newNetns is a named namespace for the host tests (root: they add XFRM
-// policies; this kernel has no ESP, so SAs are the lab's).
-func newNetns(t *testing.T) (*scenario.Netns, netnsx.Target) {
+// policies; this kernel has no ESP, so SAs are the lab's), with a netlink
+// handle in it.
+func newNetns(t *testing.T) (*netlink.Handle, netnsx.Namespace) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	n := scenario.NewNetns(t, "peers")
-	return n, netnsx.Target{Name: n.Name, Path: n.Path()}
+	ns := netnsxtest.New(t, "", "peers")
+	return netnsxtest.Handle(t, ns), ns
 }
 
 func tunnelPolicy(src, dst string, index int) *netlink.XfrmPolicy {
@@ -108,19 +105,19 @@ func newTracker(t *testing.T, cfg Config) *Tracker {
 // the namespace's own is never a peer; subscribers hear every change.
 func TestTrackerRemembersPeers(t *testing.T) {
 	n, target := newNetns(t)
-	if err := n.NL.XfrmPolicyAdd(tunnelPolicy("198.51.100.1", "198.51.100.2", 1)); err != nil {
+	if err := n.XfrmPolicyAdd(tunnelPolicy("198.51.100.1", "198.51.100.2", 1)); err != nil {
 		t.Fatal(err)
 	}
 	const forget = 700 * time.Millisecond
 	tr := newTracker(t, Config{ForgetAfter: forget, Coalesce: 20 * time.Millisecond})
-	tr.Watch([]netnsx.Target{target})
+	tr.Watch([]netnsx.Namespace{target})
 	r := &recorder{}
 	defer tr.Subscribe(r.add)()
 	peers := func() []netip.Addr { return peerAddrs(r.last().Netns[target.Name]) }
 	waitFor(t, "the policy's peers", func() bool { return slices.Equal(peers(), addrs("198.51.100.1", "198.51.100.2")) })
 
 	second := tunnelPolicy("198.51.100.1", "203.0.113.9", 2)
-	if err := n.NL.XfrmPolicyAdd(second); err != nil {
+	if err := n.XfrmPolicyAdd(second); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "a new policy's peer", func() bool {
@@ -128,11 +125,11 @@ func TestTrackerRemembersPeers(t *testing.T) {
 	})
 
 	// Our own address is not a peer.
-	lo, err := n.NL.LinkByName("lo")
+	lo, err := n.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.NL.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("198.51.100.1"), Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := n.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("198.51.100.1"), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the local address to leave the peers", func() bool {
@@ -140,7 +137,7 @@ func TestTrackerRemembersPeers(t *testing.T) {
 	})
 
 	// The second policy goes (as after DPD): its peer is remembered...
-	if err := n.NL.XfrmPolicyDel(second); err != nil {
+	if err := n.XfrmPolicyDel(second); err != nil {
 		t.Fatal(err)
 	}
 	gone := time.Now()
@@ -173,7 +170,7 @@ func TestTrackerRemembersPeers(t *testing.T) {
 func TestTrackerCoalesces(t *testing.T) {
 	n, target := newNetns(t)
 	tr := newTracker(t, Config{ForgetAfter: time.Hour, Coalesce: 50 * time.Millisecond})
-	tr.Watch([]netnsx.Target{target})
+	tr.Watch([]netnsx.Namespace{target})
 	r := &recorder{}
 	defer tr.Subscribe(r.add)()
 	f := tr.namespaces[target.Name].follower
@@ -182,7 +179,7 @@ func TestTrackerCoalesces(t *testing.T) {
 	for i := range policies {
 		dst := netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)})
 		want = append(want, dst)
-		if err := n.NL.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", dst.String(), i)); err != nil {
+		if err := n.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", dst.String(), i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -197,52 +194,52 @@ func TestTrackerCoalesces(t *testing.T) {
 }
 
 // TestTrackerNamespaceRecreated: a namespace deleted and created again
-// under the same name is followed anew (the old one's peers are
-// remembered); the new one's policies are seen.
+// under the same name (another ID) is followed anew (the old one's peers
+// are remembered); the new one's policies are seen.
 func TestTrackerNamespaceRecreated(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
 	dir := t.TempDir()
-	name := fmt.Sprintf("peersre%d", os.Getpid())
-	first := scenario.NewNetns(t, name+"a")
-	second := scenario.NewNetns(t, name+"b")
-	path := filepath.Join(dir, name)
-	// A netns "directory" whose entry is re-pointed from one namespace to
-	// another stands for `ip netns del X; ip netns add X`.
-	if err := os.Symlink(first.Path(), path); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.NL.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", "198.51.100.10", 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := second.NL.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", "198.51.100.20", 1)); err != nil {
+	first := netnsxtest.New(t, dir, "zz")
+	if err := netnsxtest.Handle(t, first).XfrmPolicyAdd(tunnelPolicy("0.0.0.0", "198.51.100.10", 1)); err != nil {
 		t.Fatal(err)
 	}
 	tr := newTracker(t, Config{ForgetAfter: time.Hour, Coalesce: 10 * time.Millisecond})
-	target := netnsx.Target{Name: name, Path: path}
-	tr.Watch([]netnsx.Target{target})
-	peers := func() []netip.Addr { return peerAddrs(tr.Current().Netns[name]) }
+	tr.Watch([]netnsx.Namespace{first})
+	peers := func() []netip.Addr { return peerAddrs(tr.Current().Netns["zz"]) }
 	waitFor(t, "the first namespace's peer", func() bool { return slices.Equal(peers(), addrs("198.51.100.10")) })
 
-	if err := os.Remove(path); err != nil {
+	// ip netns del zz; ip netns add zz
+	if err := netnsxtest.Delete(first.Path); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(second.Path(), path); err != nil {
+	second := netnsxtest.New(t, dir, "zz")
+	if second.ID == first.ID {
+		t.Fatal("the recreated namespace has the old one's ID")
+	}
+	h := netnsxtest.Handle(t, second)
+	if err := h.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", "198.51.100.20", 1)); err != nil {
 		t.Fatal(err)
 	}
-	tr.Watch([]netnsx.Target{target})
+	tr.Watch([]netnsx.Namespace{second})
 	waitFor(t, "the new namespace's peer", func() bool { return slices.Equal(peers(), addrs("198.51.100.10", "198.51.100.20")) })
-	for _, p := range tr.Current().Netns[name] {
+	for _, p := range tr.Current().Netns["zz"] {
 		if p.Addr == netip.MustParseAddr("198.51.100.10") && !p.Remembered() {
 			t.Errorf("the old namespace's peer %v is not remembered", p)
 		}
 	}
 	// Changes in the new one are followed.
-	if err := second.NL.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", "198.51.100.21", 2)); err != nil {
+	if err := h.XfrmPolicyAdd(tunnelPolicy("0.0.0.0", "198.51.100.21", 2)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "a policy added to the new namespace", func() bool { return slices.Contains(peers(), netip.MustParseAddr("198.51.100.21")) })
+}
+
+func own(t *testing.T) netnsx.Namespace {
+	t.Helper()
+	ns, err := netnsx.Own()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }
 
 // TestTrackerConfigured: configured addresses and the peer-names file's
@@ -254,15 +251,15 @@ func TestTrackerConfigured(t *testing.T) {
 	if err := os.WriteFile(names, []byte("192.0.2.7 gw-a\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lo, err := n.NL.LinkByName("lo")
+	lo, err := n.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.NL.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.0.2.99"), Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := n.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.0.2.99"), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		t.Fatal(err)
 	}
 	tr := newTracker(t, Config{NamesFile: names, Coalesce: 10 * time.Millisecond})
-	tr.Watch([]netnsx.Target{{}, target})
+	tr.Watch([]netnsx.Namespace{own(t), target})
 	tr.SetConfigured("ike", addrs("192.0.2.8", "192.0.2.99"))
 	waitFor(t, "configured peers in both namespaces", func() bool {
 		s := tr.Current()

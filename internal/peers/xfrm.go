@@ -28,7 +28,7 @@ import (
 // It reads through internal/xfrmnl, which never decodes an SA's keys and
 // wipes its receive buffer after each message.
 type follower struct {
-	target netnsx.Target
+	ns     netnsx.Namespace
 	logger *slog.Logger
 	// changed tells the tracker that the set of addresses changed; it
 	// must not block (the tracker reads snapshot later, coalescing).
@@ -67,9 +67,9 @@ const minResyncInterval = time.Second
 // some thousands of notifications between two reads before an overrun.
 const eventBuffer = 4 << 20
 
-func startFollower(target netnsx.Target, logger *slog.Logger, changed func()) (*follower, error) {
-	f := &follower{target: target, logger: logger, changed: changed, done: make(chan struct{})}
-	events, err := xfrmnl.Dial(target.Path, xfrmnl.ChangeGroups)
+func startFollower(ns netnsx.Namespace, logger *slog.Logger, changed func()) (*follower, error) {
+	f := &follower{ns: ns, logger: logger, changed: changed, done: make(chan struct{})}
+	events, err := xfrmnl.Dial(ns, xfrmnl.ChangeGroups)
 	if err != nil {
 		return nil, err
 	}
@@ -77,24 +77,24 @@ func startFollower(target netnsx.Target, logger *slog.Logger, changed func()) (*
 	_ = events.SetReadBuffer(eventBuffer)
 	f.events = events
 
-	ns, err := nsHandle(target)
+	h, err := nsHandle(ns)
 	if err != nil {
 		_ = events.Close()
 		return nil, err
 	}
-	defer func() { _ = ns.Close() }()
 	addrs := make(chan netlink.AddrUpdate, 64)
 	err = netlink.AddrSubscribeWithOptions(addrs, f.done, netlink.AddrSubscribeOptions{
-		Namespace:         &ns,
+		Namespace:         &h,
 		ReceiveBufferSize: 1 << 20,
 		ErrorCallback: func(err error) {
 			select {
 			case <-f.done:
 			default:
-				logger.Debug("local address updates", "netns", target.Name, "err", err)
+				logger.Debug("local address updates", "netns", ns.Name, "err", err)
 			}
 		},
 	})
+	_ = h.Close() // the subscription's socket is in the namespace now
 	if err != nil {
 		_ = events.Close()
 		close(f.done)
@@ -117,7 +117,7 @@ func startFollower(target netnsx.Target, logger *slog.Logger, changed func()) (*
 		for range addrs {
 			// An address change is rare; re-list them all.
 			if err := f.readLocal(); err != nil {
-				logger.Debug("listing local addresses", "netns", target.Name, "err", err)
+				logger.Debug("listing local addresses", "netns", ns.Name, "err", err)
 			}
 			f.changed()
 		}
@@ -155,14 +155,14 @@ func (f *follower) readEvents() {
 		case errors.Is(err, os.ErrClosed):
 			return
 		case errors.Is(err, unix.ENOBUFS):
-			f.logger.Debug("xfrm notifications lost; re-reading SAs and policies", "netns", f.target.Name)
+			f.logger.Debug("xfrm notifications lost; re-reading SAs and policies", "netns", f.ns.Name)
 			resync = true
 		case err != nil:
-			f.logger.Warn("reading xfrm notifications stopped; known peers of this namespace are no longer updated", "netns", f.target.Name, "err", err)
+			f.logger.Warn("reading xfrm notifications stopped; known peers of this namespace are no longer updated", "netns", f.ns.Name, "err", err)
 			return
 		}
 		if skipped > 0 {
-			f.logger.Debug("undecodable xfrm notifications skipped", "netns", f.target.Name, "count", skipped)
+			f.logger.Debug("undecodable xfrm notifications skipped", "netns", f.ns.Name, "count", skipped)
 		}
 		if resync {
 			if wait := minResyncInterval - time.Since(lastResync); wait > 0 {
@@ -174,7 +174,7 @@ func (f *follower) readEvents() {
 			}
 			lastResync = time.Now()
 			if err := f.resync(); err != nil {
-				f.logger.Warn("re-reading SAs and policies", "netns", f.target.Name, "err", err)
+				f.logger.Warn("re-reading SAs and policies", "netns", f.ns.Name, "err", err)
 			}
 			continue
 		}
@@ -206,7 +206,7 @@ func (f *follower) apply(n xfrmnl.Notification) {
 // resync replaces the mirror with a fresh dump.
 func (f *follower) resync() error {
 	f.dumps.Add(1)
-	c, err := xfrmnl.Dial(f.target.Path, 0)
+	c, err := xfrmnl.Dial(f.ns, 0)
 	if err != nil {
 		return err
 	}
@@ -239,12 +239,12 @@ func (f *follower) resync() error {
 }
 
 func (f *follower) readLocal() error {
-	ns, err := nsHandle(f.target)
+	nsh, err := nsHandle(f.ns)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = ns.Close() }()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	defer func() { _ = nsh.Close() }()
+	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("opening rtnetlink: %w", err)
 	}
@@ -381,15 +381,18 @@ func keyOfPolicy(p *xfrmnl.Policy) policyKey {
 	return policyKey{index: p.Index, dir: p.Dir}
 }
 
-// nsHandle opens the namespace of t for vishvananda/netlink (rtnetlink
-// only: XFRM goes through internal/xfrmnl).
-func nsHandle(t netnsx.Target) (netns.NsHandle, error) {
-	if t.Path == "" {
-		return netns.Get()
-	}
-	h, err := netns.GetFromPath(t.Path)
+// nsHandle opens the namespace for vishvananda/netlink (rtnetlink only:
+// XFRM goes through internal/xfrmnl); the caller closes it.
+func nsHandle(ns netnsx.Namespace) (netns.NsHandle, error) {
+	f, err := ns.Open()
 	if err != nil {
-		return netns.None(), fmt.Errorf("opening namespace %s: %w", t.Path, err)
+		return netns.None(), err
 	}
-	return h, nil
+	// The handle owns the descriptor from now on.
+	fd, err := unix.Dup(int(f.Fd()))
+	_ = f.Close()
+	if err != nil {
+		return netns.None(), fmt.Errorf("opening namespace %s: %w", ns.Name, err)
+	}
+	return netns.NsHandle(fd), nil
 }

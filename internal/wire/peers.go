@@ -34,12 +34,21 @@ func followPeers(progs *Programs, ns netns.NsHandle, slot uint32, logger *slog.L
 	if err != nil {
 		return nil, err
 	}
-	target := netnsx.Target{}
-	if ns != netns.None() {
-		// The namespace as this process holds it open.
-		target.Path = fmt.Sprintf("/proc/self/fd/%d", int(ns))
+	target, err := netnsx.Own()
+	if err != nil {
+		t.Close()
+		return nil, err
 	}
-	t.Watch([]netnsx.Target{target})
+	if ns != netns.None() {
+		// The namespace as this process holds it open, under the label
+		// of the exporter's own (this monitor is the only one).
+		if target, err = netnsx.At(fmt.Sprintf("/proc/self/fd/%d", int(ns))); err != nil {
+			t.Close()
+			return nil, err
+		}
+		target.Name = ""
+	}
+	t.Watch([]netnsx.Namespace{target})
 	cancel := t.Subscribe(func(s peers.Set) {
 		status, err := progs.SetPeers(BySlot(s, map[string]uint32{"": slot}))
 		if err != nil || status.Unwatched > 0 {

@@ -8,8 +8,9 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 )
 
 // Counter is one packets/bytes pair summed over every CPU.
@@ -30,9 +31,10 @@ const DefaultPeerMapSize = 65536
 // known peers and their filter) and the spec each interface's own instance
 // of the programs is loaded from (see instance).
 type Programs struct {
-	spec   *ebpf.CollectionSpec
-	peers  *ebpf.Map // wire_peers
-	filter *ebpf.Map // the section of wire_peer_filter
+	spec       *ebpf.CollectionSpec
+	peers      *ebpf.Map // wire_peers
+	peerReader *bpfmap.Reader[wirePeerKey, wirePeerCounters]
+	filter     *ebpf.Map // the section of wire_peer_filter
 
 	mu      sync.Mutex
 	present map[wirePeerKey]bool // what wire_peers holds, as set by SetPeers
@@ -42,16 +44,12 @@ type Programs struct {
 // wire_peer_filter.
 const peerFilterSection = ".data.wire_peer_filter"
 
-var memlockOnce sync.Once
-
 // Load reads the wire object and creates its shared maps, with room for
 // peerMapSize peers (0: DefaultPeerMapSize). It needs CAP_BPF (or
 // CAP_SYS_ADMIN); attaching needs CAP_NET_ADMIN too.
 func Load(peerMapSize uint32) (*Programs, error) {
-	var memlockErr error
-	memlockOnce.Do(func() { memlockErr = rlimit.RemoveMemlock() })
-	if memlockErr != nil {
-		return nil, fmt.Errorf("removing the memlock limit: %w", memlockErr)
+	if err := bpfmap.RemoveMemlock(); err != nil {
+		return nil, err
 	}
 	spec, err := loadWire()
 	if err != nil {
@@ -65,6 +63,7 @@ func Load(peerMapSize uint32) (*Programs, error) {
 	if p.peers, err = ebpf.NewMap(spec.Maps[wireMapWirePeers]); err != nil {
 		return nil, fmt.Errorf("creating the peer map: %w", err)
 	}
+	p.peerReader = bpfmap.NewReader[wirePeerKey, wirePeerCounters](p.peers)
 	// The loader makes data sections mmapable (5.5+, on both lab
 	// kernels); the shared map must match to replace it.
 	spec.Maps[peerFilterSection].Flags |= unix.BPF_F_MMAPABLE
@@ -87,7 +86,8 @@ func (p *Programs) PeerMapSize() uint32 { return p.peers.MaxEntries() }
 // namespace the interface is in and whether its frames are Ethernet, and
 // they count into a map of their own.
 type instance struct {
-	objs wireObjects
+	objs   wireObjects
+	reader *bpfmap.Reader[uint32, wireWireCounter]
 }
 
 // instance loads the programs for one interface.
@@ -114,6 +114,7 @@ func (p *Programs) instance(netnsSlot uint32, ethernet bool) (*instance, error) 
 		}
 		return nil, fmt.Errorf("loading wire program: %w", err)
 	}
+	i.reader = bpfmap.NewReader[uint32, wireWireCounter](i.objs.WireCounters)
 	return i, nil
 }
 
@@ -130,10 +131,9 @@ func (i *instance) program(d Direction) *ebpf.Program {
 // and class.
 func (i *instance) counters() ([numDirections][numClasses]Counter, error) {
 	var out [numDirections][numClasses]Counter
-	var perCPU []wireWireCounter
-	for slot := range uint32(numDirections * numClasses) {
-		if err := i.objs.WireCounters.Lookup(slot, &perCPU); err != nil {
-			return out, fmt.Errorf("reading wire counters: %w", err)
+	err := i.reader.Each(func(slot uint32, perCPU []wireWireCounter) {
+		if slot >= uint32(numDirections*numClasses) {
+			return
 		}
 		var c Counter
 		for _, v := range perCPU {
@@ -141,6 +141,9 @@ func (i *instance) counters() ([numDirections][numClasses]Counter, error) {
 			c.Bytes += v.Bytes
 		}
 		out[slot/uint32(numClasses)][slot%uint32(numClasses)] = c
+	})
+	if err != nil {
+		return out, fmt.Errorf("reading wire counters: %w", err)
 	}
 	return out, nil
 }
@@ -259,10 +262,7 @@ type PeerKey struct {
 // unprotected traffic (zero when there was none), by namespace slot.
 func (p *Programs) Unprotected() (map[uint32]map[PeerKey]Counter, error) {
 	out := map[uint32]map[PeerKey]Counter{}
-	var key wirePeerKey
-	var value wirePeerCounters
-	it := p.peers.Iterate()
-	for it.Next(&key, &value) {
+	err := p.peerReader.Each(func(key wirePeerKey, values []wirePeerCounters) {
 		m := out[key.Netns]
 		if m == nil {
 			m = map[PeerKey]Counter{}
@@ -270,11 +270,11 @@ func (p *Programs) Unprotected() (map[uint32]map[PeerKey]Counter, error) {
 		}
 		peer := netip.AddrFrom16(key.Addr).Unmap()
 		for _, d := range []Direction{Ingress, Egress} {
-			u := value.Unprotected[d]
+			u := values[0].Unprotected[d]
 			m[PeerKey{Peer: peer, Direction: d}] = Counter{Packets: u.Packets, Bytes: u.Bytes}
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("reading the peer map: %w", err)
 	}
 	return out, nil
