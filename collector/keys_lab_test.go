@@ -3,16 +3,12 @@ package collector
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,7 +64,7 @@ func TestLabExporterHoldsNoKeys(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = n.NL.XfrmStateFlush(netlink.XFRM_PROTO_ESP) })
 
-	x := startExporterIn(t, n, "--collector.verdict", "--collector.wire", "--collector.sa", "--collector.policy",
+	x := startExporter(t, n, "--collector.verdict", "--collector.wire", "--collector.sa", "--collector.policy",
 		"--collector.events", "--collector.xfrm_stat", "--collector.netns.dir=")
 	x.scrape(t)
 	// SA notifications carry the keys: add and delete some while the
@@ -98,67 +94,6 @@ func TestLabExporterHoldsNoKeys(t *testing.T) {
 	}
 	t.Logf("kernel %s: %d SAs (+%d added and deleted while listening), every collector on: %d key copies in the exporter's memory (%d in this test's own, which installed them)",
 		scenario.Kernel(), sas, churn, copies, self)
-}
-
-// exporterProcess is the exporter binary running in a lab namespace.
-type exporterProcess struct {
-	cmd    *exec.Cmd
-	addr   string
-	client *http.Client
-	logs   *strings.Builder
-}
-
-// startExporterIn runs the exporter inside n (its own namespace, netns="",
-// is n) on a loopback port; it is killed at cleanup.
-func startExporterIn(t *testing.T, n *scenario.Netns, args ...string) *exporterProcess {
-	t.Helper()
-	const addr = "127.0.0.1:10871"
-	cmd := exec.Command(scenario.IPBin(), append([]string{"netns", "exec", n.Name, scenario.ExporterBin(), "--web.listen-address=" + addr}, args...)...)
-	x := &exporterProcess{cmd: cmd, addr: addr, logs: &strings.Builder{}}
-	cmd.Stdout, cmd.Stderr = x.logs, x.logs
-	x.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
-			var c net.Conn
-			err := n.Do(func() (err error) {
-				c, err = (&net.Dialer{}).DialContext(ctx, network, address)
-				return err
-			})
-			return c, err
-		},
-	}}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("exporter log:\n%s", x.logs.String())
-		}
-	})
-	return x
-}
-
-// scrape returns one /metrics body, waiting up to a minute for the exporter
-// to answer (loading the BPF programs takes seconds under emulation).
-func (x *exporterProcess) scrape(t *testing.T) string {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		resp, err := x.client.Get("http://" + x.addr + "/metrics")
-		if err == nil {
-			body, err := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return string(body)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exporter not answering: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // countInMemory counts the occurrences of pattern in the writable mappings
