@@ -16,7 +16,8 @@ func TestMarkHelpers(t *testing.T) {
 	if string(dst) != "abcdef" {
 		t.Errorf("repMovsb copied %q", dst)
 	}
-	if Mark() != markSeq || Mark() != markSeq {
-		t.Error("Mark does not return its sequence number")
+	first := Mark()
+	if second := Mark(); second != first+1 || second != markSeq {
+		t.Errorf("Mark returned %d then %d (count %d): not its sequence number", first, second, markSeq)
 	}
 }
