@@ -22,12 +22,12 @@ const namespace = "ipsec"
 
 var (
 	scrapeDurationDesc = prometheus.NewDesc(
-		prometheus.BuildFQName(namespace, "scrape", "collector_duration_seconds"),
+		"ipsec_scrape_collector_duration_seconds",
 		"Duration of a collector scrape.",
 		[]string{"collector"}, nil,
 	)
 	scrapeSuccessDesc = prometheus.NewDesc(
-		prometheus.BuildFQName(namespace, "scrape", "collector_success"),
+		"ipsec_scrape_collector_success",
 		"Whether a collector succeeded (1) or failed (0) in this scrape.",
 		[]string{"collector"}, nil,
 	)

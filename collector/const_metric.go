@@ -22,7 +22,7 @@ import (
 // ipsec_scrape_label_values_repaired_total and never panics.
 
 var labelValuesRepairedDesc = prometheus.NewDesc(
-	prometheus.BuildFQName(namespace, "scrape", "label_values_repaired_total"),
+	"ipsec_scrape_label_values_repaired_total",
 	"Label values that were not valid UTF-8 (an interface, namespace or peer name from the kernel or a file) and were exported with each invalid byte written as \\xNN; counted each time such a metric is built, so it grows by the number of such values per scrape.",
 	nil, nil)
 

@@ -153,16 +153,16 @@ func gone(err error) bool {
 }
 
 var (
-	netnsWatchedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "netns", "watched"),
+	netnsWatchedDesc = prometheus.NewDesc("ipsec_netns_watched",
 		"Network namespaces the kernel-state collectors read: the exporter's own and the named ones in --collector.netns.dir.",
 		nil, nil)
-	netnsSkippedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "netns", "skipped"),
+	netnsSkippedDesc = prometheus.NewDesc("ipsec_netns_skipped",
 		"Entries of --collector.netns.dir that are not read, by reason: not_namespace (not an nsfs mount: a plain or empty file, a FIFO, a directory, a link to nothing; never opened), permission (the exporter may not enter it: entering needs CAP_SYS_ADMIN), duplicate (another name of a namespace already read), error (could not be examined).",
 		[]string{"reason"}, nil)
-	netnsChangesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "netns", "changes_total"),
+	netnsChangesDesc = prometheus.NewDesc("ipsec_netns_changes_total",
 		"Named network namespaces that appeared in or vanished from --collector.netns.dir since start (a name deleted and created again is both).",
 		[]string{"change"}, nil)
-	netnsFollowingDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "netns", "following"),
+	netnsFollowingDesc = prometheus.NewDesc("ipsec_netns_following",
 		"Whether namespaces are followed as they come and go (1: inotify and the mount table), or only found at each scrape (0).",
 		nil, nil)
 )
