@@ -37,16 +37,16 @@ var eventsRcvBuf = kingpin.Flag("collector.events.socket-buffer",
 const netnsRetention = 15 * time.Minute
 
 var (
-	eventsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "events_total"),
+	eventsDesc = prometheus.NewDesc("ipsec_xfrm_events_total",
 		"XFRM lifecycle events the kernel announced, by event: sa_added, sa_updated, sa_deleted, sa_soft_expired (rekey due), sa_hard_expired (SA removed by its lifetime), sa_flushed, acquire (traffic needs an SA that does not exist: IKE asked to negotiate), mapping_changed (NAT-T peer address/port changed), policy_added/updated/deleted/soft_expired/hard_expired/flushed, replay_update, report, migrate. Adds and deletes lost in a socket overrun are recovered from a state re-dump.",
 		[]string{"netns", "event"}, nil)
-	eventOverrunsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "event_overruns_total"),
+	eventOverrunsDesc = prometheus.NewDesc("ipsec_xfrm_event_overruns_total",
 		"Times the kernel dropped XFRM notifications because the exporter's socket buffer was full (ENOBUFS). Each is followed by a state re-dump; expiries in the gap are lost.",
 		[]string{"netns"}, nil)
-	eventLostDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "events_lost_total"),
+	eventLostDesc = prometheus.NewDesc("ipsec_xfrm_events_lost_total",
 		"XFRM notifications the kernel dropped because the exporter's socket buffer was full (the socket's drop count). The SA and policy adds and deletes among them are recovered from the state re-dump that follows, except an SA added and removed again within the gap; the other events (expiries, acquires, updates) are missing from ipsec_xfrm_events_total. 0 means the event counts are exact.",
 		[]string{"netns"}, nil)
-	eventResyncsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "event_resyncs_total"),
+	eventResyncsDesc = prometheus.NewDesc("ipsec_xfrm_event_resyncs_total",
 		"State re-dumps the event listener made after an overrun.",
 		[]string{"netns"}, nil)
 )

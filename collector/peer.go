@@ -31,11 +31,11 @@ const peerRetention = 15 * time.Minute
 
 var (
 	peerLabels       = []string{"netns", "peer", "direction"}
-	peerSAsDesc      = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "sas"), "SAs the namespace has with the peer in this direction now.", peerLabels, nil)
-	peerBytesDesc    = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "bytes_total"), "Bytes through all SAs with the peer in this direction, those since deleted (rekeyed) included.", peerLabels, nil)
-	peerPacketsDesc  = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "packets_total"), "Packets through all SAs with the peer in this direction, those since deleted included.", peerLabels, nil)
-	peerIntegrityDsc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "integrity_failures_total"), "Inbound packets from the peer dropped by the ICV check, over all its SAs.", peerLabels, nil)
-	peerReplayDesc   = prometheus.NewDesc(prometheus.BuildFQName(namespace, "peer", "replay_failures_total"), "Inbound packets from the peer dropped by the anti-replay check (duplicate or outside the window), over all its SAs.", peerLabels, nil)
+	peerSAsDesc      = prometheus.NewDesc("ipsec_peer_sas", "SAs the namespace has with the peer in this direction now.", peerLabels, nil)
+	peerBytesDesc    = prometheus.NewDesc("ipsec_peer_bytes_total", "Bytes through all SAs with the peer in this direction, those since deleted (rekeyed) included.", peerLabels, nil)
+	peerPacketsDesc  = prometheus.NewDesc("ipsec_peer_packets_total", "Packets through all SAs with the peer in this direction, those since deleted included.", peerLabels, nil)
+	peerIntegrityDsc = prometheus.NewDesc("ipsec_peer_integrity_failures_total", "Inbound packets from the peer dropped by the ICV check, over all its SAs.", peerLabels, nil)
+	peerReplayDesc   = prometheus.NewDesc("ipsec_peer_replay_failures_total", "Inbound packets from the peer dropped by the anti-replay check (duplicate or outside the window), over all its SAs.", peerLabels, nil)
 )
 
 // peerKey is one series of the books.

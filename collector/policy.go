@@ -27,20 +27,20 @@ var policyMaxSeries = kingpin.Flag("collector.policy.max-series",
 var (
 	policyLabels = []string{"netns", "index", "direction"}
 
-	policiesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "policies"),
+	policiesDesc = prometheus.NewDesc("ipsec_policies",
 		"IPsec policies in the namespace's policy database by direction (in, out, fwd), as XFRM_MSG_GETSPDINFO counts them; per-socket policies not included.",
 		[]string{"netns", "direction"}, nil)
-	socketPoliciesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "socket_policies"),
+	socketPoliciesDesc = prometheus.NewDesc("ipsec_socket_policies",
 		"Per-socket IPsec policies (set by IKE daemons on their own sockets, for instance) by direction.",
 		[]string{"netns", "direction"}, nil)
-	policyInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "policy", "info"),
+	policyInfoDesc = prometheus.NewDesc("ipsec_policy_info",
 		"A policy with its selector (src, dst, upper-layer proto), action (allow/block), priority and the number of SAs its templates require (templates; 0 for a bypass). Always 1.",
 		append(slices.Clone(policyLabels), "src", "dst", "proto", "action", "priority", "templates"), nil)
-	policyAddedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "policy", "added_timestamp_seconds"),
+	policyAddedDesc = prometheus.NewDesc("ipsec_policy_added_timestamp_seconds",
 		"When the policy was installed, as a Unix time.", policyLabels, nil)
-	policyLastUsedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "policy", "last_used_timestamp_seconds"),
+	policyLastUsedDesc = prometheus.NewDesc("ipsec_policy_last_used_timestamp_seconds",
 		"When a packet last matched the policy, as a Unix time (absent if never).", policyLabels, nil)
-	policyOmittedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "policy", "omitted"),
+	policyOmittedDesc = prometheus.NewDesc("ipsec_policy_omitted",
 		"Policies seen in this scrape that got no per-policy series (--collector.policy.max-series).", nil, nil)
 )
 

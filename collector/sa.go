@@ -45,53 +45,53 @@ var (
 var (
 	saLabels = []string{"netns", "spi", "src", "dst", "proto", "mode", "reqid", "direction", "peer"}
 
-	saInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "info"),
+	saInfoDesc = prometheus.NewDesc("ipsec_sa_info",
 		"An SA with its algorithm names (crypt, auth, aead, comp; never keys), UDP/TCP encapsulation and whether it uses extended sequence numbers. Always 1.",
 		append(slices.Clone(saLabels), "crypt", "auth", "aead", "comp", "encap", "esn"), nil)
-	saBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "bytes_total"),
+	saBytesDesc = prometheus.NewDesc("ipsec_sa_bytes_total",
 		"Bytes the SA protected (outbound) or accepted (inbound), as the kernel's lifetime counter (`ip -s xfrm state` lifetime current bytes).",
 		saLabels, nil)
-	saPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "packets_total"),
+	saPacketsDesc = prometheus.NewDesc("ipsec_sa_packets_total",
 		"Packets the SA protected (outbound) or accepted (inbound), as the kernel's lifetime counter.",
 		saLabels, nil)
-	saReplayDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "replay_failures_total"),
+	saReplayDesc = prometheus.NewDesc("ipsec_sa_replay_failures_total",
 		"Inbound packets the SA dropped by its anti-replay check: reason=\"duplicate\" (a sequence number already seen: replay stat) or \"outside_window\" (older than the replay window: replay-window stat).",
 		append(slices.Clone(saLabels), "reason"), nil)
-	saIntegrityDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "integrity_failures_total"),
+	saIntegrityDesc = prometheus.NewDesc("ipsec_sa_integrity_failures_total",
 		"Inbound packets the SA dropped because the integrity check (ICV) failed: usually a key mismatch between the peers.",
 		saLabels, nil)
-	saAddedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "added_timestamp_seconds"),
+	saAddedDesc = prometheus.NewDesc("ipsec_sa_added_timestamp_seconds",
 		"When the SA was installed, as a Unix time.",
 		saLabels, nil)
-	saLastUsedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "last_used_timestamp_seconds"),
+	saLastUsedDesc = prometheus.NewDesc("ipsec_sa_last_used_timestamp_seconds",
 		"When the SA last carried a packet, as a Unix time (XFRMA_LASTUSED; absent until its first packet, and on kernels that do not track it for ESP, e.g. 6.1).",
 		saLabels, nil)
-	saExpiryDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "expiry_timestamp_seconds"),
+	saExpiryDesc = prometheus.NewDesc("ipsec_sa_expiry_timestamp_seconds",
 		"When the SA's soft (rekey due) or hard (SA deleted) time limit ends, as a Unix time; absent without a time limit. A use-time limit counts once the SA was first used.",
 		append(slices.Clone(saLabels), "limit"), nil)
-	saLimitBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "limit_bytes"),
+	saLimitBytesDesc = prometheus.NewDesc("ipsec_sa_limit_bytes",
 		"The SA's soft or hard byte limit; absent when unlimited. Remaining bytes: this minus ipsec_sa_bytes_total.",
 		append(slices.Clone(saLabels), "limit"), nil)
-	saLimitPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "limit_packets"),
+	saLimitPacketsDesc = prometheus.NewDesc("ipsec_sa_limit_packets",
 		"The SA's soft or hard packet limit; absent when unlimited.",
 		append(slices.Clone(saLabels), "limit"), nil)
-	saLifetimeUsedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "lifetime_used_ratio"),
+	saLifetimeUsedDesc = prometheus.NewDesc("ipsec_sa_lifetime_used_ratio",
 		"How much of its soft or hard lifetime the SA has used: the largest of bytes, packets and time used over the respective limit. At 1 (soft) the kernel asks IKE to rekey; at 1 (hard) it deletes the SA. Absent when the SA has no such limit.",
 		append(slices.Clone(saLabels), "limit"), nil)
-	saSeqUsedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "sequence_used_ratio"),
+	saSeqUsedDesc = prometheus.NewDesc("ipsec_sa_sequence_used_ratio",
 		"How much of the sequence number space the SA has used (highest sequence number sent or received over 2^32-1, or 2^64-1 with ESN). An outbound SA at 1 drops every packet (XfrmOutStateSeqError) until rekeyed.",
 		saLabels, nil)
 
-	saCountDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "sas"),
+	saCountDesc = prometheus.NewDesc("ipsec_sas",
 		"SAs in the namespace by direction (from the SA dump; unknown: neither end is an address of the namespace).",
 		[]string{"netns", "direction"}, nil)
-	sadEntriesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sad", "entries"),
+	sadEntriesDesc = prometheus.NewDesc("ipsec_sad_entries",
 		"SAs in the kernel's SA database as XFRM_MSG_GETSADINFO counts them, larval ones (waiting for IKE after an acquire) included.",
 		[]string{"netns"}, nil)
-	saOmittedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "omitted"),
+	saOmittedDesc = prometheus.NewDesc("ipsec_sa_omitted",
 		"SAs seen in this scrape that got no per-SA series (--no-collector.sa.per-sa, --collector.sa.max-series, or a duplicate identity). They still count in ipsec_peer_* and ipsec_sas.",
 		nil, nil)
-	saLarvalDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "sa", "larval"),
+	saLarvalDesc = prometheus.NewDesc("ipsec_sa_larval",
 		"Placeholder SAs the kernel holds while a key manager negotiates a real one (SPI 0, made on an ACQUIRE). They carry no traffic, expire on their own and are left out of every other SA and peer series.",
 		[]string{"netns"}, nil)
 )

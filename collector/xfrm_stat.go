@@ -41,7 +41,7 @@ func init() {
 }
 
 var xfrmStatDesc = prometheus.NewDesc(
-	prometheus.BuildFQName(namespace, "xfrm_stat", "errors_total"),
+	"ipsec_xfrm_stat_errors_total",
 	"Packets the kernel's IPsec (XFRM) layer dropped, by /proc/net/xfrm_stat counter (the kernel's names; counters of newer kernels appear as they come). What each counts: docs/xfrm_stat.md.",
 	[]string{"netns", "counter"}, nil,
 )
