@@ -36,34 +36,34 @@ var (
 	verdictLabels      = []string{"direction", "peer", "result"}
 	verdictNamedLabels = []string{"direction", "peer", "result", "peer_name"}
 
-	bpfProgramsAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_programs_attached"),
+	bpfProgramsAttachedDesc = prometheus.NewDesc("ipsec_bpf_verdict_programs_attached",
 		"Number of verdict BPF programs attached; 0 means no verdicts are counted (see ipsec_bpf_verdict_load_error_info).",
 		nil, nil)
-	bpfHookModeDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_hook_mode"),
+	bpfHookModeDesc = prometheus.NewDesc("ipsec_bpf_verdict_hook_mode",
 		"The hook mode of the verdict programs (fentry, kprobe, or none when they could not be loaded); always 1.",
 		[]string{"mode"}, nil)
-	bpfLoadErrorDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_load_error_info"),
+	bpfLoadErrorDesc = prometheus.NewDesc("ipsec_bpf_verdict_load_error_info",
 		"Present (1) when the verdict programs could not be loaded, with the reason class; the log has the details.",
 		[]string{"reason"}, nil)
-	bpfProgramAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_attached"),
+	bpfProgramAttachedDesc = prometheus.NewDesc("ipsec_bpf_verdict_program_attached",
 		"Whether a verdict BPF program is attached (1) or not (0: the kernel lacks its hook; see the log).",
 		[]string{"program", "hook"}, nil)
-	bpfMapEntriesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_entries"),
+	bpfMapEntriesDesc = prometheus.NewDesc("ipsec_bpf_verdict_map_entries",
 		"Counter keys in the verdict map.", nil, nil)
-	bpfMapMaxEntriesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_max_entries"),
+	bpfMapMaxEntriesDesc = prometheus.NewDesc("ipsec_bpf_verdict_map_max_entries",
 		"Capacity of the verdict map (--bpf.verdict-map-size).", nil, nil)
-	bpfMapOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_overflow_total"),
+	bpfMapOverflowDesc = prometheus.NewDesc("ipsec_bpf_verdict_map_overflow_total",
 		"Verdicts not counted because their key was new and the verdict map was full.", nil, nil)
-	bpfAccountingErrorsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_accounting_errors_total"),
+	bpfAccountingErrorsDesc = prometheus.NewDesc("ipsec_bpf_verdict_accounting_errors_total",
 		"Inconsistencies the verdict programs detected in their own bookkeeping (stack_full, stale_frame, unmatched_exit, pending_miss); each may cost a verdict.",
 		[]string{"kind"}, nil)
-	bpfProgramMissedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_missed_total"),
+	bpfProgramMissedDesc = prometheus.NewDesc("ipsec_bpf_verdict_program_missed_total",
 		"Runs of a verdict program the kernel skipped (BPF recursion, or a kprobe hit inside another kprobe handler); each may cost a verdict.",
 		[]string{"program"}, nil)
-	bpfProgramRunSecondsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_run_seconds_total"),
+	bpfProgramRunSecondsDesc = prometheus.NewDesc("ipsec_bpf_verdict_program_run_seconds_total",
 		"Time spent running a verdict program; only while kernel.bpf_stats_enabled=1.",
 		[]string{"program"}, nil)
-	bpfProgramRunsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_runs_total"),
+	bpfProgramRunsDesc = prometheus.NewDesc("ipsec_bpf_verdict_program_runs_total",
 		"Runs of a verdict program; only while kernel.bpf_stats_enabled=1.",
 		[]string{"program"}, nil)
 )
@@ -243,14 +243,14 @@ const (
 )
 
 var (
-	verdictPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "packets_total"),
+	verdictPacketsDesc = prometheus.NewDesc("ipsec_xfrm_packets_total",
 		verdictPacketsHelp, verdictLabels, nil)
-	verdictBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "bytes_total"),
+	verdictBytesDesc = prometheus.NewDesc("ipsec_xfrm_bytes_total",
 		verdictBytesHelp, verdictLabels, nil)
 	// With --collector.verdict.peer-names: the same metrics plus peer_name.
-	verdictNamedPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "packets_total"),
+	verdictNamedPacketsDesc = prometheus.NewDesc("ipsec_xfrm_packets_total",
 		verdictPacketsHelp, verdictNamedLabels, nil)
-	verdictNamedBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "xfrm", "bytes_total"),
+	verdictNamedBytesDesc = prometheus.NewDesc("ipsec_xfrm_bytes_total",
 		verdictBytesHelp, verdictNamedLabels, nil)
 )
 

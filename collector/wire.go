@@ -40,40 +40,40 @@ var (
 
 var (
 	wireLabels      = []string{"netns", "interface", "direction", "class"}
-	wirePacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "packets_total"),
+	wirePacketsDesc = prometheus.NewDesc("ipsec_wire_packets_total",
 		"Packets on the wire by namespace, interface, direction and class (esp, esp_in_udp, ike, ah, plaintext, udp_fragment, non_ip); GSO/GRO aggregates count as their segments.",
 		wireLabels, nil)
-	wireBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "bytes_total"),
+	wireBytesDesc = prometheus.NewDesc("ipsec_wire_bytes_total",
 		"Bytes on the wire (frame length without FCS, headers of GSO/GRO segments counted once) by namespace, interface, direction and class.",
 		wireLabels, nil)
-	unprotectedPacketsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "unprotected_packets_total"),
+	unprotectedPacketsDesc = prometheus.NewDesc("ipsec_wire_unprotected_packets_total",
 		"Plaintext packets (neither ESP, AH nor IKE) sent to (egress) or received from (ingress) a known IPsec peer of the namespace: one it has SAs or policies for, had them within --peers.forget-after, or the peer-names file names.",
 		[]string{"netns", "peer", "direction"}, nil)
-	unprotectedBytesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "unprotected_bytes_total"),
+	unprotectedBytesDesc = prometheus.NewDesc("ipsec_wire_unprotected_bytes_total",
 		"Bytes of the plaintext packets sent to or received from a known IPsec peer.",
 		[]string{"netns", "peer", "direction"}, nil)
-	wirePeersDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "peers"),
+	wirePeersDesc = prometheus.NewDesc("ipsec_wire_peers",
 		"Known IPsec peers of the namespace the wire program watches for plaintext.",
 		[]string{"netns"}, nil)
-	wirePeersRememberedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "peers_remembered"),
+	wirePeersRememberedDesc = prometheus.NewDesc("ipsec_wire_peers_remembered",
 		"Known peers of the namespace whose SAs and policies are gone, still watched for plaintext for --peers.forget-after.",
 		[]string{"netns"}, nil)
-	wirePeersUnwatchedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "wire", "peers_unwatched"),
+	wirePeersUnwatchedDesc = prometheus.NewDesc("ipsec_wire_peers_unwatched",
 		"Known peers the wire program does not watch because its peer map is full (--bpf.wire-peer-map-size): plaintext to them is not counted.",
 		nil, nil)
-	wireAttachedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_interface_attached"),
+	wireAttachedDesc = prometheus.NewDesc("ipsec_bpf_wire_interface_attached",
 		"Whether the wire programs are attached to a selected interface (1) or attaching failed (0: see the log), and how (mode tcx or tc).",
 		[]string{"netns", "interface", "mode"}, nil)
-	wireNetnsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_netns_watched"),
+	wireNetnsDesc = prometheus.NewDesc("ipsec_bpf_wire_netns_watched",
 		"Whether the wire program follows the interfaces of a watched namespace (1) or cannot (0: see the log; entering another namespace needs CAP_SYS_ADMIN).",
 		[]string{"netns"}, nil)
-	wireLoadedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_program_loaded"),
+	wireLoadedDesc = prometheus.NewDesc("ipsec_bpf_wire_program_loaded",
 		"Whether the wire BPF programs could be loaded (1) or not (0: see the log; usually missing CAP_BPF or CAP_NET_ADMIN).",
 		nil, nil)
-	wireRunSecondsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_program_run_seconds_total"),
+	wireRunSecondsDesc = prometheus.NewDesc("ipsec_bpf_wire_program_run_seconds_total",
 		"Time spent running a wire program, summed over interfaces; only while kernel.bpf_stats_enabled=1.",
 		[]string{"program"}, nil)
-	wireRunsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "wire_program_runs_total"),
+	wireRunsDesc = prometheus.NewDesc("ipsec_bpf_wire_program_runs_total",
 		"Runs of a wire program (one per packet and hook), summed over interfaces; only while kernel.bpf_stats_enabled=1.",
 		[]string{"program"}, nil)
 )
