@@ -17,8 +17,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// namespace is the first part of every metric name this exporter exposes.
-const namespace = "ipsec"
+// Every metric name is written out in full where its descriptor is built
+// (not assembled with prometheus.BuildFQName), so a search for the name a
+// user sees finds the code that sends it. docs/metrics.md lists every family
+// with its file and kernel source, and says why the middle of a name is the
+// kernel subsystem it describes rather than the collector.
 
 var (
 	scrapeDurationDesc = prometheus.NewDesc(

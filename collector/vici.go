@@ -40,50 +40,50 @@ var (
 )
 
 var (
-	ikeDaemonUpDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "daemon_up"),
+	ikeDaemonUpDesc = prometheus.NewDesc("ipsec_ike_daemon_up",
 		"Whether the IKE daemon answered on its VICI socket in this scrape (1) or could not be reached (0: not running, socket missing or refused, or too slow).",
 		nil, nil)
-	ikeDaemonInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "daemon_info"),
+	ikeDaemonInfoDesc = prometheus.NewDesc("ipsec_ike_daemon_info",
 		"The IKE daemon's name and version, as it reports them. Always 1.",
 		[]string{"daemon", "version"}, nil)
-	ikeConnInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "connection_info"),
+	ikeConnInfoDesc = prometheus.NewDesc("ipsec_ike_connection_info",
 		"A configured connection with its IKE version and configured addresses (comma-separated, as configured: %any accepts any peer). Always 1.",
 		[]string{"connection", "version", "local_addrs", "remote_addrs"}, nil)
-	ikeConnEstablishedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "connection_established"),
+	ikeConnEstablishedDesc = prometheus.NewDesc("ipsec_ike_connection_established",
 		"IKE SAs of the configured connection in state ESTABLISHED. 0: the connection is configured but not up.",
 		[]string{"connection"}, nil)
-	ikeConnChildrenDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "connection_children_installed"),
+	ikeConnChildrenDesc = prometheus.NewDesc("ipsec_ike_connection_children_installed",
 		"Child SAs of the configured connection's child in state INSTALLED (in the kernel). 0: the tunnel carries nothing.",
 		[]string{"connection", "child"}, nil)
-	ikeSAsOmittedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sas_omitted"),
+	ikeSAsOmittedDesc = prometheus.NewDesc("ipsec_ike_sas_omitted",
 		"IKE SAs seen in this scrape that got no per-SA series (--collector.vici.max-sas), nor did their child SAs. They still count in ipsec_ike_connection_*.",
 		nil, nil)
 
 	ikeSALabels   = []string{"connection", "uid", "peer"}
-	ikeSAInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_info"),
+	ikeSAInfoDesc = prometheus.NewDesc("ipsec_ike_sa_info",
 		"An IKE SA with its state (CONNECTING, ESTABLISHED, REKEYING, DELETING, ...), IKE version and local address; peer is the remote IKE address. Always 1.",
 		append(append([]string{}, ikeSALabels...), "state", "version", "local"), nil)
-	ikeSAEstablishedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_established_timestamp_seconds"),
+	ikeSAEstablishedDesc = prometheus.NewDesc("ipsec_ike_sa_established_timestamp_seconds",
 		"When the IKE SA was established, as a Unix time (absent until it is).",
 		ikeSALabels, nil)
-	ikeSARekeyDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_rekey_timestamp_seconds"),
+	ikeSARekeyDesc = prometheus.NewDesc("ipsec_ike_sa_rekey_timestamp_seconds",
 		"When the IKE SA is scheduled to be rekeyed, as a Unix time (absent: no rekey scheduled).",
 		ikeSALabels, nil)
-	ikeSAReauthDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "sa_reauth_timestamp_seconds"),
+	ikeSAReauthDesc = prometheus.NewDesc("ipsec_ike_sa_reauth_timestamp_seconds",
 		"When the IKE SA is scheduled to be reauthenticated, as a Unix time (absent: no reauthentication scheduled).",
 		ikeSALabels, nil)
 
 	ikeChildLabels   = []string{"connection", "child", "uid", "peer"}
-	ikeChildInfoDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "child_sa_info"),
+	ikeChildInfoDesc = prometheus.NewDesc("ipsec_ike_child_sa_info",
 		"A child SA, once per direction with the kernel SA's SPI in the form ipsec_sa_* uses: join with `* on (spi, direction) group_left (connection, child)` to read the kernel's counters per configured connection. Always 1.",
 		append(append([]string{}, ikeChildLabels...), "state", "mode", "protocol", "direction", "spi"), nil)
-	ikeChildInstalledDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "child_sa_installed_timestamp_seconds"),
+	ikeChildInstalledDesc = prometheus.NewDesc("ipsec_ike_child_sa_installed_timestamp_seconds",
 		"When the child SA was installed in the kernel, as a Unix time.",
 		ikeChildLabels, nil)
-	ikeChildRekeyDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "child_sa_rekey_timestamp_seconds"),
+	ikeChildRekeyDesc = prometheus.NewDesc("ipsec_ike_child_sa_rekey_timestamp_seconds",
 		"When the child SA is scheduled to be rekeyed, as a Unix time (absent: none scheduled).",
 		ikeChildLabels, nil)
-	ikeChildExpiryDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "ike", "child_sa_expiry_timestamp_seconds"),
+	ikeChildExpiryDesc = prometheus.NewDesc("ipsec_ike_child_sa_expiry_timestamp_seconds",
 		"When the child SA's hard lifetime ends (the kernel deletes it), as a Unix time (absent: no lifetime).",
 		ikeChildLabels, nil)
 )
