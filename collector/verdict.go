@@ -57,7 +57,7 @@ var (
 	bpfMapOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_overflow_total"),
 		"Verdicts not counted because their key was new and the verdict map was full.", nil, nil)
 	bpfAccountingErrorsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_accounting_errors_total"),
-		"Inconsistencies the verdict programs detected in their own bookkeeping (stack_full, stale_frame, unmatched_exit, pending_miss); each may cost a verdict.",
+		"Inconsistencies the verdict programs detected in their own bookkeeping, by kind (none but the overflow today); each may cost a verdict.",
 		[]string{"kind"}, nil)
 	bpfProgramMissedDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_program_missed_total"),
 		"Runs of a verdict program the kernel skipped (BPF recursion, or a kprobe hit inside another kprobe handler); each may cost a verdict.",
@@ -221,8 +221,8 @@ func bpfVerdictDescs(named bool) (packets, bytes *prometheus.Desc) {
 }
 
 const (
-	verdictPacketsHelp = "Packets the kernel tried to encrypt or decrypt, by direction, peer (outer source on decrypt, SA destination on encrypt) and result (ok or the failure reason; see bpf/README.md)."
-	verdictBytesHelp   = "Bytes of those packets: for ok, what the kernel added to the SA's byte counter; for failures, the packet length when the kernel took it up (0 for encrypt no_state)."
+	verdictPacketsHelp = "Packets the kernel tried to encrypt or decrypt, by direction, peer (the SA's remote address; for failures without an SA the packet's source on decrypt, its destination on encrypt) and result (ok or the failure reason; see bpf/README.md)."
+	verdictBytesHelp   = "Bytes of those packets: for ok, what the kernel added to the SA's byte counter; for failures, the packet's length at the failing step (0 for encrypt no_state)."
 )
 
 var (

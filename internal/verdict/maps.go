@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -39,17 +40,15 @@ var (
 		xfrmVerdictVerdictResultRESULT_SEQ_OVERFLOW:  "seq_overflow",
 		xfrmVerdictVerdictResultRESULT_OUTPUT_ERROR:  "output_error",
 	}
-	// internalResults are numbers of the C side that are not results.
+	// internalResults are numbers of the C side that are not exported
+	// results: retracted is subtracted from ok (Read), none is no hint.
 	internalResults = map[xfrmVerdictVerdictResult]string{
-		xfrmVerdictVerdictResultRESULT_NONE: "none",
+		xfrmVerdictVerdictResultRESULT_RETRACTED: "retracted",
+		xfrmVerdictVerdictResultRESULT_NONE:      "none",
 	}
 	// errorNames index the verdict_errors array.
 	errorNames = map[xfrmVerdictVerdictError]string{
-		xfrmVerdictVerdictErrorERR_MAP_FULL:       "map_full",
-		xfrmVerdictVerdictErrorERR_STACK_FULL:     "stack_full",
-		xfrmVerdictVerdictErrorERR_STALE_FRAME:    "stale_frame",
-		xfrmVerdictVerdictErrorERR_UNMATCHED_EXIT: "unmatched_exit",
-		xfrmVerdictVerdictErrorERR_PENDING_MISS:   "pending_miss",
+		xfrmVerdictVerdictErrorERR_MAP_FULL: "map_full",
 	}
 )
 
@@ -88,8 +87,20 @@ type Entry struct {
 type Maps struct {
 	objs     xfrmVerdictMaps
 	verdicts *bpfmap.Reader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue]
-	lastLen  int // keys at the last read: the next read's capacity
+
+	mu       sync.Mutex
+	lastLen  int                      // keys at the last read: the next read's capacity
+	exported map[okKey]verdictCounter // the ok last returned per key (never goes down)
 }
+
+// okKey is a verdict key without its result: where an ok and its
+// retractions meet.
+type okKey struct {
+	direction string
+	peer      netip.Addr
+}
+
+type verdictCounter struct{ packets, bytes uint64 }
 
 // DefaultMapSize is the default number of {direction, peer, result} keys.
 const DefaultMapSize = 16384
@@ -126,9 +137,10 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		xfrmVerdictMapVerdicts:       m.objs.Verdicts,
 		xfrmVerdictMapVerdictErrors:  m.objs.VerdictErrors,
-		xfrmVerdictMapFrames:         m.objs.Frames,
+		xfrmVerdictMapDecryptState:   m.objs.DecryptState,
 		xfrmVerdictMapPendingEncrypt: m.objs.PendingEncrypt,
-		xfrmVerdictMapLookupScratch:  m.objs.LookupScratch,
+		xfrmVerdictMapBundleScratch:  m.objs.BundleScratch,
+		xfrmVerdictMapAddressScratch: m.objs.AddressScratch,
 	}
 }
 
@@ -138,14 +150,58 @@ func (m *Maps) MaxEntries() uint32 { return m.objs.Verdicts.MaxEntries() }
 // Close releases the maps.
 func (m *Maps) Close() error { return m.objs.Close() }
 
-// Read returns every counter, summed over CPUs.
+// Read returns every counter, summed over CPUs. The programs count an ok
+// where the kernel counts the packet into its SA, and a "retracted" ok when
+// a later step drops the packet; ok is what passed: ok minus retracted. A
+// read that falls between an ok and its retraction returns the ok, and the
+// next reads keep ok where it was until the packets that follow make up
+// the difference, so the counter never goes down (bpf/README.md,
+// "Counting").
 func (m *Maps) Read() ([]Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	raw, err := m.raw()
+	if err != nil {
+		return nil, err
+	}
+	retracted := map[okKey]Entry{}
+	entries := make([]Entry, 0, len(raw))
+	for _, e := range raw {
+		if e.Result == internalResults[xfrmVerdictVerdictResultRESULT_RETRACTED] {
+			retracted[okKey{e.Direction, e.Peer}] = e
+		} else {
+			entries = append(entries, e)
+		}
+	}
+	if m.exported == nil {
+		m.exported = map[okKey]verdictCounter{}
+	}
+	for i, e := range entries {
+		if e.Result != resultNames[xfrmVerdictVerdictResultRESULT_OK] {
+			continue
+		}
+		key := okKey{e.Direction, e.Peer}
+		r, last := retracted[key], m.exported[key]
+		entries[i].Packets = max(last.packets, e.Packets-min(r.Packets, e.Packets))
+		entries[i].Bytes = max(last.bytes, e.Bytes-min(r.Bytes, e.Bytes))
+		m.exported[key] = verdictCounter{entries[i].Packets, entries[i].Bytes}
+	}
+	return entries, nil
+}
+
+// raw returns every key as the programs wrote it, internal results
+// included, summed over CPUs.
+func (m *Maps) raw() ([]Entry, error) {
 	entries := make([]Entry, 0, m.lastLen)
 	err := m.verdicts.Each(func(k xfrmVerdictVerdictKey, perCPU []xfrmVerdictVerdictValue) {
+		result := xfrmVerdictVerdictResult(k.Result)
 		e := Entry{
 			Direction: nameOf(directionNames, xfrmVerdictVerdictDir(k.Direction)),
-			Result:    nameOf(resultNames, xfrmVerdictVerdictResult(k.Result)),
+			Result:    nameOf(resultNames, result),
 			Peer:      peerAddr(k.Family, k.Peer),
+		}
+		if name, ok := internalResults[result]; ok {
+			e.Result = name
 		}
 		for _, v := range perCPU {
 			e.Packets += v.Packets
