@@ -23,6 +23,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const enum verdict_dir *unused_verdict_dir __attribute__((unused));
 const enum verdict_result *unused_verdict_result __attribute__((unused));
 const enum verdict_error *unused_verdict_error __attribute__((unused));
+/* The known-peer set's key: only the inner map definition names it, which
+ * leaves the type forward-declared in BTF unless it is referenced. */
+const struct known_peer_key *unused_known_peer_key __attribute__((unused));
 
 /* ==== fentry / fexit / tp_btf ============================================ */
 

@@ -100,6 +100,58 @@ struct {
 	__type(value, __u64);
 } verdict_errors SEC(".maps");
 
+/* The node's known IPsec peers (addresses of its SAs and policies, and the
+ * peer-names file), filled by user space. A failure whose peer comes from
+ * the packet instead of an SA (decrypt no_state and header_error: the
+ * outer source, which anyone can spoof; encrypt no_state: the flow's
+ * destination) is counted under that peer only if it is known, else under
+ * the one "unknown" peer (family 0, address zero): spoofed sources cannot
+ * add keys. user space swaps in a whole new set at once (array of maps:
+ * the outer slot's update is atomic); no set yet means every such peer is
+ * unknown. IPv4 as IPv4-mapped IPv6. */
+#define KNOWN_PEERS_MAX 16384
+
+struct known_peer_key {
+	__u8 addr[16];
+};
+
+struct known_peer_set {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KNOWN_PEERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct known_peer_key);
+	__type(value, __u8);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct known_peer_set);
+} known_peers SEC(".maps");
+
+/* known_or_unknown returns family when peer is a known peer, else 0 with
+ * peer zeroed: the unknown peer. */
+static __always_inline __u8 known_or_unknown(__u8 family, __u8 *peer)
+{
+	__u32 zero = 0;
+	void *set = bpf_map_lookup_elem(&known_peers, &zero);
+	if (set && (family == 4 || family == 6)) {
+		struct known_peer_key k = {};
+		if (family == 4) {
+			k.addr[10] = 0xff;
+			k.addr[11] = 0xff;
+			__builtin_memcpy(&k.addr[12], peer, 4);
+		} else {
+			__builtin_memcpy(k.addr, peer, 16);
+		}
+		if (bpf_map_lookup_elem(set, &k))
+			return family;
+	}
+	__builtin_memset(peer, 0, 16);
+	return 0;
+}
+
 /* What one xfrm_input call on this CPU has seen so far. xfrm_input runs
  * with bottom halves disabled (softirq, or BH-disabled crypto completion),
  * so no other call interleaves on this CPU; every call that got this far
@@ -439,7 +491,7 @@ static __always_inline void on_rcv_cb(struct sk_buff *skb, int err, bool ret_kno
 	if (x)
 		family = sa_peer(x, false, false, peer);
 	else
-		family = packet_source(skb, peer);
+		family = known_or_unknown(packet_source(skb, peer), peer);
 	emit(DIR_DECRYPT, family, peer, result, BPF_CORE_READ(skb, len));
 	s->ok_skb = 0;
 	s->hint_skb = 0;
@@ -560,10 +612,11 @@ static __always_inline void on_kfree_skb(struct sk_buff *skb, int reason)
  * for it (larval drop) and the packet goes to a blackhole route. Only route
  * lookups that match an IPsec policy get here. No SA means no SA peer: the
  * flow's destination is the peer. */
-static __always_inline void on_bundle_failed(__u8 family, const __u8 *daddr, long ret)
+static __always_inline void on_bundle_failed(__u8 family, __u8 *daddr, long ret)
 {
 	if (ret != -EAGAIN)
 		return;
+	family = known_or_unknown(family, daddr);
 	emit(DIR_ENCRYPT, family, daddr, RESULT_NO_STATE, 0);
 }
 

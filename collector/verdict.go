@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
 	"sort"
+	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf"
@@ -54,6 +58,12 @@ var (
 		"Counter keys in the verdict map.", nil, nil)
 	bpfMapMaxEntriesDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_max_entries"),
 		"Capacity of the verdict map (--bpf.verdict-map-size).", nil, nil)
+	bpfKnownPeersDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_known_peers"),
+		"Addresses in the known-peer set: failures whose peer comes from the packet (no_state, header_error) are counted under peers of this set, all others under peer=\"unknown\".",
+		nil, nil)
+	bpfKnownPeersOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_known_peers_overflow_total"),
+		"Addresses left out of the known-peer set because it was full (16384); their packet-derived failures count as unknown.",
+		nil, nil)
 	bpfMapOverflowDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_map_overflow_total"),
 		"Verdicts not counted because their key was new and the verdict map was full.", nil, nil)
 	bpfAccountingErrorsDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "bpf", "verdict_accounting_errors_total"),
@@ -102,6 +112,8 @@ type verdictSource interface {
 	Hooks() []verdict.Hook
 	Missed() map[string]uint64
 	ProgramStats() map[string]*ebpf.ProgramStats
+	SetKnownPeers([]netip.Addr) error
+	KnownPeers() (size int, leftOut uint64)
 	Close() error
 }
 
@@ -111,6 +123,61 @@ type verdictCollector struct {
 	loadErr     string        // reason class when src is nil
 	peers       *peerNames    // nil without --collector.verdict.peer-names
 	statsSysctl string
+
+	knownMu sync.Mutex
+	tracked []netip.Addr        // the peers a tracker last gave (SetTrackedPeers)
+	known   map[netip.Addr]bool // the set last installed
+}
+
+// unknownPeer is the peer label of failures whose peer came from the packet
+// and is not a known peer (spoofed sources, scans): one aggregate series.
+const unknownPeer = "unknown"
+
+// packetPeerResults are the results whose peer the programs take from the
+// packet rather than from an SA.
+var packetPeerResults = []string{"no_state", "header_error"}
+
+// SetTrackedPeers gives the collector the node's known IPsec peers (the
+// addresses of its SAs and policies) from a tracker; they join the known-peer
+// set at the next scrape.
+func (c *verdictCollector) SetTrackedPeers(peers []netip.Addr) {
+	c.knownMu.Lock()
+	defer c.knownMu.Unlock()
+	c.tracked = append([]netip.Addr(nil), peers...)
+}
+
+// updateKnownPeers installs the known-peer set when it changed: the peers
+// of the verdicts that came from an SA (an SA exists or existed for them),
+// the peer-names file's addresses and what a tracker gave.
+func (c *verdictCollector) updateKnownPeers(entries []verdict.Entry, names map[string]string) error {
+	c.knownMu.Lock()
+	defer c.knownMu.Unlock()
+	want := map[netip.Addr]bool{}
+	for _, e := range entries {
+		if e.Peer.IsValid() && !slices.Contains(packetPeerResults, e.Result) {
+			want[e.Peer] = true
+		}
+	}
+	for addr := range names {
+		if a, err := netip.ParseAddr(addr); err == nil {
+			want[a] = true
+		}
+	}
+	for _, a := range c.tracked {
+		want[a.Unmap()] = true
+	}
+	if c.known != nil && maps.Equal(want, c.known) {
+		return nil
+	}
+	list := make([]netip.Addr, 0, len(want))
+	for a := range want {
+		list = append(list, a)
+	}
+	if err := c.src.SetKnownPeers(list); err != nil {
+		return err
+	}
+	c.known = want
+	return nil
 }
 
 // newVerdictCollector builds the collector around loaded programs, or, when
@@ -157,8 +224,12 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.peers != nil {
 		names = c.peers.get()
 	}
+	if err := c.updateKnownPeers(entries, names); err != nil {
+		c.logger.Warn("known-peer set not updated: failures from new peers without an SA count as unknown", "err", err)
+	}
 	peers := make([]string, len(entries))
 	for i, e := range entries {
+		peers[i] = unknownPeer
 		if e.Peer.IsValid() {
 			peers[i] = e.Peer.String()
 		}
@@ -191,6 +262,9 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
 	}
 	ch <- prometheus.MustNewConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	size, leftOut := c.src.KnownPeers()
+	ch <- prometheus.MustNewConstMetric(bpfKnownPeersDesc, prometheus.GaugeValue, float64(size))
+	ch <- prometheus.MustNewConstMetric(bpfKnownPeersOverflowDesc, prometheus.CounterValue, float64(leftOut))
 	ch <- prometheus.MustNewConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
 
 	errs, err := c.src.Errors()

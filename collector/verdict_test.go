@@ -355,3 +355,38 @@ func registryOf(c Collector) *prometheus.Registry {
 	r.MustRegister(asPrometheus(c))
 	return r
 }
+
+// Failures whose peer is not known show as peer="unknown"; the known-peer
+// set holds the peers of verdicts that came from an SA, never those taken
+// from packets (a spoofed no_state source must not make itself known).
+func TestVerdictCollectorKnownPeers(t *testing.T) {
+	entries := append([]verdict.Entry{
+		{Direction: "decrypt", Result: "no_state", Packets: 9, Bytes: 900},
+		{Direction: "decrypt", Result: "no_state", Peer: netip.MustParseAddr("10.9.9.9"), Packets: 1, Bytes: 56},
+	}, testEntries...)
+	src := newTestMaps(t, 16, entries)
+	c := newVerdictCollector(slog.New(slog.DiscardHandler), src, nil, nil)
+	want := `
+# HELP ipsec_xfrm_packets_total ` + verdictPacketsHelp + `
+# TYPE ipsec_xfrm_packets_total counter
+ipsec_xfrm_packets_total{direction="decrypt",peer="10.0.0.2",result="ok"} 4
+ipsec_xfrm_packets_total{direction="decrypt",peer="10.9.9.9",result="no_state"} 1
+ipsec_xfrm_packets_total{direction="decrypt",peer="fd00::2",result="integrity"} 3
+ipsec_xfrm_packets_total{direction="decrypt",peer="unknown",result="no_state"} 9
+ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",result="ok"} 5
+# HELP ipsec_bpf_verdict_known_peers ` + `Addresses in the known-peer set: failures whose peer comes from the packet (no_state, header_error) are counted under peers of this set, all others under peer=\"unknown\".
+# TYPE ipsec_bpf_verdict_known_peers gauge
+ipsec_bpf_verdict_known_peers 2
+`
+	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want),
+		"ipsec_xfrm_packets_total", "ipsec_bpf_verdict_known_peers"); err != nil {
+		t.Error(err)
+	}
+	c.SetTrackedPeers([]netip.Addr{netip.MustParseAddr("::ffff:10.0.0.7")})
+	if _, err := registryOf(c).Gather(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := src.KnownPeers(); n != 3 {
+		t.Errorf("%d known peers after a tracker gave one more, want 3", n)
+	}
+}

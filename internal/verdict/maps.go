@@ -87,6 +87,11 @@ type Entry struct {
 type Maps struct {
 	objs     xfrmVerdictMaps
 	verdicts *bpfmap.Reader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue]
+	peerSet  *ebpf.MapSpec // the known-peer set's spec: each replacement is a new map of it
+
+	peersMu   sync.Mutex
+	peers     int    // addresses in the current known-peer set
+	peersLeft uint64 // addresses left out of replacements because the set was full (a counter)
 
 	mu       sync.Mutex
 	lastLen  int                      // keys at the last read: the next read's capacity
@@ -129,7 +134,59 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
 		return nil, fmt.Errorf("creating BPF maps: %w", err)
 	}
 	m.verdicts = bpfmap.NewReader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue](m.objs.Verdicts)
+	m.peerSet = spec.Maps[xfrmVerdictMapKnownPeers].InnerMap.Copy()
 	return m, nil
+}
+
+// KnownPeersMax is the capacity of the known-peer set (KNOWN_PEERS_MAX in
+// bpf/xfrm_verdict.h).
+const KnownPeersMax = 16384
+
+// SetKnownPeers makes peers the node's known IPsec peers: a failure whose
+// peer comes from the packet (decrypt no_state and header_error, encrypt
+// no_state) is counted under its own peer only when that peer is in the
+// set, else under the unknown peer (bpf/README.md, "Peers"). The whole set
+// is replaced at once: the programs see the old set or the new one, never a
+// mix. Addresses beyond KnownPeersMax are left out and counted
+// (KnownPeers).
+func (m *Maps) SetKnownPeers(peers []netip.Addr) error {
+	set, err := ebpf.NewMap(m.peerSet)
+	if err != nil {
+		return fmt.Errorf("creating a known-peer set: %w", err)
+	}
+	defer set.Close() // known_peers holds its own reference
+	seen := map[netip.Addr]bool{}
+	var left uint64
+	for _, p := range peers {
+		p = p.Unmap()
+		if !p.IsValid() || seen[p] {
+			continue
+		}
+		if len(seen) == KnownPeersMax {
+			left++
+			continue
+		}
+		seen[p] = true
+		k := xfrmVerdictKnownPeerKey{Addr: netip.AddrFrom16(p.As16()).As16()}
+		if err := set.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("adding known peer %s: %w", p, err)
+		}
+	}
+	if err := m.objs.KnownPeers.Put(uint32(0), set); err != nil {
+		return fmt.Errorf("installing the known-peer set: %w", err)
+	}
+	m.peersMu.Lock()
+	m.peers, m.peersLeft = len(seen), m.peersLeft+left
+	m.peersMu.Unlock()
+	return nil
+}
+
+// KnownPeers returns the size of the current known-peer set and how many
+// addresses all replacements so far left out because it was full.
+func (m *Maps) KnownPeers() (size int, leftOut uint64) {
+	m.peersMu.Lock()
+	defer m.peersMu.Unlock()
+	return m.peers, m.peersLeft
 }
 
 // replacements are the maps every program of the object shares.
@@ -141,6 +198,7 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 		xfrmVerdictMapPendingEncrypt: m.objs.PendingEncrypt,
 		xfrmVerdictMapBundleScratch:  m.objs.BundleScratch,
 		xfrmVerdictMapAddressScratch: m.objs.AddressScratch,
+		xfrmVerdictMapKnownPeers:     m.objs.KnownPeers,
 	}
 }
 

@@ -2,6 +2,7 @@ package verdict
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"slices"
@@ -235,4 +236,68 @@ func newTestMaps(t *testing.T, size uint32) *Maps {
 	}
 	t.Cleanup(func() { _ = m.Close() })
 	return m
+}
+
+// installedPeers reads the set the programs consult through known_peers.
+func installedPeers(t *testing.T, m *Maps) map[netip.Addr]bool {
+	t.Helper()
+	var id ebpf.MapID
+	if err := m.objs.KnownPeers.Lookup(uint32(0), &id); err != nil {
+		t.Fatalf("known_peers[0]: %v", err)
+	}
+	set, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	out := map[netip.Addr]bool{}
+	var k xfrmVerdictKnownPeerKey
+	var v uint8
+	it := set.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.AddrFrom16(k.Addr)] = true
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestSetKnownPeersReplacesTheSet(t *testing.T) {
+	m := newTestMaps(t, 8)
+	a, b, c := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.3")
+	if err := m.SetKnownPeers([]netip.Addr{a, b, a}); err != nil {
+		t.Fatal(err)
+	}
+	// IPv4 as IPv4-mapped IPv6, as the programs look it up.
+	want := map[netip.Addr]bool{netip.AddrFrom16(a.As16()): true, b: true}
+	if got := installedPeers(t, m); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("installed set %v, want %v", got, want)
+	}
+	if err := m.SetKnownPeers([]netip.Addr{c}); err != nil {
+		t.Fatal(err)
+	}
+	if got := installedPeers(t, m); len(got) != 1 || !got[netip.AddrFrom16(c.As16())] {
+		t.Errorf("after replacing with %s: installed %v", c, got)
+	}
+	if n, left := m.KnownPeers(); n != 1 || left != 0 {
+		t.Errorf("KnownPeers = %d, %d left out; want 1, 0", n, left)
+	}
+}
+
+func TestSetKnownPeersCountsWhatDoesNotFit(t *testing.T) {
+	m := newTestMaps(t, 8)
+	peers := make([]netip.Addr, KnownPeersMax+3)
+	for i := range peers {
+		peers[i] = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+	}
+	if err := m.SetKnownPeers(peers); err != nil {
+		t.Fatal(err)
+	}
+	if n, left := m.KnownPeers(); n != KnownPeersMax || left != 3 {
+		t.Errorf("KnownPeers = %d, %d left out; want %d, 3", n, left, KnownPeersMax)
+	}
+	if got := len(installedPeers(t, m)); got != KnownPeersMax {
+		t.Errorf("%d peers installed, want %d", got, KnownPeersMax)
+	}
 }

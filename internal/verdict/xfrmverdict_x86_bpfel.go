@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xfrmVerdictKnownPeerKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
 type xfrmVerdictVerdictDir uint32
 
 const (
@@ -102,6 +107,7 @@ const (
 	xfrmVerdictMapAddressScratch                       = "address_scratch"
 	xfrmVerdictMapBundleScratch                        = "bundle_scratch"
 	xfrmVerdictMapDecryptState                         = "decrypt_state"
+	xfrmVerdictMapKnownPeers                           = "known_peers"
 	xfrmVerdictMapPendingEncrypt                       = "pending_encrypt"
 	xfrmVerdictMapVerdictErrors                        = "verdict_errors"
 	xfrmVerdictMapVerdicts                             = "verdicts"
@@ -122,6 +128,7 @@ const (
 	xfrmVerdictProgKretprobeXfrmResolveAndCreateBundle = "kretprobe_xfrm_resolve_and_create_bundle"
 	xfrmVerdictProgRawTracepointKfreeSkb               = "raw_tracepoint_kfree_skb"
 	xfrmVerdictProgTpBtfKfreeSkb                       = "tp_btf_kfree_skb"
+	xfrmVerdictVarUnusedKnownPeerKey                   = "unused_known_peer_key"
 	xfrmVerdictVarUnusedVerdictDir                     = "unused_verdict_dir"
 	xfrmVerdictVarUnusedVerdictError                   = "unused_verdict_error"
 	xfrmVerdictVarUnusedVerdictResult                  = "unused_verdict_result"
@@ -195,6 +202,7 @@ type xfrmVerdictMapSpecs struct {
 	AddressScratch *ebpf.MapSpec `ebpf:"address_scratch"`
 	BundleScratch  *ebpf.MapSpec `ebpf:"bundle_scratch"`
 	DecryptState   *ebpf.MapSpec `ebpf:"decrypt_state"`
+	KnownPeers     *ebpf.MapSpec `ebpf:"known_peers"`
 	PendingEncrypt *ebpf.MapSpec `ebpf:"pending_encrypt"`
 	VerdictErrors  *ebpf.MapSpec `ebpf:"verdict_errors"`
 	Verdicts       *ebpf.MapSpec `ebpf:"verdicts"`
@@ -204,6 +212,7 @@ type xfrmVerdictMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xfrmVerdictVariableSpecs struct {
+	UnusedKnownPeerKey  *ebpf.VariableSpec `ebpf:"unused_known_peer_key"`
 	UnusedVerdictDir    *ebpf.VariableSpec `ebpf:"unused_verdict_dir"`
 	UnusedVerdictError  *ebpf.VariableSpec `ebpf:"unused_verdict_error"`
 	UnusedVerdictResult *ebpf.VariableSpec `ebpf:"unused_verdict_result"`
@@ -232,6 +241,7 @@ type xfrmVerdictMaps struct {
 	AddressScratch *ebpf.Map `ebpf:"address_scratch"`
 	BundleScratch  *ebpf.Map `ebpf:"bundle_scratch"`
 	DecryptState   *ebpf.Map `ebpf:"decrypt_state"`
+	KnownPeers     *ebpf.Map `ebpf:"known_peers"`
 	PendingEncrypt *ebpf.Map `ebpf:"pending_encrypt"`
 	VerdictErrors  *ebpf.Map `ebpf:"verdict_errors"`
 	Verdicts       *ebpf.Map `ebpf:"verdicts"`
@@ -242,6 +252,7 @@ func (m *xfrmVerdictMaps) Close() error {
 		m.AddressScratch,
 		m.BundleScratch,
 		m.DecryptState,
+		m.KnownPeers,
 		m.PendingEncrypt,
 		m.VerdictErrors,
 		m.Verdicts,
@@ -252,6 +263,7 @@ func (m *xfrmVerdictMaps) Close() error {
 //
 // It can be passed to loadXfrmVerdictObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xfrmVerdictVariables struct {
+	UnusedKnownPeerKey  *ebpf.Variable `ebpf:"unused_known_peer_key"`
 	UnusedVerdictDir    *ebpf.Variable `ebpf:"unused_verdict_dir"`
 	UnusedVerdictError  *ebpf.Variable `ebpf:"unused_verdict_error"`
 	UnusedVerdictResult *ebpf.Variable `ebpf:"unused_verdict_result"`
