@@ -81,6 +81,15 @@ var (
 )
 
 func init() {
+	// The default also before parsing (kingpin sets it at Parse): tests
+	// that run CheckFlags without parsing see a valid value.
+	*bpfVerdictMapSize = verdict.DefaultMapSize
+	RegisterFlagCheck("bpf.verdict-map-size", func() error {
+		if n := *bpfVerdictMapSize; n < verdict.MinMapSize || n > verdict.MaxMapSize {
+			return fmt.Errorf("must be between %d and %d counter keys, got %d", verdict.MinMapSize, verdict.MaxMapSize, n)
+		}
+		return nil
+	})
 	registerCollector("verdict", true, func(logger *slog.Logger) (Collector, error) {
 		var peers *peerNames
 		if *verdictPeerNames != "" {
@@ -211,9 +220,9 @@ func loadErrorReason(err error) string {
 
 func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.src == nil {
-		ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
-		ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
-		ch <- prometheus.MustNewConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
+		ch <- newConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
+		ch <- newConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
+		ch <- newConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
 		return nil
 	}
 	entries, err := c.src.Read()
@@ -258,14 +267,14 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		if names != nil {
 			labels = append(labels, names[peer])
 		}
-		ch <- prometheus.MustNewConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
-		ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
+		ch <- newConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
+		ch <- newConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
 	}
-	ch <- prometheus.MustNewConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	ch <- newConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	ch <- newConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
 	size, leftOut := c.src.KnownPeers()
-	ch <- prometheus.MustNewConstMetric(bpfKnownPeersDesc, prometheus.GaugeValue, float64(size))
-	ch <- prometheus.MustNewConstMetric(bpfKnownPeersOverflowDesc, prometheus.CounterValue, float64(leftOut))
-	ch <- prometheus.MustNewConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
+	ch <- newConstMetric(bpfKnownPeersDesc, prometheus.GaugeValue, float64(size))
+	ch <- newConstMetric(bpfKnownPeersOverflowDesc, prometheus.CounterValue, float64(leftOut))
 
 	errs, err := c.src.Errors()
 	if err != nil {
@@ -278,10 +287,10 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	sort.Strings(kinds)
 	for _, k := range kinds {
 		if k == "map_full" {
-			ch <- prometheus.MustNewConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
+			ch <- newConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
+		ch <- newConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
 	}
 	c.updateMeta(ch)
 	return nil
@@ -321,19 +330,19 @@ func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
 			v = 1
 			attached++
 		}
-		ch <- prometheus.MustNewConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
+		ch <- newConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
 	}
-	ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
-	ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
+	ch <- newConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
+	ch <- newConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
 	for program, n := range c.src.Missed() {
-		ch <- prometheus.MustNewConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
+		ch <- newConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
 	}
 	if !bpfmap.StatsEnabled(c.statsSysctl) {
 		return
 	}
 	for program, s := range c.src.ProgramStats() {
-		ch <- prometheus.MustNewConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
-		ch <- prometheus.MustNewConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
+		ch <- newConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
+		ch <- newConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
 	}
 }
 

@@ -390,3 +390,24 @@ ipsec_bpf_verdict_known_peers 2
 		t.Errorf("%d known peers after a tracker gave one more, want 3", n)
 	}
 }
+
+// --bpf.verdict-map-size is checked before any collector starts: 0 and
+// sizes the kernel would stall on preallocating are refused, naming the flag
+// and the bound.
+func TestVerdictMapSizeFlagCheck(t *testing.T) {
+	old := *bpfVerdictMapSize
+	t.Cleanup(func() { *bpfVerdictMapSize = old })
+	for _, tc := range []struct {
+		size uint32
+		ok   bool
+	}{{0, false}, {20000000, false}, {verdict.MaxMapSize + 1, false}, {1, true}, {verdict.DefaultMapSize, true}, {verdict.MaxMapSize, true}} {
+		*bpfVerdictMapSize = tc.size
+		err := CheckFlags()
+		if tc.ok && err != nil && strings.Contains(err.Error(), "bpf.verdict-map-size") {
+			t.Errorf("size %d refused: %v", tc.size, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "--bpf.verdict-map-size: must be between 1 and 262144")) {
+			t.Errorf("size %d: error %v, want one naming the flag and its bounds", tc.size, err)
+		}
+	}
+}

@@ -4,7 +4,6 @@
 package verdict
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -110,6 +109,16 @@ type verdictCounter struct{ packets, bytes uint64 }
 // DefaultMapSize is the default number of {direction, peer, result} keys.
 const DefaultMapSize = 16384
 
+// The bounds of the counter map's size. The kernel preallocates every key's
+// value on every possible CPU when the map is created (16 bytes each plus
+// the key and hash overhead, ~100 bytes per key and CPU): 262144 keys are
+// about 25 MiB per CPU, and start-up stalls while the kernel allocates far
+// more. 0 keys is no map at all.
+const (
+	MinMapSize = 1
+	MaxMapSize = 262144
+)
+
 // NewMaps creates the maps of the verdict object, with room for mapSize
 // counter keys.
 func NewMaps(mapSize uint32) (*Maps, error) {
@@ -124,8 +133,8 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
 	if err := bpfmap.RemoveMemlock(); err != nil {
 		return nil, err
 	}
-	if mapSize == 0 {
-		return nil, errors.New("verdict map size must be positive")
+	if mapSize < MinMapSize || mapSize > MaxMapSize {
+		return nil, fmt.Errorf("verdict map size %d out of bounds [%d, %d]", mapSize, MinMapSize, MaxMapSize)
 	}
 	spec = spec.Copy()
 	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = mapSize
