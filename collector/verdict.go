@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 )
 
@@ -33,9 +34,6 @@ var (
 	bpfVerdictMapSize = kingpin.Flag("bpf.verdict-map-size",
 		"Maximum number of {direction, peer, result} counters in the verdict map; packets of new keys beyond it are counted in ipsec_bpf_verdict_map_overflow_total.").
 		Default(fmt.Sprint(verdict.DefaultMapSize)).Uint32()
-	verdictPeerNames = kingpin.Flag("collector.verdict.peer-names",
-		"File mapping peer addresses to names, added as label peer_name (YAML mapping, or \"address name\" lines); re-read when it changes.").
-		Default("").String()
 )
 
 var (
@@ -91,23 +89,32 @@ func init() {
 		return nil
 	})
 	registerCollector("verdict", true, func(logger *slog.Logger) (Collector, error) {
-		var peers *peerNames
-		if *verdictPeerNames != "" {
-			var err error
-			if peers, err = newPeerNames(*verdictPeerNames, logger); err != nil {
-				return nil, fmt.Errorf("--collector.verdict.peer-names: %w", err)
-			}
+		// The node's known peers and the peer names come from the shared
+		// peer tracker (collector/peers.go), the one reader of the node's
+		// SAs and policies for this purpose and of the peer-names file.
+		tp, err := knownPeers.acquire(logger)
+		if err != nil {
+			return nil, err
 		}
+		release := func() { _ = knownPeers.release() }
 		v, err := verdict.Load(verdict.Options{
 			Mode: *bpfHookMode, MapSize: *bpfVerdictMapSize, Strict: *bpfStrict, Logger: logger,
 		})
 		if err != nil {
 			if *bpfStrict {
+				release()
 				return nil, fmt.Errorf("loading verdict BPF programs (--bpf.strict): %w", err)
 			}
-			return newVerdictCollector(logger, nil, err, peers), nil
+			c := newVerdictCollector(logger, nil, err, tp)
+			c.release = release
+			return c, nil
 		}
-		return newVerdictCollector(logger, v, nil, peers), nil
+		c := newVerdictCollector(logger, v, nil, tp)
+		// The first call is synchronous: the set is in the programs' map
+		// before the factory returns; later ones come once per change.
+		cancel := tp.Subscribe(func(s peers.Set) { c.SetTrackedPeers(s.All()) })
+		c.release = func() { cancel(); release() }
+		return c, nil
 	})
 }
 
@@ -126,15 +133,22 @@ type verdictSource interface {
 	Close() error
 }
 
+// peerNamer gives the names of the peer-names file (*peers.Tracker).
+type peerNamer interface {
+	Names() map[netip.Addr]string
+}
+
 type verdictCollector struct {
 	logger      *slog.Logger
 	src         verdictSource // nil when the programs could not be loaded
 	loadErr     string        // reason class when src is nil
-	peers       *peerNames    // nil without --collector.verdict.peer-names
+	peers       peerNamer     // the shared tracker; nil in tests
+	release     func()        // of the shared peer tracker, when held
 	statsSysctl string
 
 	knownMu sync.Mutex
-	tracked []netip.Addr        // the peers a tracker last gave (SetTrackedPeers)
+	tracked []netip.Addr        // the peers the tracker last gave (SetTrackedPeers)
+	seen    map[netip.Addr]bool // SA-derived and named peers of the last scrape
 	known   map[netip.Addr]bool // the set last installed
 }
 
@@ -147,30 +161,46 @@ const unknownPeer = "unknown"
 var packetPeerResults = []string{"no_state", "header_error"}
 
 // SetTrackedPeers gives the collector the node's known IPsec peers (the
-// addresses of its SAs and policies) from a tracker; they join the known-peer
-// set at the next scrape.
+// addresses of its SAs and policies, and the configured ones) from the
+// tracker; they are installed at once, so that a new peer's failures are
+// counted under its own address from its first packet on.
 func (c *verdictCollector) SetTrackedPeers(peers []netip.Addr) {
 	c.knownMu.Lock()
 	defer c.knownMu.Unlock()
 	c.tracked = append([]netip.Addr(nil), peers...)
+	if err := c.installKnownLocked(); err != nil {
+		c.logger.Warn("known-peer set not updated: failures from new peers without an SA count as unknown", "err", err)
+	}
 }
 
-// updateKnownPeers installs the known-peer set when it changed: the peers
-// of the verdicts that came from an SA (an SA exists or existed for them),
-// the peer-names file's addresses and what a tracker gave.
-func (c *verdictCollector) updateKnownPeers(entries []verdict.Entry, names map[string]string) error {
+// updateKnownPeers adds, at a scrape, the peers of the verdicts that came
+// from an SA (an SA exists or existed for them) and the peer-names file's
+// addresses to the known-peer set, installing it when it changed.
+func (c *verdictCollector) updateKnownPeers(entries []verdict.Entry, names map[netip.Addr]string) error {
 	c.knownMu.Lock()
 	defer c.knownMu.Unlock()
-	want := map[netip.Addr]bool{}
+	seen := map[netip.Addr]bool{}
 	for _, e := range entries {
 		if e.Peer.IsValid() && !slices.Contains(packetPeerResults, e.Result) {
-			want[e.Peer] = true
+			seen[e.Peer] = true
 		}
 	}
-	for addr := range names {
-		if a, err := netip.ParseAddr(addr); err == nil {
-			want[a] = true
-		}
+	for a := range names {
+		seen[a.Unmap()] = true
+	}
+	c.seen = seen
+	return c.installKnownLocked()
+}
+
+// installKnownLocked installs the union of what the tracker gave and what
+// the scrapes saw, when it differs from the set installed last.
+func (c *verdictCollector) installKnownLocked() error {
+	if c.src == nil {
+		return nil
+	}
+	want := maps.Clone(c.seen)
+	if want == nil {
+		want = map[netip.Addr]bool{}
 	}
 	for _, a := range c.tracked {
 		want[a.Unmap()] = true
@@ -178,11 +208,7 @@ func (c *verdictCollector) updateKnownPeers(entries []verdict.Entry, names map[s
 	if c.known != nil && maps.Equal(want, c.known) {
 		return nil
 	}
-	list := make([]netip.Addr, 0, len(want))
-	for a := range want {
-		list = append(list, a)
-	}
-	if err := c.src.SetKnownPeers(list); err != nil {
+	if err := c.src.SetKnownPeers(slices.Collect(maps.Keys(want))); err != nil {
 		return err
 	}
 	c.known = want
@@ -193,7 +219,7 @@ func (c *verdictCollector) updateKnownPeers(entries []verdict.Entry, names map[s
 // loading failed, a degraded one that says why in one log line and in
 // ipsec_bpf_verdict_load_error_info; the exporter's other collectors keep
 // working either way.
-func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers *peerNames) *verdictCollector {
+func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers peerNamer) *verdictCollector {
 	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: bpfmap.StatsSysctl}
 	if src == nil {
 		c.loadErr = loadErrorReason(loadErr)
@@ -229,9 +255,9 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if err != nil {
 		return fmt.Errorf("reading verdicts: %w", err)
 	}
-	var names map[string]string
+	var names map[netip.Addr]string
 	if c.peers != nil {
-		names = c.peers.get()
+		names = c.peers.Names()
 	}
 	if err := c.updateKnownPeers(entries, names); err != nil {
 		c.logger.Warn("known-peer set not updated: failures from new peers without an SA count as unknown", "err", err)
@@ -265,7 +291,7 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		packets, bytes := bpfVerdictDescs(names != nil)
 		labels := []string{e.Direction, peer, e.Result}
 		if names != nil {
-			labels = append(labels, names[peer])
+			labels = append(labels, names[e.Peer])
 		}
 		ch <- newConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
 		ch <- newConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
@@ -348,6 +374,9 @@ func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
 
 // Close detaches the programs.
 func (c *verdictCollector) Close() error {
+	if c.release != nil {
+		c.release()
+	}
 	if c.src == nil {
 		return nil
 	}

@@ -4,6 +4,7 @@
 package verdict
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -158,12 +159,13 @@ const KnownPeersMax = 16384
 // is replaced at once: the programs see the old set or the new one, never a
 // mix. Addresses beyond KnownPeersMax are left out and counted
 // (KnownPeers).
-func (m *Maps) SetKnownPeers(peers []netip.Addr) error {
+func (m *Maps) SetKnownPeers(peers []netip.Addr) (err error) {
 	set, err := ebpf.NewMap(m.peerSet)
 	if err != nil {
 		return fmt.Errorf("creating a known-peer set: %w", err)
 	}
-	defer set.Close() // known_peers holds its own reference
+	// known_peers holds its own reference to the installed set.
+	defer func() { err = errors.Join(err, set.Close()) }()
 	seen := map[netip.Addr]bool{}
 	var left uint64
 	for _, p := range peers {
