@@ -143,8 +143,10 @@ func (c *policyCollector) readNamespace(ch chan<- prometheus.Metric, order int, 
 	}
 	defer snap.Close()
 	mine := newFirstN(c.max, comparePolicyRows)
+	row := policyRow{order: order, netns: ns.Name} // one, reused: offer copies it
 	if err := snap.Each(func(p *xfrmnl.Policy) error {
-		mine.offer(&policyRow{order: order, netns: ns.Name, p: *p})
+		row.p = *p
+		mine.offer(&row)
 		return nil
 	}); err != nil {
 		return nil, err

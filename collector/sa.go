@@ -347,6 +347,7 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 	var byDir [dirOut + 1]int
 	larval := 0
 	mine := c.newRows()
+	var row saRow // one, reused: offer copies it
 	err = snap.Each(func(sa *xfrmnl.SA) error {
 		if isLarval(sa) {
 			larval++
@@ -358,7 +359,8 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 		// ones not seen are kept as they were (unreadable).
 		c.peers.see(identOf(ns.ID, sa), peer, totalsOf(sa))
 		if c.perSA {
-			mine.offer(&saRow{sa: *sa, peer: peer})
+			row.sa, row.peer = *sa, peer
+			mine.offer(&row)
 		} else {
 			mine.dropped++
 		}
