@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -30,11 +29,13 @@ type Counts struct {
 	Resyncs uint64
 }
 
+// saKey is what the kernel tells SAs apart by. No pointers: a set of
+// 50,000 is not scanned by the garbage collector.
 type saKey struct {
-	dst   netip.Addr
+	dst   [16]byte
 	spi   uint32
-	proto uint8
 	mark  uint32
+	proto uint8
 }
 
 type policyKey struct {
@@ -91,8 +92,10 @@ type dumpState struct {
 	kind   uint16 // msgGetSA, then msgGetPolicy
 	resync bool   // after an overrun; else the first dump
 	count  bool   // count what is found that the set lacks as added
-	// What the dump listed, and what notifications changed while it ran
-	// (those are newer than the dump's replies for the same object).
+	// What the dump listed (a resync's only: the first dump infers
+	// nothing from what it did not list), and what notifications changed
+	// while it ran (those are newer than the dump's replies for the same
+	// object).
 	seenSAs, touchedSAs   map[saKey]bool
 	seenPols, touchedPols map[policyKey]bool
 	// A flush during the dump: replies for what it removed may still be
@@ -345,7 +348,9 @@ func (l *Listener) listedSA(k saKey) {
 	if d.touchedSAs[k] || (d.flushedSAs != nil && d.flushedSAs(k)) {
 		return // a notification since is newer than this reply
 	}
-	d.seenSAs[k] = true
+	if d.resync {
+		d.seenSAs[k] = true
+	}
 	if !l.sas[k] {
 		l.sas[k] = true
 		if d.count {
@@ -359,7 +364,9 @@ func (l *Listener) listedPolicy(k policyKey, typ uint8) {
 	if d.touchedPols[k] || (d.flushedPols != nil && d.flushedPols(k, typ)) {
 		return
 	}
-	d.seenPols[k] = true
+	if d.resync {
+		d.seenPols[k] = true
+	}
 	if _, ok := l.pols[k]; !ok {
 		l.pols[k] = typ
 		if d.count {
@@ -542,7 +549,7 @@ func (l *Listener) TakeFinals() []SA {
 }
 
 func keyOfSA(sa *SA) saKey {
-	return saKey{dst: sa.Dst, spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
+	return saKey{dst: sa.Dst.As16(), spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
 }
 
 func keyOfPolicy(p *Policy) policyKey {
