@@ -353,11 +353,16 @@ func (l *Listener) listedSA(k saKey) {
 	}
 	if !l.sas[k] {
 		l.sas[k] = true
-		if d.count {
+		if d.count && !larval(k) {
 			l.add(EventSAAdded, 1)
 		}
 	}
 }
+
+// larval tells the kernel's acquire placeholders (SPI 0) apart: they come
+// and go without an add or delete notification (an acquire makes one, its
+// expiry is a hard expire), so a dump does not count them either.
+func larval(k saKey) bool { return k.spi == 0 }
 
 func (l *Listener) listedPolicy(k policyKey, typ uint8) {
 	d := l.dump
@@ -395,7 +400,9 @@ func (l *Listener) dumpDone() error {
 	for k := range l.sas {
 		if !d.seenSAs[k] && !d.touchedSAs[k] {
 			delete(l.sas, k)
-			l.add(EventSADeleted, 1)
+			if !larval(k) {
+				l.add(EventSADeleted, 1)
+			}
 		}
 	}
 	for k := range l.pols {
