@@ -116,6 +116,9 @@ type ListenOptions struct {
 	Logger        *slog.Logger
 }
 
+// maxDrain bounds the datagrams read before a resync starts.
+const maxDrain = 1024
+
 // maxFinals bounds the removed SAs kept until TakeFinals; beyond it the
 // oldest are dropped (a consumer that never comes must not grow us).
 const maxFinals = 4096
@@ -234,9 +237,11 @@ func (l *Listener) overrun() {
 
 // drainAndResync applies what is still queued (older than the drops, as the
 // kernel drops every notification while the queue is full) and then dumps.
-// Dumping on an empty queue also leaves room for the dump's first reply.
+// Dumping on an empty queue leaves room for the dump's first reply; on a
+// queue that never empties (events keep coming) it dumps after a while
+// anyway: the kernel then sends the dump's replies as room is made.
 func (l *Listener) drainAndResync() error {
-	for {
+	for range maxDrain {
 		msgs, err := l.conn.receiveQueued()
 		if errors.Is(err, unix.EAGAIN) {
 			break
