@@ -9,22 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netns"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
 )
-
-// collectorFunc adapts a Collector to prometheus.Collector for testutil.
-type collectorFunc struct{ c Collector }
-
-func (f collectorFunc) Describe(chan<- *prometheus.Desc) {}
-func (f collectorFunc) Collect(ch chan<- prometheus.Metric) {
-	if err := f.c.Update(ch); err != nil {
-		panic(err)
-	}
-}
 
 // TestWireCollectorDegraded: a program that cannot load (no CAP_BPF, say)
 // leaves a collector that says so and does not fail the scrape.
@@ -32,7 +21,7 @@ func TestWireCollectorDegraded(t *testing.T) {
 	c := newWireCollector(slog.New(slog.DiscardHandler), wire.Config{}, func(wire.Config) (*wire.Monitor, error) {
 		return nil, errors.New("operation not permitted")
 	})
-	err := testutil.CollectAndCompare(collectorFunc{c}, strings.NewReader(`
+	err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(`
 # HELP ipsec_bpf_wire_program_loaded Whether the wire BPF programs could be loaded (1) or not (0: see the log; usually missing CAP_BPF or CAP_NET_ADMIN).
 # TYPE ipsec_bpf_wire_program_loaded gauge
 ipsec_bpf_wire_program_loaded 0
@@ -78,7 +67,7 @@ func TestWireCollector(t *testing.T) {
 		t.Fatal("program not loaded")
 	}
 	defer func() { _ = c.Close() }()
-	err = testutil.CollectAndCompare(collectorFunc{c}, strings.NewReader(`
+	err = testutil.CollectAndCompare(adapt(t, c), strings.NewReader(`
 # HELP ipsec_bpf_wire_interface_attached Whether the wire programs are attached to a selected interface (1) or attaching failed (0: see the log), and how (mode tcx or tc).
 # TYPE ipsec_bpf_wire_interface_attached gauge
 ipsec_bpf_wire_interface_attached{interface="w0",mode="tcx"} 1
@@ -98,7 +87,7 @@ ipsec_bpf_wire_map_overflow_total{map="wire_counters"} 0
 		t.Error(err)
 	}
 	// Run time and count only with kernel.bpf_stats_enabled.
-	if n := testutil.CollectAndCount(collectorFunc{c}, "ipsec_bpf_wire_program_runs_total"); n != 0 && readSysctl("/proc/sys/kernel/bpf_stats_enabled") != "1" {
+	if n := testutil.CollectAndCount(adapt(t, c), "ipsec_bpf_wire_program_runs_total"); n != 0 && readSysctl("/proc/sys/kernel/bpf_stats_enabled") != "1" {
 		t.Errorf("%d run counters without bpf_stats_enabled, want none", n)
 	}
 	enabled := t.TempDir() + "/bpf_stats_enabled"
@@ -106,11 +95,11 @@ ipsec_bpf_wire_map_overflow_total{map="wire_counters"} 0
 		t.Fatal(err)
 	}
 	c.statsSysctl = enabled
-	if n := testutil.CollectAndCount(collectorFunc{c}, "ipsec_bpf_wire_program_runs_total", "ipsec_bpf_wire_program_run_seconds_total"); n != 4 {
+	if n := testutil.CollectAndCount(adapt(t, c), "ipsec_bpf_wire_program_runs_total", "ipsec_bpf_wire_program_run_seconds_total"); n != 4 {
 		t.Errorf("%d run time and count series with bpf_stats_enabled, want 4 (two programs)", n)
 	}
 
-	problems, err := testutil.CollectAndLint(collectorFunc{c})
+	problems, err := testutil.CollectAndLint(adapt(t, c))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,11 +109,11 @@ ipsec_bpf_wire_map_overflow_total{map="wire_counters"} 0
 
 	// Scrapes read maps and dump XFRM over netlink: none may leak a
 	// file descriptor.
-	fds := openFDs(t)
+	fds := countFDs(t)
 	for range 50 {
-		testutil.CollectAndCount(collectorFunc{c})
+		testutil.CollectAndCount(adapt(t, c))
 	}
-	if after := openFDs(t); after > fds {
+	if after := countFDs(t); after > fds {
 		t.Errorf("%d open file descriptors after 50 scrapes, %d before", after, fds)
 	}
 }
@@ -132,13 +121,4 @@ ipsec_bpf_wire_map_overflow_total{map="wire_counters"} 0
 func readSysctl(path string) string {
 	b, _ := os.ReadFile(path)
 	return strings.TrimSpace(string(b))
-}
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(entries)
 }
