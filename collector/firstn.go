@@ -41,12 +41,16 @@ func (f *firstN[T]) offer(v *T) {
 	f.down(0)
 }
 
-// merge offers every value o kept and adds what o dropped.
-func (f *firstN[T]) merge(o *firstN[T]) {
-	for i := range o.items {
-		f.offer(&o.items[i])
-	}
-	f.dropped += o.dropped
+// full tells whether offering a value means dropping one.
+func (f *firstN[T]) full() bool { return f.n > 0 && len(f.items) >= f.n }
+
+// last is the last of the kept values in order: while full, only a value
+// before it is kept.
+func (f *firstN[T]) last() *T { return &f.items[f.heap[0]] }
+
+// reset forgets the values, keeping the memory for the next scrape.
+func (f *firstN[T]) reset() {
+	f.items, f.heap, f.dropped = f.items[:0], f.heap[:0], 0
 }
 
 // sorted returns the kept values in order.

@@ -9,7 +9,7 @@ import (
 
 // TestFirstN: whatever the order values come in (ascending, descending as
 // the kernel's policy dump, shuffled), the first n in order are kept and
-// the rest counted; with n 0 every value is kept.
+// the rest counted; with n 0 every value is kept; reset starts again.
 func TestFirstN(t *testing.T) {
 	cmpInt := func(a, b *int) int { return cmp.Compare(*a, *b) }
 	for _, tc := range []struct {
@@ -39,21 +39,12 @@ func TestFirstN(t *testing.T) {
 			if f.dropped != len(tc.in)-len(want) {
 				t.Errorf("dropped %d, want %d", f.dropped, len(tc.in)-len(want))
 			}
+			f.reset()
+			f.offer(&tc.in[0])
+			if got := f.sorted(); len(got) != 1 || got[0] != tc.in[0] || f.dropped != 0 {
+				t.Errorf("after reset: kept %v, dropped %d", got, f.dropped)
+			}
 		})
-	}
-	// Two halves merged keep what one would have.
-	a, b := newFirstN(7, cmpInt), newFirstN(7, cmpInt)
-	all := shuffled(ints(0, 100, 1))
-	for i := range all {
-		if i%2 == 0 {
-			a.offer(&all[i])
-		} else {
-			b.offer(&all[i])
-		}
-	}
-	a.merge(b)
-	if got := a.sorted(); !slices.Equal(got, ints(0, 7, 1)) || a.dropped != 93 {
-		t.Errorf("merged: kept %v, dropped %d; want 0..6 and 93", got, a.dropped)
 	}
 }
 
