@@ -44,27 +44,23 @@ type policyKey struct {
 }
 
 // Listener counts the lifecycle events of one namespace, from the moment it
-// starts until Close, in a goroutine of its own.
+// starts until Close, in a goroutine of its own: every event the kernel
+// announces, so the counts are the kernel's own event stream.
 //
-// It tracks which SAs and policies exist and counts an add or a delete only
-// when it changes that set, so nothing is counted twice. The set comes from
-// dumps made on the listener's own subscribed socket: the kernel queues the
-// dump's replies and the notifications on one socket in the order they
-// happen, so an SA added while the dump runs is either in a reply that
-// comes after its notification (counted once, by the notification) or not
-// in the dump at all; an SA deleted before the dump reached it is counted
-// by its notification. So counting is exact from the moment Listen
-// subscribes, dumps and all.
+// It also tracks which SAs and policies exist, from dumps made on its own
+// subscribed socket: the kernel queues the dump's replies and the
+// notifications on one socket in the order they happen, so an SA added
+// while the dump runs is either in a reply that comes after its
+// notification, or not in the dump at all, and an SA deleted before the
+// dump reached it is simply not listed. A flush removes every SA (or
+// policy) of its kind from the set, as the kernel does, without a dump.
 //
-// A flush removes every SA (or policy) of its kind from the set, as the
-// kernel does, without a dump: the adds that follow it are all counted.
-//
-// When the socket's buffer overflows, the kernel drops notifications
-// (counted in Lost) and reports ENOBUFS. The listener then dumps again and
-// counts what appeared as added and what vanished as deleted, so a rekey
-// during a burst is not missed. An SA added and deleted within the gap, and
-// the soft and hard expiries there, cannot be recovered: Lost says how many
-// notifications were dropped.
+// The set is what recovers an overrun: when the socket's buffer overflows,
+// the kernel drops notifications (counted in Lost) and reports ENOBUFS. The
+// listener then dumps again and counts what appeared as added and what
+// vanished as deleted, so a rekey during a burst is not missed. An SA added
+// and deleted within the gap, and the expiries there, cannot be recovered:
+// Lost says how many notifications were dropped.
 type Listener struct {
 	ns     netnsx.Namespace
 	conn   *Conn
@@ -78,7 +74,6 @@ type Listener struct {
 	pols      map[policyKey]uint8 // the policy's type, for flushes
 	dump      *dumpState          // the dump in progress, nil when none
 	resyncDue bool                // an overrun happened: dump when the queue is drained
-	blind     bool                // between an overrun and the end of its resync
 	drops     uint32              // the socket's drop counter when last read
 
 	mu     sync.Mutex
@@ -98,6 +93,10 @@ type dumpState struct {
 	// object).
 	seenSAs, touchedSAs   map[saKey]bool
 	seenPols, touchedPols map[policyKey]bool
+	// What this dump counted as added: their notifications, should they
+	// come after the reply, are not counted again.
+	countedSAs  map[saKey]bool
+	countedPols map[policyKey]bool
 	// A flush during the dump: replies for what it removed may still be
 	// queued (the dump read the object before the flush removed it).
 	flushedSAs  func(saKey) bool
@@ -232,7 +231,7 @@ func (l *Listener) overrun() {
 	}
 	l.mu.Unlock()
 	l.logger.Warn("xfrm event socket overrun: notifications lost, re-reading state", "netns", l.ns.Name)
-	l.resyncDue, l.blind = true, true
+	l.resyncDue = true
 }
 
 // drainAndResync applies what is still queued (older than the drops, as the
@@ -269,8 +268,8 @@ func (l *Listener) startDump(resync, count bool) error {
 		return err
 	}
 	l.dump = &dumpState{seq: seq, kind: msgGetSA, resync: resync, count: count,
-		seenSAs: map[saKey]bool{}, touchedSAs: map[saKey]bool{},
-		seenPols: map[policyKey]bool{}, touchedPols: map[policyKey]bool{}}
+		seenSAs: map[saKey]bool{}, touchedSAs: map[saKey]bool{}, countedSAs: map[saKey]bool{},
+		seenPols: map[policyKey]bool{}, touchedPols: map[policyKey]bool{}, countedPols: map[policyKey]bool{}}
 	return nil
 }
 
@@ -308,6 +307,7 @@ func (l *Listener) replied(m message) error {
 				return err
 			}
 			l.dump.touchedSAs, l.dump.touchedPols = d.touchedSAs, d.touchedPols
+			l.dump.countedSAs, l.dump.countedPols = d.countedSAs, d.countedPols
 			return nil
 		}
 		return l.dumpDone()
@@ -360,6 +360,7 @@ func (l *Listener) listedSA(k saKey) {
 		l.sas[k] = true
 		if d.count && !larval(k) {
 			l.add(EventSAAdded, 1)
+			d.countedSAs[k] = true
 		}
 	}
 }
@@ -381,6 +382,7 @@ func (l *Listener) listedPolicy(k policyKey, typ uint8) {
 		l.pols[k] = typ
 		if d.count {
 			l.add(EventPolicyAdded, 1)
+			d.countedPols[k] = true
 		}
 	}
 }
@@ -416,73 +418,52 @@ func (l *Listener) dumpDone() error {
 			l.add(EventPolicyDeleted, 1)
 		}
 	}
-	l.blind = false
 	l.mu.Lock()
 	l.counts.Resyncs++
 	l.mu.Unlock()
 	return nil
 }
 
-// count applies one notification to the tracked sets and counts it.
+// count applies one notification to the tracked sets and counts it. Every
+// event the kernel announces counts, so the counts are the kernel's own
+// event stream: a delete of an SA never announced as added (an SPI a key
+// manager allocated, XFRM_MSG_ALLOCSPI, which the kernel does not announce,
+// and deleted when its negotiation failed) counts too. The one add not
+// counted is one whose SA the dump running now listed and counted already
+// (the dump's walk saw it before its notification was queued).
 func (l *Listener) count(n Notification) {
 	d := l.dump
-	// While a dump runs, or after an overrun until its resync is done, the
-	// set may lack an SA that existed (not listed yet, or added in the
-	// gap): its delete still counts.
-	uncertain := d != nil || l.blind
-	// In the gap, an SA we never heard of was added there too.
-	addedInGap := l.blind || (d != nil && d.resync)
 	switch n.Event {
 	case EventSAAdded, EventSAUpdated:
 		k := keyOfSA(n.SA)
+		l.sas[k] = true // an update may create the SA
 		if d != nil {
 			d.touchedSAs[k] = true
-		}
-		known := l.sas[k]
-		l.sas[k] = true // an update may create the SA
-		if n.Event == EventSAAdded && known {
-			return
+			if n.Event == EventSAAdded && d.countedSAs[k] {
+				return
+			}
 		}
 	case EventSADeleted, EventSAHardExpired:
 		k := keyOfSA(n.SA)
+		delete(l.sas, k)
 		if d != nil {
 			d.touchedSAs[k] = true
 		}
-		known := l.sas[k]
-		delete(l.sas, k)
 		l.keepFinal(n.SA)
-		if n.Event == EventSADeleted && !known {
-			if !uncertain {
-				return
-			}
-			if addedInGap {
-				l.add(EventSAAdded, 1)
-			}
-		}
 	case EventPolicyAdded, EventPolicyUpdated:
 		k := keyOfPolicy(n.Policy)
+		l.pols[k] = n.Policy.Type
 		if d != nil {
 			d.touchedPols[k] = true
-		}
-		_, known := l.pols[k]
-		l.pols[k] = n.Policy.Type
-		if n.Event == EventPolicyAdded && known {
-			return
+			if n.Event == EventPolicyAdded && d.countedPols[k] {
+				return
+			}
 		}
 	case EventPolicyDeleted, EventPolicyHardExpired:
 		k := keyOfPolicy(n.Policy)
+		delete(l.pols, k)
 		if d != nil {
 			d.touchedPols[k] = true
-		}
-		_, known := l.pols[k]
-		delete(l.pols, k)
-		if n.Event == EventPolicyDeleted && !known {
-			if !uncertain {
-				return
-			}
-			if addedInGap {
-				l.add(EventPolicyAdded, 1)
-			}
 		}
 	case EventSAFlushed:
 		flushed := func(k saKey) bool { return flushesSA(n.FlushProto, k.proto) }
