@@ -79,6 +79,8 @@ type Listener struct {
 	mu     sync.Mutex
 	counts Counts
 	finals []SA // removed SAs with their last counters, oldest first
+
+	observers observers
 }
 
 // dumpState is one SA dump followed by one policy dump.
@@ -142,7 +144,8 @@ func Listen(ns netnsx.Namespace, opts ListenOptions) (*Listener, error) {
 	l := &Listener{
 		ns: ns, conn: conn, logger: opts.Logger, done: make(chan struct{}),
 		sas: map[saKey]bool{}, pols: map[policyKey]uint8{},
-		counts: Counts{Events: map[Event]uint64{}},
+		counts:    Counts{Events: map[Event]uint64{}},
+		observers: observers{ns: ns, logger: opts.Logger},
 	}
 	if err := l.startDump(false, opts.CountExisting); err != nil {
 		_ = conn.Close()
@@ -178,8 +181,15 @@ func (l *Listener) Counts() Counts {
 func (l *Listener) Close() error {
 	err := l.conn.Close()
 	<-l.done
+	l.observers.close()
 	return err
 }
+
+// Observe makes o follow this listener's namespace (see Observer).
+func (l *Listener) Observe(o Observer) { l.observers.add(o) }
+
+// Unobserve stops o following it.
+func (l *Listener) Unobserve(o Observer) { l.observers.remove(o) }
 
 func (l *Listener) run() {
 	defer close(l.done)
@@ -232,6 +242,7 @@ func (l *Listener) overrun() {
 	l.mu.Unlock()
 	l.logger.Warn("xfrm event socket overrun: notifications lost, re-reading state", "netns", l.ns.Name)
 	l.resyncDue = true
+	l.observers.lost()
 }
 
 // drainAndResync applies what is still queued (older than the drops, as the
@@ -344,6 +355,7 @@ func (l *Listener) notified(m message) {
 	}
 	if ok {
 		l.count(n)
+		l.observers.notify(n)
 	}
 }
 

@@ -251,9 +251,9 @@ func TestListenerCountsUnannouncedDelete(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := waitFor(t, l, func(c Counts) bool { return c.Events[EventSADeleted] >= n })
+	waitFor(t, l, func(c Counts) bool { return c.Events[EventSADeleted] >= n })
 	time.Sleep(50 * time.Millisecond)
-	c = l.Counts()
+	c := l.Counts()
 	if c.Events[EventSADeleted] != n || c.Events[EventSAAdded] != 0 {
 		t.Errorf("sa_deleted %d, sa_added %d; want %d deletes, as the kernel announced, and no add", c.Events[EventSADeleted], c.Events[EventSAAdded], n)
 	}
