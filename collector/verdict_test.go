@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
@@ -119,7 +118,7 @@ ipsec_bpf_verdict_program_run_seconds_total{program="fentry_xfrm_input"} 1.5
 # TYPE ipsec_bpf_verdict_program_runs_total counter
 ipsec_bpf_verdict_program_runs_total{program="fentry_xfrm_input"} 42
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want),
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want),
 		"ipsec_xfrm_packets_total", "ipsec_xfrm_bytes_total", "ipsec_bpf_verdict_map_entries",
 		"ipsec_bpf_verdict_map_max_entries", "ipsec_bpf_verdict_map_overflow_total",
 		"ipsec_bpf_verdict_program_attached", "ipsec_bpf_verdict_programs_attached",
@@ -132,7 +131,7 @@ ipsec_bpf_verdict_program_runs_total{program="fentry_xfrm_input"} 42
 func TestVerdictCollectorNoRunStatsWithoutSysctl(t *testing.T) {
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 4, nil), nil, nil)
 	c.statsSysctl = statsFile(t, "0")
-	n, err := testutil.GatherAndCount(registryOf(c), "ipsec_bpf_verdict_program_runs_total", "ipsec_bpf_verdict_program_run_seconds_total")
+	n, err := testutil.GatherAndCount(registryOf(t, c), "ipsec_bpf_verdict_program_runs_total", "ipsec_bpf_verdict_program_run_seconds_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +157,7 @@ ipsec_bpf_verdict_programs_attached 0
 # TYPE ipsec_bpf_verdict_hook_mode gauge
 ipsec_bpf_verdict_hook_mode{mode="none"} 1
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want)); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
 	if n := strings.Count(logs.String(), "verdict BPF programs not loaded"); n != 1 {
@@ -189,7 +188,7 @@ func TestVerdictFactoryOnThisHost(t *testing.T) {
 	if vc.loadErr == "load_failed" || vc.loadErr == "unknown" {
 		t.Errorf("load failure on this host not classified: reason %q", vc.loadErr)
 	}
-	n, err := testutil.GatherAndCount(registryOf(vc), "ipsec_bpf_verdict_load_error_info")
+	n, err := testutil.GatherAndCount(registryOf(t, vc), "ipsec_bpf_verdict_load_error_info")
 	if err != nil || n != 1 {
 		t.Errorf("ipsec_bpf_verdict_load_error_info: %d series (%v), want 1", n, err)
 	}
@@ -228,7 +227,7 @@ ipsec_xfrm_packets_total{direction="decrypt",peer="10.0.0.2",peer_name="node-b",
 ipsec_xfrm_packets_total{direction="decrypt",peer="fd00::2",peer_name="",result="integrity"} 3
 ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",result="ok"} 5
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Error(err)
 	}
 	// Rewritten in the other format: picked up at the next scrape.
@@ -240,7 +239,7 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 		t.Fatal(err)
 	}
 	want = strings.NewReplacer(`"node-b"`, `"node-b2"`, `peer_name=""`, `peer_name="node-c"`).Replace(want)
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Errorf("after rewriting the peer names file: %v", err)
 	}
 	// A broken rewrite keeps the last good names.
@@ -251,7 +250,7 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 	if err := os.Chtimes(path, later, later); err != nil {
 		t.Fatal(err)
 	}
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Errorf("after breaking the peer names file: %v", err)
 	}
 }
@@ -266,7 +265,7 @@ func TestVerdictMetricsPromtool(t *testing.T) {
 	c.statsSysctl = statsFile(t, "1")
 	degraded := newVerdictCollector(slog.New(slog.DiscardHandler), nil, errors.New("x"), nil)
 	for name, col := range map[string]*verdictCollector{"loaded": c, "degraded": degraded} {
-		families, err := registryOf(col).Gather()
+		families, err := registryOf(t, col).Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -287,44 +286,19 @@ func TestVerdictMetricsPromtool(t *testing.T) {
 // Scrapes must not leak file descriptors (map iteration, batch cursors).
 func TestVerdictCollectorNoFDLeak(t *testing.T) {
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 16, testEntries), nil, nil)
-	reg := registryOf(c)
-	count := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Skip("no /proc/self/fd")
-		}
-		return len(ents)
-	}
+	reg := registryOf(t, c)
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}
-	before := count()
+	before := countFDs(t)
 	for range 200 {
 		if _, err := reg.Gather(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if after := count(); after > before {
+	if after := countFDs(t); after > before {
 		t.Errorf("open fds grew from %d to %d over 200 scrapes", before, after)
 	}
-}
-
-// asPrometheus adapts a Collector for testutil.
-type promAdapter struct{ c Collector }
-
-func (a promAdapter) Describe(chan<- *prometheus.Desc) {}
-func (a promAdapter) Collect(ch chan<- prometheus.Metric) {
-	if err := a.c.Update(ch); err != nil {
-		panic(err)
-	}
-}
-
-func asPrometheus(c Collector) prometheus.Collector { return promAdapter{c} }
-
-func registryOf(c Collector) *prometheus.Registry {
-	r := prometheus.NewPedanticRegistry()
-	r.MustRegister(asPrometheus(c))
-	return r
 }
 
 // Failures whose peer is not known show as peer="unknown"; the known-peer
@@ -349,12 +323,12 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",result="ok"} 5
 # TYPE ipsec_bpf_verdict_known_peers gauge
 ipsec_bpf_verdict_known_peers 2
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want),
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want),
 		"ipsec_xfrm_packets_total", "ipsec_bpf_verdict_known_peers"); err != nil {
 		t.Error(err)
 	}
 	c.SetTrackedPeers([]netip.Addr{netip.MustParseAddr("::ffff:10.0.0.7")})
-	if _, err := registryOf(c).Gather(); err != nil {
+	if _, err := registryOf(t, c).Gather(); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := src.KnownPeers(); n != 3 {
