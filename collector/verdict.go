@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"sort"
-	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 )
 
@@ -119,7 +118,7 @@ type verdictCollector struct {
 // ipsec_bpf_verdict_load_error_info; the exporter's other collectors keep
 // working either way.
 func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers *peerNames) *verdictCollector {
-	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: "/proc/sys/kernel/bpf_stats_enabled"}
+	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: bpfmap.StatsSysctl}
 	if src == nil {
 		c.loadErr = loadErrorReason(loadErr)
 		logger.Warn("verdict BPF programs not loaded: no ipsec_xfrm_* verdict metrics (everything else keeps working)",
@@ -137,7 +136,7 @@ func loadErrorReason(err error) string {
 		return "permission_denied"
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return "not_supported"
-	case strings.Contains(err.Error(), "required hook"):
+	case errors.Is(err, verdict.ErrRequiredHook):
 		return "hook_unavailable"
 	}
 	return "load_failed"
@@ -255,20 +254,13 @@ func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
 	for program, n := range c.src.Missed() {
 		ch <- newConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
 	}
-	if !c.statsEnabled() {
+	if !bpfmap.StatsEnabled(c.statsSysctl) {
 		return
 	}
 	for program, s := range c.src.ProgramStats() {
 		ch <- newConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
 		ch <- newConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
 	}
-}
-
-// statsEnabled reads kernel.bpf_stats_enabled: without it the kernel keeps
-// no run time or count, and zeros would look like idle programs.
-func (c *verdictCollector) statsEnabled() bool {
-	b, err := os.ReadFile(c.statsSysctl)
-	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
 // Close detaches the programs.

@@ -84,7 +84,7 @@ ip route add default via 10.0.2.2
 			Kernel: k, Initrd: initrd, Accel: o.Accel, CPUs: o.CPUs, MemoryMB: 2048,
 			Console: filepath.Join(work, "console.log"), Results: filepath.Join(work, "output.log"),
 			HostFwd: []string{fmt.Sprintf("tcp:%s-:%d", addr, guestPort)},
-			Timeout: 7 * 24 * time.Hour, BootTimeout: 90 * time.Second,
+			Timeout: 7 * 24 * time.Hour, // BootTimeout: IPSEC_LAB_BOOT_TIMEOUT or the default
 			OnLine: func(line string) {
 				if !strings.HasPrefix(line, Marker) {
 					fmt.Fprintf(o.Out, "vm| %s\n", line)

@@ -62,6 +62,13 @@ type Notification struct {
 	SA *SA
 	// Policy is set for policy_added/updated/deleted and the expiries.
 	Policy *Policy
+	// FlushProto is the protocol an sa_flushed removed (struct
+	// xfrm_usersa_flush): 0 all, IPSEC_PROTO_ANY (255) ESP, AH and
+	// IPcomp, else that one.
+	FlushProto uint8
+	// FlushType is the policy type a policy_flushed removed (XFRMA_POLICY_TYPE;
+	// 0, main, without it).
+	FlushType uint8
 }
 
 // ParseNotification decodes a multicast message of the given netlink type.
@@ -102,6 +109,10 @@ func ParseNotification(typ uint16, b []byte) (n Notification, ok bool, err error
 		}
 	case msgFlushSA:
 		n.Event = EventSAFlushed
+		if len(b) < 1 {
+			return n, false, fmt.Errorf("%w: SA flush of %d bytes", ErrMalformed, len(b))
+		}
+		n.FlushProto = b[0]
 	case msgAcquire:
 		n.Event = EventAcquire
 	case msgMapping:
@@ -135,7 +146,13 @@ func ParseNotification(typ uint16, b []byte) (n Notification, ok bool, err error
 			n.Event = EventPolicyHardExpired
 		}
 	case msgFlushPolicy:
+		// No header: the attributes start at once.
 		n.Event = EventPolicyFlushed
+		t, err := policyType(b)
+		if err != nil {
+			return n, false, err
+		}
+		n.FlushType = t
 	case msgNewAE:
 		n.Event = EventReplayUpdate
 	case msgReport:

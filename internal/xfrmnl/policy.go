@@ -30,42 +30,61 @@ type Policy struct {
 	Templates        int    // number of xfrm_user_tmpl: SAs the policy requires
 	Mark, MarkMask   uint32
 	IfID             uint32
+	Type             uint8 // XFRM_POLICY_TYPE_MAIN (0) or _SUB (1, kernels with CONFIG_XFRM_SUB_POLICY)
 }
 
 // ParsePolicy decodes an XFRM_MSG_NEWPOLICY / UPDPOLICY payload.
 func ParsePolicy(b []byte) (Policy, error) {
 	var p Policy
+	err := decodePolicy(&p, b)
+	return p, err
+}
+
+// decodePolicy is ParsePolicy into a Policy the caller reuses.
+func decodePolicy(p *Policy, b []byte) error {
+	*p = Policy{}
 	if len(b) < sizeofPolicyInfo {
-		return p, fmt.Errorf("%w: policy of %d bytes", ErrMalformed, len(b))
+		return fmt.Errorf("%w: policy of %d bytes", ErrMalformed, len(b))
 	}
-	if err := decodePolicyInfo(&p, b[:sizeofPolicyInfo]); err != nil {
-		return p, err
+	if err := decodePolicyInfo(p, b[:sizeofPolicyInfo]); err != nil {
+		return err
 	}
-	attrs, err := parseAttrs(b[sizeofPolicyInfo:])
-	if err != nil {
-		return p, err
-	}
-	for _, a := range attrs {
-		switch a.typ {
-		case xfrmaTmpl:
-			const sizeofUserTmpl = 64
-			if len(a.data)%sizeofUserTmpl != 0 {
-				return p, fmt.Errorf("%w: templates of %d bytes", ErrMalformed, len(a.data))
-			}
-			p.Templates = len(a.data) / sizeofUserTmpl
-		case xfrmaMark:
-			if len(a.data) < 8 {
-				return p, fmt.Errorf("%w: mark of %d bytes", ErrMalformed, len(a.data))
-			}
-			p.Mark, p.MarkMask = ne.Uint32(a.data[0:]), ne.Uint32(a.data[4:])
-		case xfrmaIfID:
-			if len(a.data) < 4 {
-				return p, fmt.Errorf("%w: if_id of %d bytes", ErrMalformed, len(a.data))
-			}
-			p.IfID = ne.Uint32(a.data)
+	return eachAttr(b[sizeofPolicyInfo:], p.decodeAttr)
+}
+
+func (p *Policy) decodeAttr(typ uint16, data []byte) error {
+	switch typ {
+	case xfrmaTmpl:
+		const sizeofUserTmpl = 64
+		if len(data)%sizeofUserTmpl != 0 {
+			return fmt.Errorf("%w: templates of %d bytes", ErrMalformed, len(data))
 		}
+		p.Templates = len(data) / sizeofUserTmpl
+	case xfrmaMark:
+		if len(data) < 8 {
+			return fmt.Errorf("%w: mark of %d bytes", ErrMalformed, len(data))
+		}
+		p.Mark, p.MarkMask = ne.Uint32(data[0:]), ne.Uint32(data[4:])
+	case xfrmaIfID:
+		if len(data) < 4 {
+			return fmt.Errorf("%w: if_id of %d bytes", ErrMalformed, len(data))
+		}
+		p.IfID = ne.Uint32(data)
+	case xfrmaPolicyType:
+		if len(data) < 1 {
+			return fmt.Errorf("%w: policy type of %d bytes", ErrMalformed, len(data))
+		}
+		p.Type = data[0]
 	}
-	return p, nil
+	return nil
+}
+
+// policyType finds XFRMA_POLICY_TYPE (struct xfrm_userpolicy_type, type
+// first) among a flush notification's attributes; main (0) without it.
+func policyType(b []byte) (uint8, error) {
+	var p Policy
+	err := eachAttr(b, p.decodeAttr)
+	return p.Type, err
 }
 
 func decodePolicyInfo(p *Policy, b []byte) error {
