@@ -179,7 +179,7 @@ func newHandler(logger *slog.Logger, exporter *collector.Exporter, selfRegistry 
 	metrics := promhttp.InstrumentMetricHandler(selfRegistry,
 		webserver.NewMetricsHandler(gatherers, maxRequests, logger, selfRegistry))
 
-	var landing http.Handler = http.NotFoundHandler()
+	landing := http.NotFoundHandler()
 	if metricsPath != "/" {
 		page, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "IPsec Exporter",

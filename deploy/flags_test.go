@@ -25,6 +25,10 @@ func TestBadFlagValues(t *testing.T) {
 		{"web.telemetry-path", "", `must be an absolute URL path starting with "/"`},
 		{"web.max-requests", "abc", `invalid value "abc"`},
 		{"web.max-requests", "-1", "must be 0 (no limit) or more"},
+		{"web.max-connections", "0", "must be 1 or more, got 0"},
+		{"web.read-timeout", "0s", "must be 1s or more, got 0s"},
+		{"web.write-timeout", "abc", `invalid value "abc"`},
+		{"web.idle-timeout", "500ms", "must be 1s or more, got 500ms"},
 		{"collector.sa.max-series", "-5", "must be 0 (no limit) or between 1 and 1000000, got -5"},
 		{"collector.events.socket-buffer", "100", "must be 0 (the system default) or between 65536 and 1073741824 bytes"},
 	}

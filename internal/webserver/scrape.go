@@ -209,7 +209,7 @@ func (h *scrapeHandler) encode(families []*dto.MetricFamily, key bodyKey) []byte
 // requestKey is what the request asks for: its negotiated format and its
 // name[] filter (promhttp's query parameter, kept for the same URLs).
 func requestKey(r *http.Request) bodyKey {
-	key := bodyKey{format: expfmt.Negotiate(r.Header)}
+	key := bodyKey{format: expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...)}
 	if r.URL != nil {
 		if names := r.URL.Query()["name[]"]; len(names) > 0 {
 			names = slices.Clone(names)
