@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -27,6 +28,9 @@ import (
 // its answer holds a reference to a compressed body, not a collection of
 // its own, and does not hold a --web.max-requests slot either: the slot
 // covers the wait for a collection, which is what costs.
+
+// slowCollection is when a collection still running is worth a warning.
+const slowCollection = time.Minute
 
 type scrapeHandler struct {
 	gatherer prometheus.Gatherer
@@ -147,7 +151,13 @@ func (h *scrapeHandler) join(key bodyKey) *collection {
 // one, and encodes what the joined requests asked for.
 func (h *scrapeHandler) run(c *collection) {
 	defer close(c.done)
+	start := time.Now()
+	slow := time.AfterFunc(slowCollection, func() {
+		h.logger.Warn("a collection is still running; the scrapes that arrive meanwhile wait for it (a stuck collector? ipsec_scrape_collector_duration_seconds names it once the collection ends)",
+			"running_seconds", time.Since(start).Seconds())
+	})
 	families, err := h.gather()
+	slow.Stop()
 	h.mu.Lock()
 	h.running = nil
 	wanted := c.wanted
