@@ -280,3 +280,23 @@ func (e *exporter) sendQueued(t *testing.T) int {
 	}
 	return total
 }
+
+// TestResourceBudgetDocumented: the budgets these tests enforce are the
+// ones docs/deploy.md states.
+func TestResourceBudgetDocumented(t *testing.T) {
+	raw, err := os.ReadFile(deployDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	for _, want := range []string{
+		fmt.Sprintf("**%d MiB** peak RSS under 50 concurrent scrapers and under 5,000", scrapeBudgetMiB),
+		fmt.Sprintf("adding at most **%d MiB**", stalledBudgetMiB),
+		fmt.Sprintf("**%.2f of a core**", bruteForceBudgetCores),
+		"at most 320 KiB queued per connection",
+	} {
+		if !strings.Contains(strings.Join(strings.Fields(doc), " "), want) {
+			t.Errorf("docs/deploy.md does not state the tested budget %q", want)
+		}
+	}
+}
