@@ -1,6 +1,8 @@
 package deploy_test
 
 import (
+	"io"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -80,4 +82,36 @@ func numericFlags(t *testing.T) []string {
 		t.Fatalf("no numeric flag found in --help:\n%s", out)
 	}
 	return flags
+}
+
+// TestTelemetryPath: the metrics page is served at exactly the path given,
+// whatever characters it has (a path with "{" used to panic Go's ServeMux
+// pattern parser after the collectors had started), and the landing page at
+// "/" links to it.
+func TestTelemetryPath(t *testing.T) {
+	ns := newTestNetns(t)
+	const path = "/ipsec{metrics"
+	e := startExporterIn(t, ns, "--collector.netns.dir=", "--web.telemetry-path="+path)
+	e.waitListening(t)
+	client := e.client(60 * time.Second)
+	for target, want := range map[string]int{
+		"/ipsec%7Bmetrics": http.StatusOK, "/metrics": http.StatusNotFound,
+		"/ipsec%7Bmetrics/": http.StatusNotFound, "/": http.StatusOK,
+	} {
+		resp, err := client.Get("http://" + e.addr + target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: status %d, want %d", target, resp.StatusCode, want)
+		}
+		if target == "/ipsec%7Bmetrics" && !strings.Contains(string(body), "ipsec_exporter_build_info") {
+			t.Errorf("GET %s: no metrics", target)
+		}
+		if target == "/" && !strings.Contains(string(body), path) {
+			t.Errorf("the landing page does not link to %s", path)
+		}
+	}
 }

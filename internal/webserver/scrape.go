@@ -118,7 +118,7 @@ func (h *scrapeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header.Add("Vary", "Accept-Encoding")
 	if acceptsGzip(r.Header) {
 		header.Set("Content-Encoding", "gzip")
-		header.Set("Content-Length", fmt.Sprint(len(body)))
+		header.Set("Content-Length", strconv.Itoa(len(body)))
 		_, _ = w.Write(body)
 		return
 	}
