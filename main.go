@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -77,6 +78,17 @@ func run(args []string) int {
 	collector.RegisterFlagCheck("web.max-connections", func() error {
 		if *maxConnections < 1 {
 			return fmt.Errorf("must be 1 or more, got %d", *maxConnections)
+		}
+		return nil
+	})
+	collector.RegisterFlagCheck("web.listen-address", func() error {
+		for _, address := range *toolkitFlags.WebListenAddresses {
+			if strings.HasPrefix(address, "vsock://") {
+				continue
+			}
+			if _, port, err := net.SplitHostPort(address); err != nil || port == "" {
+				return fmt.Errorf("must be [host]:port or vsock://:port, got %q", address)
+			}
 		}
 		return nil
 	})

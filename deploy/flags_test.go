@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -31,6 +32,7 @@ func TestBadFlagValues(t *testing.T) {
 		{"web.read-timeout", "0s", "must be 1s or more, got 0s"},
 		{"web.write-timeout", "abc", `invalid value "abc"`},
 		{"web.idle-timeout", "500ms", "must be 1s or more, got 500ms"},
+		{"web.listen-address", "10871", `must be [host]:port or vsock://:port, got "10871"`},
 		{"collector.sa.max-series", "-5", "must be 0 (no limit) or between 1 and 1000000, got -5"},
 		{"collector.events.socket-buffer", "100", "must be 0 (the system default) or between 65536 and 1073741824 bytes"},
 	}
@@ -112,6 +114,29 @@ func TestTelemetryPath(t *testing.T) {
 		}
 		if target == "/" && !strings.Contains(string(body), path) {
 			t.Errorf("the landing page does not link to %s", path)
+		}
+	}
+}
+
+// TestBusyPort: an address the exporter cannot listen on stops it before
+// any collector starts, naming the address.
+func TestBusyPort(t *testing.T) {
+	ns := newTestNetns(t)
+	var l net.Listener
+	if err := ns.do(func() (err error) { l, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e := startExporterIn(t, ns, "--collector.wire.attach-mode=tc", "--collector.netns.dir=",
+		"--web.listen-address="+l.Addr().String())
+	code := e.waitExit(t, 60*time.Second)
+	out := e.output.String()
+	if code == 0 || !strings.Contains(out, l.Addr().String()) || !strings.Contains(out, "address already in use") {
+		t.Errorf("exit status %d; the message does not name the busy address %s:\n%s", code, l.Addr(), out)
+	}
+	for _, started := range []string{"wire program attached", "enabled collectors", "panic"} {
+		if strings.Contains(out, started) {
+			t.Errorf("%q in the output: collectors started before the listener was open:\n%s", started, out)
 		}
 	}
 }
