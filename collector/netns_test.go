@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx/netnsxtest"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
 )
 
 // stateCollectorNames are the collectors that read every watched namespace.
@@ -346,6 +347,11 @@ func TestStateCollectorFlags(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Flags are not parsed here: give the other collectors' flags whose
+	// zero value is out of bounds their defaults.
+	savedPeerMap := *wirePeerMapSize
+	*wirePeerMapSize = wire.DefaultPeerMapSize
+	defer func() { *wirePeerMapSize = savedPeerMap }()
 	for _, c := range []struct {
 		set  func()
 		want string // "" for no error

@@ -68,6 +68,9 @@ ip route add default via 10.0.2.2
 		Init:  InitScript(k, body),
 		Files: map[string]string{VMExporter: exporter, "/lab/bin/ipsec-lab-node": agent},
 	}
+	if err := ir.AddIKEDaemons(logf); err != nil {
+		return err
+	}
 	initrd := filepath.Join(work, "initrd.cpio")
 	if err := ir.Write(initrd, k); err != nil {
 		return err

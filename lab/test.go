@@ -79,6 +79,9 @@ func Test(ctx context.Context, o TestOptions) error {
 		Files: map[string]string{VMExporter: exporter},
 		Trees: map[string]string{},
 	}
+	if err := ir.AddIKEDaemons(logf); err != nil {
+		return err
+	}
 	var body strings.Builder
 	for _, p := range pkgs {
 		vmBin := path.Join("/lab/bin", filepath.Base(p.Binary))
