@@ -163,13 +163,27 @@ func run(args []string) int {
 		}
 	}
 	start := time.Now()
-	if err := exporter.Close(); err != nil {
-		logger.Error("closing collectors", "err", err)
+	closed := make(chan error, 1)
+	go func() { closed <- exporter.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			logger.Error("closing collectors", "err", err)
+			status = 1
+		}
+		logger.Info("collectors closed", "duration_seconds", time.Since(start).Seconds())
+	case <-time.After(closeTimeout):
+		// A collector stuck in a scrape (a read that never returns) must not
+		// keep the process from stopping.
+		logger.Error("collectors did not close in time; exiting without them", "timeout", closeTimeout)
 		status = 1
 	}
-	logger.Info("collectors closed", "duration_seconds", time.Since(start).Seconds())
 	return status
 }
+
+// closeTimeout bounds the shutdown, below Kubernetes' default grace period
+// (30 s) and systemd's (90 s), so that the exporter exits by itself.
+const closeTimeout = 20 * time.Second
 
 // newHandler serves the metrics page at metricsPath (exactly that path) and
 // the landing page at "/". The exporter's own metrics (Go, process, and
