@@ -24,23 +24,23 @@ import (
 // anyone who can reach the port can make the exporter run one per request
 // by sending a random password. So:
 //   - a request without credentials, or from a source that already has a
-//     comparison waiting, is answered at once, without bcrypt;
+//     comparison waiting, is refused without bcrypt;
 //   - credentials that passed are remembered (an HMAC of user, password and
 //     hash under a key of this process, not the password): a scraper
 //     that authenticated once never runs bcrypt again, and wrong passwords
 //     are never remembered, so they cannot push it out;
-//   - comparisons run one at a time, and their time is charged to two
+//   - comparisons run one at a time, and their CPU time is charged to two
 //     budgets: all sources together may use authShare of one core, one
 //     source (an IPv4 address, an IPv6 /64) sourceShare. A request over
 //     budget gets 429 and Retry-After, without bcrypt. A single attacker
 //     gets sourceShare, and a scraper from elsewhere still finds room; many
 //     attacking sources together get authShare, never more;
-//   - every answer that lets a request in without credentials that passed
-//     (401, 429) comes after unauthenticatedDelay, while its connection
-//     counts as idle (the first to close at --web.max-connections). So a
-//     client without the password gets at most one answer per connection
-//     per second however fast it sends, and what those cheap answers cost
-//     is bounded by the connection bound, not by the client's speed.
+//   - every refusal (401, 429) comes after unauthenticatedDelay, while its
+//     connection counts as idle (the first to close at
+//     --web.max-connections). So a client without the password gets at
+//     most one answer per connection per second however fast it sends, and
+//     what those cheap answers cost is bounded by the connection bound, not
+//     by the client's speed.
 
 const (
 	// authShare bounds what comparisons cost all sources together, as a
