@@ -66,6 +66,8 @@ func TestConcurrentScrapersMemory(t *testing.T) {
 	}
 	_, idleHWM := e.memory(t)
 	t.Logf("one scrape: %d bytes, %d lines; VmHWM %.1f MiB", len(body), strings.Count(body, "\n"), idleHWM)
+	time.Sleep(500 * time.Millisecond) // the server closes its side of that scrape's connection
+	socketsBefore := e.openSockets(t)
 
 	client := e.client(120 * time.Second)
 	var mu sync.Mutex
@@ -113,6 +115,16 @@ func TestConcurrentScrapersMemory(t *testing.T) {
 	}
 	if hwm > scrapeBudgetMiB {
 		t.Errorf("VmHWM %.1f MiB under %d concurrent scrapers: above the %d MiB budget (docs/deploy.md)", hwm, scrapers, scrapeBudgetMiB)
+	}
+	// Nothing leaks: once the clients close their connections the
+	// exporter holds the sockets it held before.
+	client.CloseIdleConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.openSockets(t) > socketsBefore && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := e.openSockets(t); n > socketsBefore {
+		t.Errorf("%d sockets open after the scrapers left, %d before", n, socketsBefore)
 	}
 }
 
