@@ -33,12 +33,15 @@ test-e2e:
 	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 15m
 
 ## lab: boot the newest lab kernel with a two-node IPsec scenario and the
-## exporter inside; metrics are forwarded to the host (see README).
-## Prometheus (127.0.0.1:19090) and Alertmanager (127.0.0.1:19093) run on the
-## host against it with the bundled rules.
+## exporter inside; metrics are forwarded to the host (see README), where
+## Prometheus (127.0.0.1:19090) and Alertmanager (127.0.0.1:19093) run with
+## the lab's rules. Ctrl-C stops it all. LAB_FLAGS passes ipsec-lab run's
+## flags, e.g. LAB_FLAGS='-port 20871 -prometheus-port 29090 -alertmanager-port 29093'.
+## Built, not `go run`: go run exits 1 when Ctrl-C reaches it, and make
+## would report that as an error.
 lab: deps
-	bash scripts/lab-monitoring.sh & mon=$$!; trap 'kill $$mon 2>/dev/null' EXIT INT TERM; \
-	$(GO) run ./lab/cmd/ipsec-lab run
+	$(GO) build -o .build/ipsec-lab ./lab/cmd/ipsec-lab
+	exec .build/ipsec-lab run $(LAB_FLAGS)
 
 ## bench: what watching IPsec costs; writes BENCHMARKS.md (15-30 min).
 bench:
