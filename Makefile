@@ -2,7 +2,10 @@
 GO           ?= go
 CLANG        ?= clang-14
 GOLANGCI_LINT_VERSION ?= v2.6.2
+GOLANGCI_LINT ?= $(CURDIR)/.build/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 PKGS          = ./...
+# Every Go module of the repository (each has its own go.mod).
+MODULES       = . dashboards examples/kubernetes
 
 .PHONY: all build test test-host test-vm test-e2e lab generate lint vet fmt deps bench clean
 
@@ -18,7 +21,7 @@ deps:
 
 ## test: host unit tests, every TestLab* test inside each lab kernel, then
 ## the end-to-end run (lab VM, real Prometheus and Alertmanager on the host).
-test: deps test-host test-vm test-e2e
+test: deps lint test-host test-vm test-e2e
 
 test-host:
 	$(GO) vet $(PKGS)
@@ -57,8 +60,17 @@ vet:
 fmt:
 	gofmt -l -w .
 
-lint:
-	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run
+## lint: golangci-lint (.golangci.yml) over every module; all are linted,
+## then it fails if any had findings.
+lint: $(GOLANGCI_LINT)
+	@status=0; for m in $(MODULES); do \
+		echo "lint: $$m"; \
+		(cd $$m && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml ./...) || status=1; \
+	done; exit $$status
+
+# The pinned golangci-lint, built once through the Go module proxy.
+$(GOLANGCI_LINT):
+	GOBIN=$(dir $@) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 clean:
 	rm -f ipsec_exporter

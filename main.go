@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,7 +53,21 @@ func run(args []string) int {
 	flag.AddFlags(app, promslogConfig)
 	app.Version(version.Print("ipsec_exporter"))
 	app.HelpFlag.Short('h')
-	if _, err := app.Parse(args); err != nil {
+	collector.RegisterFlagCheck("web.telemetry-path", func() error {
+		if !strings.HasPrefix(*metricsPath, "/") {
+			return fmt.Errorf("must be an absolute URL path starting with \"/\", got %q", *metricsPath)
+		}
+		return nil
+	})
+	collector.RegisterFlagCheck("web.max-requests", func() error {
+		if *maxRequests < 0 {
+			return fmt.Errorf("must be 0 (no limit) or more, got %d", *maxRequests)
+		}
+		return nil
+	})
+	// Every flag is checked here, before any collector loads or attaches
+	// anything.
+	if err := collector.ParseFlags(app, args); err != nil {
 		fmt.Fprintf(os.Stderr, "ipsec_exporter: %v\n", err)
 		return 2
 	}

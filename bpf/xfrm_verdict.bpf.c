@@ -17,6 +17,12 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* The enums user space takes its names from (bpf2go -type): referenced here
+ * so that the compiler keeps them in the object's BTF. */
+const enum verdict_dir *unused_verdict_dir __attribute__((unused));
+const enum verdict_result *unused_verdict_result __attribute__((unused));
+const enum verdict_error *unused_verdict_error __attribute__((unused));
+
 /* ==== fentry / fexit / tp_btf ============================================ */
 
 SEC("fentry/xfrm_input")

@@ -20,7 +20,10 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
-/* Stable numbers: user space maps them to label values (internal/verdict). */
+#include "counters.h"
+
+/* Stable numbers: user space maps them to label values (internal/verdict,
+ * which gets these enums from the object's BTF through bpf2go -type). */
 enum verdict_dir {
 	DIR_ENCRYPT = 1,
 	DIR_DECRYPT = 2,
@@ -283,25 +286,13 @@ static __always_inline void emit(__u8 dir, __u8 family, const __u8 *peer, __u8 r
 	k.result = result;
 	__builtin_memcpy(k.peer, peer, 16);
 
-	struct verdict_value *v = bpf_map_lookup_elem(&verdicts, &k);
-	if (v) {
-		__sync_fetch_and_add(&v->packets, 1);
-		__sync_fetch_and_add(&v->bytes, bytes);
+	struct verdict_value zero = {};
+	struct verdict_value *v = counter_slot(&verdicts, &k, &zero);
+	if (!v) {
+		count_error(ERR_MAP_FULL);
 		return;
 	}
-	struct verdict_value nv = { .packets = 1, .bytes = bytes };
-	long err = bpf_map_update_elem(&verdicts, &k, &nv, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/* Another context on this CPU inserted it in between. */
-		v = bpf_map_lookup_elem(&verdicts, &k);
-		if (v) {
-			__sync_fetch_and_add(&v->packets, 1);
-			__sync_fetch_and_add(&v->bytes, bytes);
-			return;
-		}
-	}
-	if (err)
-		count_error(ERR_MAP_FULL);
+	counter_add_atomic(&v->packets, &v->bytes, 1, bytes);
 }
 
 static __always_inline void emit_frame(struct xv_frame *f, __u8 result)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -92,6 +93,10 @@ func Names() []string {
 type Exporter struct {
 	collectors map[string]Collector
 	logger     *slog.Logger
+
+	// panicked holds the names of collectors whose panic was logged with
+	// its stack: once is enough to file a bug, a stack per scrape is noise.
+	panicked sync.Map
 }
 
 // NewExporter builds every collector enabled by its flag, once per process:
@@ -102,6 +107,7 @@ func NewExporter(logger *slog.Logger) (*Exporter, error) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	e := &Exporter{collectors: map[string]Collector{}, logger: logger}
+	setRepairLogger(logger)
 	for name, r := range registrations {
 		if !*r.enabled {
 			continue
@@ -141,11 +147,12 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		}()
 	}
 	wg.Wait()
+	ch <- newConstMetric(labelValuesRepairedDesc, prometheus.CounterValue, float64(labelRepairs.Load()))
 }
 
 func (e *Exporter) run(name string, c Collector, ch chan<- prometheus.Metric) {
 	start := time.Now()
-	err := c.Update(ch)
+	err := e.update(name, c, ch)
 	duration := time.Since(start)
 	success := 1.0
 	switch {
@@ -157,8 +164,27 @@ func (e *Exporter) run(name string, c Collector, ch chan<- prometheus.Metric) {
 		success = 0
 		e.logger.Error("collector failed", "collector", name, "duration_seconds", duration.Seconds(), "err", err)
 	}
-	ch <- prometheus.MustNewConstMetric(scrapeDurationDesc, prometheus.GaugeValue, duration.Seconds(), name)
-	ch <- prometheus.MustNewConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, name)
+	ch <- newConstMetric(scrapeDurationDesc, prometheus.GaugeValue, duration.Seconds(), name)
+	ch <- newConstMetric(scrapeSuccessDesc, prometheus.GaugeValue, success, name)
+}
+
+// update runs one collector's Update. A panic in it is that collector's
+// failure in this scrape (ipsec_scrape_collector_success 0), never the end of
+// the process: the other collectors' metrics are still served, and the next
+// scrape tries again. Its stack is logged the first time.
+func (e *Exporter) update(name string, c Collector, ch chan<- prometheus.Metric) (err error) {
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		err = fmt.Errorf("panic: %v", r)
+		if _, logged := e.panicked.LoadOrStore(name, true); !logged {
+			e.logger.Error("collector panicked; reported as failed in every scrape it panics in (stack logged once)",
+				"collector", name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	return c.Update(ch)
 }
 
 // Close releases what the collectors hold (BPF links, netlink sockets) and

@@ -68,10 +68,10 @@ func (c *eventsCollector) Update(ch chan<- prometheus.Metric) error {
 	for name, l := range held {
 		counts := l.Counts()
 		for _, e := range xfrmnl.Events {
-			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(counts.Events[e]), name, string(e))
+			ch <- newConstMetric(eventsDesc, prometheus.CounterValue, float64(counts.Events[e]), name, string(e))
 		}
-		ch <- prometheus.MustNewConstMetric(eventOverrunsDesc, prometheus.CounterValue, float64(counts.Overruns), name)
-		ch <- prometheus.MustNewConstMetric(eventResyncsDesc, prometheus.CounterValue, float64(counts.Resyncs), name)
+		ch <- newConstMetric(eventOverrunsDesc, prometheus.CounterValue, float64(counts.Overruns), name)
+		ch <- newConstMetric(eventResyncsDesc, prometheus.CounterValue, float64(counts.Resyncs), name)
 	}
 	if err != nil && len(held) == 0 && xfrmAbsent(err) {
 		return fmt.Errorf("%w: %w", ErrNoData, err)

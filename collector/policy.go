@@ -95,8 +95,8 @@ func (c *policyCollector) Update(ch chan<- prometheus.Metric) error {
 			dir          string
 			main, socket uint32
 		}{{"in", spd.In, spd.SocketIn}, {"out", spd.Out, spd.SocketOut}, {"fwd", spd.Fwd, spd.SocketFwd}} {
-			ch <- prometheus.MustNewConstMetric(policiesDesc, prometheus.GaugeValue, float64(d.main), t.Name, d.dir)
-			ch <- prometheus.MustNewConstMetric(socketPoliciesDesc, prometheus.GaugeValue, float64(d.socket), t.Name, d.dir)
+			ch <- newConstMetric(policiesDesc, prometheus.GaugeValue, float64(d.main), t.Name, d.dir)
+			ch <- newConstMetric(socketPoliciesDesc, prometheus.GaugeValue, float64(d.socket), t.Name, d.dir)
 		}
 		pols := snap.Policies
 		slices.SortFunc(pols, func(a, b xfrmnl.Policy) int { return cmp.Compare(a.Index, b.Index) })
@@ -109,7 +109,7 @@ func (c *policyCollector) Update(ch chan<- prometheus.Metric) error {
 			emitPolicy(ch, t.Name, &pols[i])
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(policyOmittedDesc, prometheus.GaugeValue, float64(omitted))
+	ch <- newConstMetric(policyOmittedDesc, prometheus.GaugeValue, float64(omitted))
 	if err := errors.Join(errs...); err != nil && xfrmAbsent(err) {
 		return fmt.Errorf("%w: %w", ErrNoData, err)
 	}
@@ -128,9 +128,9 @@ func emitPolicy(ch chan<- prometheus.Metric, netns string, p *xfrmnl.Policy) {
 	}
 	info := append(slices.Clone(l), src, dst, proto, xfrmnl.ActionName(p.Action),
 		strconv.FormatUint(uint64(p.Priority), 10), strconv.Itoa(p.Templates))
-	ch <- prometheus.MustNewConstMetric(policyInfoDesc, prometheus.GaugeValue, 1, info...)
-	ch <- prometheus.MustNewConstMetric(policyAddedDesc, prometheus.GaugeValue, float64(p.AddTime), l...)
+	ch <- newConstMetric(policyInfoDesc, prometheus.GaugeValue, 1, info...)
+	ch <- newConstMetric(policyAddedDesc, prometheus.GaugeValue, float64(p.AddTime), l...)
 	if p.UseTime != 0 {
-		ch <- prometheus.MustNewConstMetric(policyLastUsedDesc, prometheus.GaugeValue, float64(p.UseTime), l...)
+		ch <- newConstMetric(policyLastUsedDesc, prometheus.GaugeValue, float64(p.UseTime), l...)
 	}
 }

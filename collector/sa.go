@@ -228,7 +228,7 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 				finals = append(finals, viewOf(t.Name, &sa, snap.Local))
 			}
 		}
-		ch <- prometheus.MustNewConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), t.Name)
+		ch <- newConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), t.Name)
 		byDir := map[string]int{"in": 0, "out": 0}
 		larval := 0
 		for i := range snap.SAs {
@@ -241,9 +241,9 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 			views = append(views, v)
 		}
 		for dir, n := range byDir {
-			ch <- prometheus.MustNewConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), t.Name, dir)
+			ch <- newConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), t.Name, dir)
 		}
-		ch <- prometheus.MustNewConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), t.Name)
+		ch <- newConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), t.Name)
 	}
 	if len(read) == 0 && len(errs) > 0 {
 		if err := errors.Join(errs...); xfrmAbsent(err) {
@@ -285,7 +285,7 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 		emitted++
 		emitSA(ch, v, now)
 	}
-	ch <- prometheus.MustNewConstMetric(saOmittedDesc, prometheus.GaugeValue, float64(omitted))
+	ch <- newConstMetric(saOmittedDesc, prometheus.GaugeValue, float64(omitted))
 	return errors.Join(errs...)
 }
 
@@ -315,10 +315,10 @@ func emitSA(ch chan<- prometheus.Metric, v saView, now time.Time) {
 	sa, l := v.sa, v.labels
 	with := func(extra ...string) []string { return append(slices.Clone(l), extra...) }
 	gauge := func(d *prometheus.Desc, val float64, labels []string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, val, labels...)
+		ch <- newConstMetric(d, prometheus.GaugeValue, val, labels...)
 	}
 	counter := func(d *prometheus.Desc, val uint64, labels []string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(val), labels...)
+		ch <- newConstMetric(d, prometheus.CounterValue, float64(val), labels...)
 	}
 	gauge(saInfoDesc, 1, with(sa.Crypt, sa.Auth, sa.AEAD, sa.Comp, xfrmnl.EncapName(sa.EncapType), strconv.FormatBool(sa.ESN)))
 	counter(saBytesDesc, sa.Bytes, l)

@@ -121,11 +121,11 @@ type peerSeries struct {
 
 func (p peerSeries) emit(ch chan<- prometheus.Metric) {
 	l := []string{p.key.netns, p.key.peer, p.key.direction}
-	ch <- prometheus.MustNewConstMetric(peerSAsDesc, prometheus.GaugeValue, float64(p.sas), l...)
-	ch <- prometheus.MustNewConstMetric(peerBytesDesc, prometheus.CounterValue, float64(p.totals.bytes), l...)
-	ch <- prometheus.MustNewConstMetric(peerPacketsDesc, prometheus.CounterValue, float64(p.totals.packets), l...)
-	ch <- prometheus.MustNewConstMetric(peerIntegrityDsc, prometheus.CounterValue, float64(p.totals.integrity), l...)
-	ch <- prometheus.MustNewConstMetric(peerReplayDesc, prometheus.CounterValue, float64(p.totals.replay), l...)
+	ch <- newConstMetric(peerSAsDesc, prometheus.GaugeValue, float64(p.sas), l...)
+	ch <- newConstMetric(peerBytesDesc, prometheus.CounterValue, float64(p.totals.bytes), l...)
+	ch <- newConstMetric(peerPacketsDesc, prometheus.CounterValue, float64(p.totals.packets), l...)
+	ch <- newConstMetric(peerIntegrityDsc, prometheus.CounterValue, float64(p.totals.integrity), l...)
+	ch <- newConstMetric(peerReplayDesc, prometheus.CounterValue, float64(p.totals.replay), l...)
 }
 
 // update takes this scrape's SAs (of the namespaces in read, which were

@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"sort"
-	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 )
 
@@ -119,7 +118,7 @@ type verdictCollector struct {
 // ipsec_bpf_verdict_load_error_info; the exporter's other collectors keep
 // working either way.
 func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers *peerNames) *verdictCollector {
-	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: "/proc/sys/kernel/bpf_stats_enabled"}
+	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: bpfmap.StatsSysctl}
 	if src == nil {
 		c.loadErr = loadErrorReason(loadErr)
 		logger.Warn("verdict BPF programs not loaded: no ipsec_xfrm_* verdict metrics (everything else keeps working)",
@@ -137,7 +136,7 @@ func loadErrorReason(err error) string {
 		return "permission_denied"
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return "not_supported"
-	case strings.Contains(err.Error(), "required hook"):
+	case errors.Is(err, verdict.ErrRequiredHook):
 		return "hook_unavailable"
 	}
 	return "load_failed"
@@ -145,9 +144,9 @@ func loadErrorReason(err error) string {
 
 func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.src == nil {
-		ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
-		ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
-		ch <- prometheus.MustNewConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
+		ch <- newConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, 0)
+		ch <- newConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, "none")
+		ch <- newConstMetric(bpfLoadErrorDesc, prometheus.GaugeValue, 1, c.loadErr)
 		return nil
 	}
 	entries, err := c.src.Read()
@@ -188,11 +187,11 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		if names != nil {
 			labels = append(labels, names[peer])
 		}
-		ch <- prometheus.MustNewConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
-		ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
+		ch <- newConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
+		ch <- newConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
 	}
-	ch <- prometheus.MustNewConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
-	ch <- prometheus.MustNewConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
+	ch <- newConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	ch <- newConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
 
 	errs, err := c.src.Errors()
 	if err != nil {
@@ -205,10 +204,10 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	sort.Strings(kinds)
 	for _, k := range kinds {
 		if k == "map_full" {
-			ch <- prometheus.MustNewConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
+			ch <- newConstMetric(bpfMapOverflowDesc, prometheus.CounterValue, float64(errs[k]))
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
+		ch <- newConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
 	}
 	c.updateMeta(ch)
 	return nil
@@ -248,27 +247,20 @@ func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
 			v = 1
 			attached++
 		}
-		ch <- prometheus.MustNewConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
+		ch <- newConstMetric(bpfProgramAttachedDesc, prometheus.GaugeValue, v, h.Program, h.Kind+"/"+h.Target)
 	}
-	ch <- prometheus.MustNewConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
-	ch <- prometheus.MustNewConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
+	ch <- newConstMetric(bpfProgramsAttachedDesc, prometheus.GaugeValue, float64(attached))
+	ch <- newConstMetric(bpfHookModeDesc, prometheus.GaugeValue, 1, c.src.Mode())
 	for program, n := range c.src.Missed() {
-		ch <- prometheus.MustNewConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
+		ch <- newConstMetric(bpfProgramMissedDesc, prometheus.CounterValue, float64(n), program)
 	}
-	if !c.statsEnabled() {
+	if !bpfmap.StatsEnabled(c.statsSysctl) {
 		return
 	}
 	for program, s := range c.src.ProgramStats() {
-		ch <- prometheus.MustNewConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
-		ch <- prometheus.MustNewConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
+		ch <- newConstMetric(bpfProgramRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
+		ch <- newConstMetric(bpfProgramRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
 	}
-}
-
-// statsEnabled reads kernel.bpf_stats_enabled: without it the kernel keeps
-// no run time or count, and zeros would look like idle programs.
-func (c *verdictCollector) statsEnabled() bool {
-	b, err := os.ReadFile(c.statsSysctl)
-	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
 // Close detaches the programs.

@@ -198,18 +198,25 @@ func TestVerdictFactoryOnThisHost(t *testing.T) {
 	if vc.src != nil {
 		t.Skip("this host loads and attaches the verdict programs")
 	}
-	if vc.loadErr == "" {
-		t.Error("degraded collector without a reason")
+	// The host refuses tracing programs: a known reason class, not the
+	// catch-all, and what a scrape shows.
+	if vc.loadErr == "load_failed" || vc.loadErr == "unknown" {
+		t.Errorf("load failure on this host not classified: reason %q", vc.loadErr)
+	}
+	n, err := testutil.GatherAndCount(registryOf(vc), "ipsec_bpf_verdict_load_error_info")
+	if err != nil || n != 1 {
+		t.Errorf("ipsec_bpf_verdict_load_error_info: %d series (%v), want 1", n, err)
 	}
 	t.Logf("degraded on this host, reason %q", vc.loadErr)
 }
 
 func TestLoadErrorReason(t *testing.T) {
 	for err, want := range map[error]string{
-		fmt.Errorf("x: %w", fs.ErrPermission):          "permission_denied",
-		fmt.Errorf("x: %w", ebpf.ErrNotSupported):      "not_supported",
-		errors.New("fentry: required hook fexit/xfrm"): "hook_unavailable",
-		errors.New("something else"):                   "load_failed",
+		fmt.Errorf("x: %w", fs.ErrPermission):                                                          "permission_denied",
+		fmt.Errorf("x: %w", ebpf.ErrNotSupported):                                                      "not_supported",
+		fmt.Errorf("fentry: %w: fentry/xfrm_input: %w", verdict.ErrRequiredHook, ebpf.ErrNotSupported): "not_supported",
+		fmt.Errorf("fentry: %w: fentry/xfrm_input: %w", verdict.ErrRequiredHook, errors.New("attach")): "hook_unavailable",
+		errors.New("something else"):                                                                   "load_failed",
 	} {
 		if got := loadErrorReason(err); got != want {
 			t.Errorf("loadErrorReason(%v) = %q, want %q", err, got, want)

@@ -96,15 +96,15 @@ func newWireCollector(logger *slog.Logger, cfg wire.Config, start func(wire.Conf
 
 func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.monitor == nil {
-		ch <- prometheus.MustNewConstMetric(wireLoadedDesc, prometheus.GaugeValue, 0)
+		ch <- newConstMetric(wireLoadedDesc, prometheus.GaugeValue, 0)
 		return nil
 	}
-	ch <- prometheus.MustNewConstMetric(wireLoadedDesc, prometheus.GaugeValue, 1)
+	ch <- newConstMetric(wireLoadedDesc, prometheus.GaugeValue, 1)
 
 	names := map[int]string{}
 	for _, i := range c.monitor.Interfaces() {
 		names[i.Ifindex] = i.Name
-		ch <- prometheus.MustNewConstMetric(wireAttachedDesc, prometheus.GaugeValue, wireGauge(i.Attached), i.Name, string(i.Mode))
+		ch <- newConstMetric(wireAttachedDesc, prometheus.GaugeValue, wireGauge(i.Attached), i.Name, string(i.Mode))
 	}
 
 	objs := c.monitor.Objects()
@@ -118,8 +118,8 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 			continue // deleted since: its counters go with it
 		}
 		labels := []string{name, k.Direction.String(), k.Class.String()}
-		ch <- prometheus.MustNewConstMetric(wirePacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
-		ch <- prometheus.MustNewConstMetric(wireBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
+		ch <- newConstMetric(wirePacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
+		ch <- newConstMetric(wireBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
 	}
 
 	// Events keep the peer map current; refreshing here as well makes
@@ -131,30 +131,30 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 	if err != nil {
 		return err
 	}
-	ch <- prometheus.MustNewConstMetric(wirePeersDesc, prometheus.GaugeValue, float64(len(peers)))
+	ch <- newConstMetric(wirePeersDesc, prometheus.GaugeValue, float64(len(peers)))
 	unprotected, err := objs.UnprotectedCounters()
 	if err != nil {
 		return err
 	}
 	for k, v := range unprotected {
 		labels := []string{k.Peer.String(), k.Direction.String()}
-		ch <- prometheus.MustNewConstMetric(unprotectedPacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
-		ch <- prometheus.MustNewConstMetric(unprotectedBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
+		ch <- newConstMetric(unprotectedPacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
+		ch <- newConstMetric(unprotectedBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
 	}
 
 	overflow, err := objs.Overflow()
 	if err != nil {
 		return err
 	}
-	ch <- prometheus.MustNewConstMetric(wireOverflowDesc, prometheus.CounterValue, float64(overflow.WireCounters), "wire_counters")
-	ch <- prometheus.MustNewConstMetric(wireOverflowDesc, prometheus.CounterValue, float64(overflow.UnprotectedCounters), "unprotected_counters")
+	ch <- newConstMetric(wireOverflowDesc, prometheus.CounterValue, float64(overflow.WireCounters), "wire_counters")
+	ch <- newConstMetric(wireOverflowDesc, prometheus.CounterValue, float64(overflow.UnprotectedCounters), "unprotected_counters")
 
 	// Without kernel.bpf_stats_enabled the kernel keeps no run time or
 	// count, and zeros would look like idle programs.
 	if b, err := os.ReadFile(c.statsSysctl); err == nil && strings.TrimSpace(string(b)) == "1" {
 		for program, s := range objs.ProgramStats() {
-			ch <- prometheus.MustNewConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
-			ch <- prometheus.MustNewConstMetric(wireRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
+			ch <- newConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.Runtime.Seconds(), program)
+			ch <- newConstMetric(wireRunsDesc, prometheus.CounterValue, float64(s.RunCount), program)
 		}
 	}
 	return nil

@@ -86,7 +86,7 @@ func (c *xfrmStatCollector) Update(ch chan<- prometheus.Metric) error {
 		}
 		found = true
 		for _, ctr := range counters {
-			ch <- prometheus.MustNewConstMetric(xfrmStatDesc, prometheus.CounterValue, float64(ctr.Value), t.Name, ctr.Name)
+			ch <- newConstMetric(xfrmStatDesc, prometheus.CounterValue, float64(ctr.Value), t.Name, ctr.Name)
 		}
 	}
 	if len(errs) > 0 {

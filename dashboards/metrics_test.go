@@ -83,7 +83,7 @@ func checkAgainstScrape(t *testing.T, where string, vs *parser.VectorSelector, s
 		}
 	}
 	for _, m := range vs.LabelMatchers {
-		if m.Name == labels.MetricName || targetLabels[m.Name] {
+		if m.Name == model.MetricNameLabel || targetLabels[m.Name] {
 			continue
 		}
 		seen, ok := values[m.Name]

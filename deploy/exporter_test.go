@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,6 +103,7 @@ func freeAddr(t *testing.T) string {
 type exporter struct {
 	cmd    *exec.Cmd
 	addr   string
+	ns     *testNetns // nil: the test's own network namespace
 	output *syncBuffer
 	exited chan struct{}
 	err    error
@@ -111,12 +114,28 @@ type exporter struct {
 // attr, if not nil, sets credentials and capabilities.
 func startExporter(t *testing.T, attr *syscall.SysProcAttr, args ...string) *exporter {
 	t.Helper()
-	e := &exporter{addr: freeAddr(t), output: &syncBuffer{}, exited: make(chan struct{})}
+	return launchExporter(t, attr, nil, args...)
+}
+
+// startExporterIn is startExporter inside the namespace ns: the exporter's
+// own namespace (its interfaces, XFRM state, loopback) is ns.
+func startExporterIn(t *testing.T, ns *testNetns, args ...string) *exporter {
+	t.Helper()
+	return launchExporter(t, nil, ns, args...)
+}
+
+func launchExporter(t *testing.T, attr *syscall.SysProcAttr, ns *testNetns, args ...string) *exporter {
+	t.Helper()
+	e := &exporter{addr: freeAddr(t), ns: ns, output: &syncBuffer{}, exited: make(chan struct{})}
 	e.cmd = exec.Command(exporterBinary(t), append([]string{"--web.listen-address=" + e.addr}, args...)...)
 	e.cmd.Stdout = e.output
 	e.cmd.Stderr = e.output
 	e.cmd.SysProcAttr = attr
-	if err := e.cmd.Start(); err != nil {
+	err := e.cmd.Start
+	if ns != nil {
+		err = func() error { return ns.do(e.cmd.Start) }
+	}
+	if err := err(); err != nil {
 		t.Fatalf("starting exporter: %v", err)
 	}
 	go func() {
@@ -159,7 +178,7 @@ func (e *exporter) waitListening(t *testing.T) {
 			t.Fatalf("exporter exited early (%v):\n%s", e.err, e.output.String())
 		default:
 		}
-		conn, err := net.DialTimeout("tcp", e.addr, time.Second)
+		conn, err := e.dial(time.Second)
 		if err == nil {
 			conn.Close()
 			return
@@ -167,6 +186,43 @@ func (e *exporter) waitListening(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("exporter not listening on %s after 60s:\n%s", e.addr, e.output.String())
+}
+
+// dial connects to the exporter's address from its namespace.
+func (e *exporter) dial(timeout time.Duration) (net.Conn, error) {
+	if e.ns == nil {
+		return net.DialTimeout("tcp", e.addr, timeout)
+	}
+	var conn net.Conn
+	err := e.ns.do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", e.addr, timeout)
+		return err
+	})
+	return conn, err
+}
+
+// client is an HTTP client that reaches the exporter from its namespace.
+func (e *exporter) client(timeout time.Duration) *http.Client {
+	if e.ns == nil {
+		return &http.Client{Timeout: timeout}
+	}
+	return e.ns.client(timeout)
+}
+
+// scrape GETs the metrics page over plain HTTP and returns the status code
+// and body.
+func (e *exporter) scrape(t *testing.T) (int, string) {
+	t.Helper()
+	resp, err := e.client(60 * time.Second).Get("http://" + e.addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v\n%s", err, e.output.String())
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the scrape: %v", err)
+	}
+	return resp.StatusCode, string(body)
 }
 
 // waitExit waits for the process to end and returns its exit code.

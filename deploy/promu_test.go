@@ -170,11 +170,11 @@ func TestVersionFlag(t *testing.T) {
 }
 
 func TestBadFlag(t *testing.T) {
-	code, out := runExporter(t, "--web.listen-adress=:1")
+	code, out := runExporter(t, "--web.listen-adress=:1") //nolint:misspell // the misspelled flag is the test
 	if code != 2 {
 		t.Errorf("a misspelled flag exited %d, want 2", code)
 	}
-	if !strings.Contains(out, "web.listen-adress") {
+	if !strings.Contains(out, "web.listen-adress") { //nolint:misspell // the flag the test misspelled
 		t.Errorf("error does not name the bad flag:\n%s", out)
 	}
 	if strings.Contains(out, "starting ipsec_exporter") {

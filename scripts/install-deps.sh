@@ -14,9 +14,9 @@ packages=(qemu-system-x86 busybox-static kmod iproute2 cpio xz-utils
 	prometheus prometheus-alertmanager strace systemd)
 for arg in "$@"; do
 	case "$arg" in
-	--bpf) packages+=(clang-14 llvm-14) ;;
+	--bpf) packages+=(clang-14 llvm-14 libbpf-dev) ;;
 	-h | --help)
-		echo "usage: $0 [--bpf]   (--bpf: also clang-14 and llvm-14 for make generate)"
+		echo "usage: $0 [--bpf]   (--bpf: also clang-14, llvm-14 and libbpf-dev for make generate)"
 		exit 0
 		;;
 	*)

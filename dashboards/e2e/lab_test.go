@@ -72,8 +72,8 @@ func bootLab(ctx context.Context, t *testing.T) *labVM {
 		t.Fatal(err)
 	}
 	ir := &lab.Initramfs{
-		Init: lab.InitScript(k, fmt.Sprintf(
-			"cd /e2e && IPSEC_E2E_DRIVER=1 /e2e/e2e.test -test.v -test.run '^TestLabDriver$' -test.timeout 10m </dev/null >&3 2>&3\n")),
+		Init: lab.InitScript(k,
+			"cd /e2e && IPSEC_E2E_DRIVER=1 /e2e/e2e.test -test.v -test.run '^TestLabDriver$' -test.timeout 10m </dev/null >&3 2>&3\n"),
 		Files: map[string]string{lab.VMExporter: exporter, "/e2e/e2e.test": driver},
 	}
 	initrd := filepath.Join(work, "initrd.cpio")

@@ -6,12 +6,10 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 )
 
 // Hook modes.
@@ -52,6 +50,10 @@ type Verdicts struct {
 	links []link.Link
 }
 
+// ErrRequiredHook is the cause of a Load error when a hook without which no
+// verdict is possible does not attach (errors.Is).
+var ErrRequiredHook = errors.New("required hook not attached")
+
 // required targets: without them no verdict is possible. A mode is only
 // chosen by auto when all of these attach.
 var required = []string{"xfrm_input", "xfrm_output_resume", "kfree_skb"}
@@ -59,14 +61,6 @@ var required = []string{"xfrm_input", "xfrm_output_resume", "kfree_skb"}
 // alternatives: one target of each group is enough (the kernel has one or
 // the other); the missing one is not a failure.
 var alternatives = [][]string{{"xfrm_state_lookup", "xfrm_input_state_lookup"}}
-
-var memlockOnce sync.Once
-
-// removeMemlock lifts RLIMIT_MEMLOCK for kernels before 5.11, which charge
-// BPF memory to it. Once per process.
-func removeMemlock() {
-	memlockOnce.Do(func() { _ = rlimit.RemoveMemlock() })
-}
 
 // Load loads the verdict maps and programs and attaches the programs. It
 // returns an error when nothing can count (maps or the required hooks fail),
@@ -89,7 +83,7 @@ func Load(opts Options) (*Verdicts, error) {
 		return nil, err
 	}
 	// The programs' map specs must match the created maps to replace them.
-	spec.Maps["verdicts"].MaxEntries = opts.MapSize
+	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = opts.MapSize
 	modes := []string{opts.Mode}
 	switch opts.Mode {
 	case ModeAuto, "":
@@ -256,7 +250,7 @@ func (v *Verdicts) attach(spec *ebpf.CollectionSpec, mode string, logger *slog.L
 			continue
 		}
 		if slices.Contains(required, h.Target) {
-			return fmt.Errorf("required hook %s/%s: %w", h.Kind, h.Target, h.Err)
+			return fmt.Errorf("%w: %s/%s: %w", ErrRequiredHook, h.Kind, h.Target, h.Err)
 		}
 	}
 	for _, h := range v.hooks {
@@ -305,7 +299,7 @@ func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
 		Types:     spec.Types,
 		ByteOrder: spec.ByteOrder,
 	}
-	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: v.coll.Maps})
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: v.replacements()})
 	if err != nil {
 		return fmt.Errorf("loading: %w", loadError(err))
 	}

@@ -7,39 +7,71 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
+	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 )
 
-// Directions and results as the BPF side numbers them (enum verdict_dir and
-// enum verdict_result in bpf/xfrm_verdict.h). The names are stable label
-// values; bpf/README.md ties each to its XFRM MIB counter and errno.
+// Label values of the BPF side's numbers (enum verdict_dir, verdict_result
+// and verdict_error in bpf/xfrm_verdict.h, generated into
+// xfrmverdict_x86_bpfel.go by bpf2go -type). The names are stable label
+// values; bpf/README.md ties each result to its XFRM MIB counter and errno.
+// TestEnumsHaveNames checks against the object's BTF that every value the C
+// defines has its name here.
 var (
-	directionNames = map[uint8]string{1: "encrypt", 2: "decrypt"}
-	resultNames    = []string{
-		0:  "ok",
-		1:  "integrity",
-		2:  "proto_error",
-		3:  "replay",
-		4:  "expired",
-		5:  "no_state",
-		6:  "mode_error",
-		7:  "invalid_state",
-		8:  "header_error",
-		9:  "rejected",
-		10: "seq_overflow",
-		11: "output_error",
+	directionNames = map[xfrmVerdictVerdictDir]string{
+		xfrmVerdictVerdictDirDIR_ENCRYPT: "encrypt",
+		xfrmVerdictVerdictDirDIR_DECRYPT: "decrypt",
 	}
-	// errorNames index the verdict_errors array (enum verdict_error).
-	errorNames = []string{"map_full", "stack_full", "stale_frame", "unmatched_exit", "pending_miss"}
+	resultNames = map[xfrmVerdictVerdictResult]string{
+		xfrmVerdictVerdictResultRESULT_OK:            "ok",
+		xfrmVerdictVerdictResultRESULT_INTEGRITY:     "integrity",
+		xfrmVerdictVerdictResultRESULT_PROTO_ERROR:   "proto_error",
+		xfrmVerdictVerdictResultRESULT_REPLAY:        "replay",
+		xfrmVerdictVerdictResultRESULT_EXPIRED:       "expired",
+		xfrmVerdictVerdictResultRESULT_NO_STATE:      "no_state",
+		xfrmVerdictVerdictResultRESULT_MODE_ERROR:    "mode_error",
+		xfrmVerdictVerdictResultRESULT_INVALID_STATE: "invalid_state",
+		xfrmVerdictVerdictResultRESULT_HEADER_ERROR:  "header_error",
+		xfrmVerdictVerdictResultRESULT_REJECTED:      "rejected",
+		xfrmVerdictVerdictResultRESULT_SEQ_OVERFLOW:  "seq_overflow",
+		xfrmVerdictVerdictResultRESULT_OUTPUT_ERROR:  "output_error",
+	}
+	// internalResults are numbers of the C side that are not results.
+	internalResults = map[xfrmVerdictVerdictResult]string{
+		xfrmVerdictVerdictResultRESULT_NONE: "none",
+	}
+	// errorNames index the verdict_errors array.
+	errorNames = map[xfrmVerdictVerdictError]string{
+		xfrmVerdictVerdictErrorERR_MAP_FULL:       "map_full",
+		xfrmVerdictVerdictErrorERR_STACK_FULL:     "stack_full",
+		xfrmVerdictVerdictErrorERR_STALE_FRAME:    "stale_frame",
+		xfrmVerdictVerdictErrorERR_UNMATCHED_EXIT: "unmatched_exit",
+		xfrmVerdictVerdictErrorERR_PENDING_MISS:   "pending_miss",
+	}
 )
 
 // Results lists every result name, for documentation and tests.
-func Results() []string { return append([]string(nil), resultNames...) }
+func Results() []string { return sortedNames(resultNames) }
 
 // ErrorKinds lists the kinds of accounting errors the BPF side counts.
-func ErrorKinds() []string { return append([]string(nil), errorNames...) }
+func ErrorKinds() []string { return sortedNames(errorNames) }
+
+// sortedNames lists a name table in the order of its numbers.
+func sortedNames[N ~uint32](table map[N]string) []string {
+	nums := make([]N, 0, len(table))
+	for n := range table {
+		nums = append(nums, n)
+	}
+	slices.Sort(nums)
+	out := make([]string, len(nums))
+	for i, n := range nums {
+		out[i] = table[n]
+	}
+	return out
+}
 
 // Entry is one counter: packets and bytes per direction, peer and result,
 // summed over CPUs.
@@ -54,14 +86,9 @@ type Entry struct {
 // Maps are the counters the programs write. They load on kernels that
 // refuse tracing programs, which is how the collector is tested on such hosts.
 type Maps struct {
-	coll *ebpf.Collection
-	// batch remembers whether BatchLookup works here: 0 unknown, 1 yes, -1 no.
-	batchMu sync.Mutex
-	batch   int
-	// Batch buffers and the last key count, reused by every read (under batchMu).
-	kbuf    []xfrmVerdictVerdictKey
-	vbuf    []xfrmVerdictVerdictValue
-	lastLen int
+	objs     xfrmVerdictMaps
+	verdicts *bpfmap.Reader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue]
+	lastLen  int // keys at the last read: the next read's capacity
 }
 
 // DefaultMapSize is the default number of {direction, peer, result} keys.
@@ -78,68 +105,68 @@ func NewMaps(mapSize uint32) (*Maps, error) {
 }
 
 func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
-	removeMemlock()
+	if err := bpfmap.RemoveMemlock(); err != nil {
+		return nil, err
+	}
 	if mapSize == 0 {
 		return nil, errors.New("verdict map size must be positive")
 	}
-	mapsOnly := spec.Copy()
-	mapsOnly.Programs = nil
-	mapsOnly.Maps["verdicts"].MaxEntries = mapSize
-	coll, err := ebpf.NewCollection(mapsOnly)
-	if err != nil {
+	spec = spec.Copy()
+	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = mapSize
+	m := &Maps{}
+	if err := spec.LoadAndAssign(&m.objs, nil); err != nil {
 		return nil, fmt.Errorf("creating BPF maps: %w", err)
 	}
-	return &Maps{coll: coll}, nil
+	m.verdicts = bpfmap.NewReader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue](m.objs.Verdicts)
+	return m, nil
+}
+
+// replacements are the maps every program of the object shares.
+func (m *Maps) replacements() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		xfrmVerdictMapVerdicts:       m.objs.Verdicts,
+		xfrmVerdictMapVerdictErrors:  m.objs.VerdictErrors,
+		xfrmVerdictMapFrames:         m.objs.Frames,
+		xfrmVerdictMapPendingEncrypt: m.objs.PendingEncrypt,
+		xfrmVerdictMapLookupScratch:  m.objs.LookupScratch,
+	}
 }
 
 // MaxEntries is the capacity of the counter map.
-func (m *Maps) MaxEntries() uint32 { return m.coll.Maps["verdicts"].MaxEntries() }
+func (m *Maps) MaxEntries() uint32 { return m.objs.Verdicts.MaxEntries() }
 
 // Close releases the maps.
-func (m *Maps) Close() error {
-	m.coll.Close()
-	return nil
-}
+func (m *Maps) Close() error { return m.objs.Close() }
 
 // Read returns every counter, summed over CPUs.
 func (m *Maps) Read() ([]Entry, error) {
-	counters, err := m.dump()
-	if err != nil {
-		return nil, err
-	}
-	entries := make([]Entry, 0, len(counters))
-	for _, c := range counters {
-		k := c.key
+	entries := make([]Entry, 0, m.lastLen)
+	err := m.verdicts.Each(func(k xfrmVerdictVerdictKey, perCPU []xfrmVerdictVerdictValue) {
 		e := Entry{
-			Direction: directionNames[k.Direction],
+			Direction: nameOf(directionNames, xfrmVerdictVerdictDir(k.Direction)),
+			Result:    nameOf(resultNames, xfrmVerdictVerdictResult(k.Result)),
 			Peer:      peerAddr(k.Family, k.Peer),
-			Packets:   c.packets,
-			Bytes:     c.bytes,
 		}
-		if e.Direction == "" {
-			e.Direction = fmt.Sprintf("unknown_%d", k.Direction)
-		}
-		if int(k.Result) < len(resultNames) {
-			e.Result = resultNames[k.Result]
-		} else {
-			e.Result = fmt.Sprintf("unknown_%d", k.Result)
+		for _, v := range perCPU {
+			e.Packets += v.Packets
+			e.Bytes += v.Bytes
 		}
 		entries = append(entries, e)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading verdicts: %w", err)
 	}
+	m.lastLen = len(entries)
 	return entries, nil
 }
 
-// counter is one key with its values summed over CPUs.
-type counter struct {
-	key            xfrmVerdictVerdictKey
-	packets, bytes uint64
-}
-
-func (c *counter) add(perCPU []xfrmVerdictVerdictValue) {
-	for _, v := range perCPU {
-		c.packets += v.Packets
-		c.bytes += v.Bytes
+// nameOf is the label value of a number, or unknown_N for a number this
+// build does not know (a newer object than its Go side).
+func nameOf[N ~uint32](table map[N]string, n N) string {
+	if name, ok := table[n]; ok {
+		return name
 	}
+	return fmt.Sprintf("unknown_%d", n)
 }
 
 func peerAddr(family uint8, peer [16]uint8) netip.Addr {
@@ -152,92 +179,16 @@ func peerAddr(family uint8, peer [16]uint8) netip.Addr {
 	return netip.Addr{}
 }
 
-// dump reads all keys and sums their per-CPU values: with batch lookups
-// where the kernel has them (5.6+), else by iteration; the choice is made
-// once. The per-CPU values are summed as they arrive, in buffers reused
-// from scrape to scrape: nothing is allocated per key.
-func (m *Maps) dump() ([]counter, error) {
-	m.batchMu.Lock()
-	defer m.batchMu.Unlock()
-	if m.batch >= 0 {
-		counters, err := m.dumpBatch()
-		if err == nil {
-			m.batch = 1
-			return counters, nil
-		}
-		if !errors.Is(err, ebpf.ErrNotSupported) || m.batch == 1 {
-			return nil, err
-		}
-		m.batch = -1
-	}
-	return m.dumpIterate()
-}
-
-// batchChunk is the number of keys per batch lookup.
-const batchChunk = 256
-
-func (m *Maps) dumpBatch() ([]counter, error) {
-	vm := m.coll.Maps["verdicts"]
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("counting CPUs: %w", err)
-	}
-	if len(m.kbuf) != batchChunk || len(m.vbuf) != batchChunk*ncpu {
-		m.kbuf = make([]xfrmVerdictVerdictKey, batchChunk)
-		m.vbuf = make([]xfrmVerdictVerdictValue, batchChunk*ncpu)
-	}
-	counters := make([]counter, 0, m.lastLen)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := vm.BatchLookup(&cursor, m.kbuf, m.vbuf, nil)
-		for i := range n {
-			c := counter{key: m.kbuf[i]}
-			c.add(m.vbuf[i*ncpu : (i+1)*ncpu])
-			counters = append(counters, c)
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			m.lastLen = len(counters)
-			return counters, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("batch lookup of verdicts: %w", err)
-		}
-	}
-}
-
-func (m *Maps) dumpIterate() ([]counter, error) {
-	var (
-		counters []counter
-		k        xfrmVerdictVerdictKey
-		v        []xfrmVerdictVerdictValue // reused by Next
-	)
-	it := m.coll.Maps["verdicts"].Iterate()
-	for it.Next(&k, &v) {
-		c := counter{key: k}
-		c.add(v)
-		counters = append(counters, c)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterating verdicts: %w", err)
-	}
-	return counters, nil
-}
-
 // Errors returns the accounting errors the programs counted, by kind
 // (map_full is the map overflow: a new key that did not fit).
 func (m *Maps) Errors() (map[string]uint64, error) {
 	out := make(map[string]uint64, len(errorNames))
-	em := m.coll.Maps["verdict_errors"]
-	for i, name := range errorNames {
-		var perCPU []uint64
-		if err := em.Lookup(uint32(i), &perCPU); err != nil {
-			return nil, fmt.Errorf("reading verdict_errors[%s]: %w", name, err)
+	for kind, name := range errorNames {
+		n, err := bpfmap.SumUint64(m.objs.VerdictErrors, uint32(kind))
+		if err != nil {
+			return nil, err
 		}
-		var sum uint64
-		for _, v := range perCPU {
-			sum += v
-		}
-		out[name] = sum
+		out[name] = n
 	}
 	return out, nil
 }
@@ -257,29 +208,31 @@ func (m *Maps) Set(entries []Entry) error {
 		}
 		v := make([]xfrmVerdictVerdictValue, ncpu)
 		v[0] = xfrmVerdictVerdictValue{Packets: e.Packets, Bytes: e.Bytes}
-		if err := m.coll.Maps["verdicts"].Put(k, v); err != nil {
+		if err := m.objs.Verdicts.Put(k, v); err != nil {
 			return fmt.Errorf("writing verdict %+v: %w", e, err)
 		}
 	}
 	return nil
 }
 
+// numberOf is the inverse of a name table.
+func numberOf[N ~uint32](table map[N]string, name string) (N, bool) {
+	for n, s := range table {
+		if s == name {
+			return n, true
+		}
+	}
+	return 0, false
+}
+
 func entryKey(e Entry) (xfrmVerdictVerdictKey, error) {
 	var k xfrmVerdictVerdictKey
-	for n, name := range directionNames {
-		if name == e.Direction {
-			k.Direction = n
-		}
-	}
-	k.Result = 255
-	for n, name := range resultNames {
-		if name == e.Result {
-			k.Result = uint8(n)
-		}
-	}
-	if k.Direction == 0 || k.Result == 255 {
+	dir, okDir := numberOf(directionNames, e.Direction)
+	result, okResult := numberOf(resultNames, e.Result)
+	if !okDir || !okResult {
 		return k, fmt.Errorf("unknown direction %q or result %q", e.Direction, e.Result)
 	}
+	k.Direction, k.Result = uint8(dir), uint8(result)
 	switch {
 	case e.Peer.Is4():
 		k.Family = 4
@@ -298,12 +251,11 @@ func (m *Maps) SetError(kind string, value uint64) error {
 	if err != nil {
 		return fmt.Errorf("counting CPUs: %w", err)
 	}
-	for i, name := range errorNames {
-		if name == kind {
-			v := make([]uint64, ncpu)
-			v[0] = value
-			return m.coll.Maps["verdict_errors"].Put(uint32(i), v)
-		}
+	n, ok := numberOf(errorNames, kind)
+	if !ok {
+		return fmt.Errorf("unknown error kind %q", kind)
 	}
-	return fmt.Errorf("unknown error kind %q", kind)
+	v := make([]uint64, ncpu)
+	v[0] = value
+	return m.objs.VerdictErrors.Put(uint32(n), v)
 }

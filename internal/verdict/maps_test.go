@@ -7,38 +7,110 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 )
 
-func TestMapsRoundTrip(t *testing.T) {
+// cEnum returns the values of a C enum from the object's BTF: the numbers
+// the programs write, independent of the Go name tables.
+func cEnum(t *testing.T, name string) map[string]uint32 {
+	t.Helper()
+	spec, err := loadXfrmVerdict()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e *btf.Enum
+	if err := spec.Types.TypeByName(name, &e); err != nil {
+		t.Fatalf("enum %s not in the object's BTF: %v", name, err)
+	}
+	out := map[string]uint32{}
+	for _, v := range e.Values {
+		out[v.Name] = uint32(v.Value)
+	}
+	return out
+}
+
+// Every number the C side defines has its label value, and the label value
+// is the C name's own (RESULT_PROTO_ERROR is proto_error): a number added
+// or renumbered in bpf/xfrm_verdict.h without its Go name fails here.
+func TestEnumsHaveNames(t *testing.T) {
+	check := func(enum, prefix string, name func(uint32) (string, bool)) {
+		for c, n := range cEnum(t, enum) {
+			got, ok := name(n)
+			want := strings.ToLower(strings.TrimPrefix(c, prefix))
+			if !ok {
+				t.Errorf("%s %s = %d has no name", enum, c, n)
+			} else if got != want {
+				t.Errorf("%s %s = %d is named %q, want %q", enum, c, n, got, want)
+			}
+		}
+	}
+	check("verdict_dir", "DIR_", func(n uint32) (string, bool) {
+		s, ok := directionNames[xfrmVerdictVerdictDir(n)]
+		return s, ok
+	})
+	check("verdict_result", "RESULT_", func(n uint32) (string, bool) {
+		if s, ok := internalResults[xfrmVerdictVerdictResult(n)]; ok {
+			return s, true
+		}
+		s, ok := resultNames[xfrmVerdictVerdictResult(n)]
+		return s, ok
+	})
+	check("verdict_error", "ERR_", func(n uint32) (string, bool) {
+		if n == uint32(xfrmVerdictVerdictErrorERR_MAX) {
+			return "max", true // the array's size, not a kind
+		}
+		s, ok := errorNames[xfrmVerdictVerdictError(n)]
+		return s, ok
+	})
+}
+
+// Keys written with the C side's numbers (from the object's BTF, not from
+// the Go tables) read back with their label values and summed values, by
+// batch lookup and by iteration.
+func TestMapsReadNamesCNumbers(t *testing.T) {
 	m := newTestMaps(t, 8)
+	dirs, results := cEnum(t, "verdict_dir"), cEnum(t, "verdict_result")
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(dir, result string, family uint8, peer netip.Addr, perCPU ...xfrmVerdictVerdictValue) {
+		k := xfrmVerdictVerdictKey{Direction: uint8(dirs[dir]), Result: uint8(results[result]), Family: family}
+		copy(k.Peer[:], peer.AsSlice())
+		v := make([]xfrmVerdictVerdictValue, ncpu)
+		copy(v, perCPU)
+		if err := m.objs.Verdicts.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("DIR_ENCRYPT", "RESULT_OK", 4, netip.MustParseAddr("10.0.0.2"), xfrmVerdictVerdictValue{Packets: 5, Bytes: 420})
+	put("DIR_DECRYPT", "RESULT_SEQ_OVERFLOW", 6, netip.MustParseAddr("fd00::2"),
+		xfrmVerdictVerdictValue{Packets: 3, Bytes: 300}, xfrmVerdictVerdictValue{Packets: 1, Bytes: 1})
 	want := []Entry{
 		{Direction: "encrypt", Result: "ok", Peer: netip.MustParseAddr("10.0.0.2"), Packets: 5, Bytes: 420},
-		{Direction: "decrypt", Result: "integrity", Peer: netip.MustParseAddr("fd00::2"), Packets: 3, Bytes: 300},
+		{Direction: "decrypt", Result: "seq_overflow", Peer: netip.MustParseAddr("fd00::2"), Packets: 3, Bytes: 300},
 	}
-	if err := m.Set(want); err != nil {
-		t.Fatalf("Set: %v", err)
+	if ncpu > 1 {
+		want[1].Packets, want[1].Bytes = 4, 301
 	}
-	got, err := m.Read()
-	if err != nil {
-		t.Fatalf("Read: %v", err)
-	}
-	sortEntries(got)
 	sortEntries(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("Read = %+v, want %+v", got, want)
-	}
-	if m.batch != 1 {
-		t.Errorf("batch lookups not used on a kernel that has them (batch=%d)", m.batch)
-	}
-	// The iteration fallback reads the same.
-	m.batch = -1
-	got, err = m.Read()
-	if err != nil {
-		t.Fatalf("Read by iteration: %v", err)
-	}
-	sortEntries(got)
-	if !slices.Equal(got, want) {
-		t.Errorf("Read by iteration = %+v, want %+v", got, want)
+	for _, via := range []string{"batch", "iteration"} {
+		m.verdicts = bpfmap.NewReader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue](m.objs.Verdicts)
+		if via == "iteration" {
+			m.verdicts.ForceIteration()
+		}
+		got, err := m.Read()
+		if err != nil {
+			t.Fatalf("Read by %s: %v", via, err)
+		}
+		sortEntries(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("Read by %s = %+v, want %+v", via, got, want)
+		}
 	}
 	if m.MaxEntries() != 8 {
 		t.Errorf("MaxEntries = %d, want 8", m.MaxEntries())

@@ -13,6 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xfrmVerdictVerdictDir uint32
+
+const (
+	xfrmVerdictVerdictDirDIR_ENCRYPT xfrmVerdictVerdictDir = 1
+	xfrmVerdictVerdictDirDIR_DECRYPT xfrmVerdictVerdictDir = 2
+)
+
+type xfrmVerdictVerdictError uint32
+
+const (
+	xfrmVerdictVerdictErrorERR_MAP_FULL       xfrmVerdictVerdictError = 0
+	xfrmVerdictVerdictErrorERR_STACK_FULL     xfrmVerdictVerdictError = 1
+	xfrmVerdictVerdictErrorERR_STALE_FRAME    xfrmVerdictVerdictError = 2
+	xfrmVerdictVerdictErrorERR_UNMATCHED_EXIT xfrmVerdictVerdictError = 3
+	xfrmVerdictVerdictErrorERR_PENDING_MISS   xfrmVerdictVerdictError = 4
+	xfrmVerdictVerdictErrorERR_MAX            xfrmVerdictVerdictError = 5
+)
+
 type xfrmVerdictVerdictKey struct {
 	_         structs.HostLayout
 	Direction uint8
@@ -21,6 +39,24 @@ type xfrmVerdictVerdictKey struct {
 	Pad       uint8
 	Peer      [16]uint8
 }
+
+type xfrmVerdictVerdictResult uint32
+
+const (
+	xfrmVerdictVerdictResultRESULT_OK            xfrmVerdictVerdictResult = 0
+	xfrmVerdictVerdictResultRESULT_INTEGRITY     xfrmVerdictVerdictResult = 1
+	xfrmVerdictVerdictResultRESULT_PROTO_ERROR   xfrmVerdictVerdictResult = 2
+	xfrmVerdictVerdictResultRESULT_REPLAY        xfrmVerdictVerdictResult = 3
+	xfrmVerdictVerdictResultRESULT_EXPIRED       xfrmVerdictVerdictResult = 4
+	xfrmVerdictVerdictResultRESULT_NO_STATE      xfrmVerdictVerdictResult = 5
+	xfrmVerdictVerdictResultRESULT_MODE_ERROR    xfrmVerdictVerdictResult = 6
+	xfrmVerdictVerdictResultRESULT_INVALID_STATE xfrmVerdictVerdictResult = 7
+	xfrmVerdictVerdictResultRESULT_HEADER_ERROR  xfrmVerdictVerdictResult = 8
+	xfrmVerdictVerdictResultRESULT_REJECTED      xfrmVerdictVerdictResult = 9
+	xfrmVerdictVerdictResultRESULT_SEQ_OVERFLOW  xfrmVerdictVerdictResult = 10
+	xfrmVerdictVerdictResultRESULT_OUTPUT_ERROR  xfrmVerdictVerdictResult = 11
+	xfrmVerdictVerdictResultRESULT_NONE          xfrmVerdictVerdictResult = 255
+)
 
 type xfrmVerdictVerdictValue struct {
 	_       structs.HostLayout
@@ -111,6 +147,9 @@ const (
 	xfrmVerdictProgKretprobeXfrmStateLookup      = "kretprobe_xfrm_state_lookup"
 	xfrmVerdictProgRawTracepointKfreeSkb         = "raw_tracepoint_kfree_skb"
 	xfrmVerdictProgTpBtfKfreeSkb                 = "tp_btf_kfree_skb"
+	xfrmVerdictVarUnusedVerdictDir               = "unused_verdict_dir"
+	xfrmVerdictVarUnusedVerdictError             = "unused_verdict_error"
+	xfrmVerdictVarUnusedVerdictResult            = "unused_verdict_result"
 )
 
 // loadXfrmVerdict returns the embedded CollectionSpec for xfrmVerdict.
@@ -214,6 +253,9 @@ type xfrmVerdictMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xfrmVerdictVariableSpecs struct {
+	UnusedVerdictDir    *ebpf.VariableSpec `ebpf:"unused_verdict_dir"`
+	UnusedVerdictError  *ebpf.VariableSpec `ebpf:"unused_verdict_error"`
+	UnusedVerdictResult *ebpf.VariableSpec `ebpf:"unused_verdict_result"`
 }
 
 // xfrmVerdictObjects contains all objects after they have been loaded into the kernel.
@@ -257,6 +299,9 @@ func (m *xfrmVerdictMaps) Close() error {
 //
 // It can be passed to loadXfrmVerdictObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xfrmVerdictVariables struct {
+	UnusedVerdictDir    *ebpf.Variable `ebpf:"unused_verdict_dir"`
+	UnusedVerdictError  *ebpf.Variable `ebpf:"unused_verdict_error"`
+	UnusedVerdictResult *ebpf.Variable `ebpf:"unused_verdict_result"`
 }
 
 // xfrmVerdictPrograms contains all programs after they have been loaded into the kernel.

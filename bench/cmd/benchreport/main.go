@@ -625,9 +625,12 @@ func drawPlot(path, data string) error {
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.WriteString(data); err != nil {
+		_ = tmp.Close()
 		return err
 	}
-	tmp.Close()
+	if err := tmp.Close(); err != nil {
+		return err
+	}
 	script := fmt.Sprintf(`set terminal pngcairo size 800,520 font ",11"
 set output %q
 set logscale xy

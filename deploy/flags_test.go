@@ -1,0 +1,77 @@
+package deploy_test
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBadFlagValues: every flag is checked before any collector loads or
+// attaches anything. A bad value exits with status 2 and a message naming
+// the flag, and leaves nothing behind: the exporter runs in a namespace of
+// the test's own with an interface the wire program would attach to as a tc
+// filter (which, unlike a tcx link, outlives the process), and the test
+// checks the interface has no filter afterwards. --web.telemetry-path=metrics
+// used to panic after the collectors had started, leaving that filter.
+func TestBadFlagValues(t *testing.T) {
+	ns := newTestNetns(t)
+	ns.ip(t, "link", "add", "flagtest0", "type", "veth", "peer", "name", "flagtest1")
+	ns.ip(t, "link", "set", "flagtest0", "up")
+	ns.ip(t, "link", "set", "flagtest1", "up")
+
+	cases := []struct{ flag, value, want string }{
+		{"web.telemetry-path", "metrics", `must be an absolute URL path starting with "/"`},
+		{"web.telemetry-path", "", `must be an absolute URL path starting with "/"`},
+		{"web.max-requests", "abc", `invalid value "abc"`},
+		{"web.max-requests", "-1", "must be 0 (no limit) or more"},
+	}
+	// Every numeric flag the binary has, whoever owns it, names itself
+	// when given a value its type cannot parse.
+	for _, f := range numericFlags(t) {
+		cases = append(cases, struct{ flag, value, want string }{f, "abc", `invalid value "abc"`})
+	}
+	for _, c := range cases {
+		e := startExporterIn(t, ns, "--collector.wire.attach-mode=tc", "--collector.netns.dir=",
+			"--"+c.flag+"="+c.value)
+		code := e.waitExit(t, 60*time.Second)
+		out := e.output.String()
+		if code != 2 {
+			t.Errorf("--%s=%q: exit status %d, want 2:\n%s", c.flag, c.value, code, out)
+		}
+		if !strings.Contains(out, "--"+c.flag+": ") || !strings.Contains(out, c.want) {
+			t.Errorf("--%s=%q: the message does not name the flag and the bound (%q):\n%s", c.flag, c.value, c.want, out)
+		}
+		for _, started := range []string{"starting ipsec_exporter", "wire program attached", "enabled collectors", "panic"} {
+			if strings.Contains(out, started) {
+				t.Errorf("--%s=%q: %q in the output: something started before the flags were checked:\n%s",
+					c.flag, c.value, started, out)
+			}
+		}
+		for _, dev := range []string{"flagtest0", "flagtest1"} {
+			for _, dir := range []string{"ingress", "egress"} {
+				if filters := strings.TrimSpace(runCmd(t, "tc", "-n", ns.name, "filter", "show", "dev", dev, dir)); filters != "" {
+					t.Fatalf("--%s=%q left a tc filter on %s %s:\n%s", c.flag, c.value, dev, dir, filters)
+				}
+			}
+		}
+	}
+}
+
+// numericFlags lists the flags whose --help placeholder is a number (their
+// default), read from the binary so that new flags are covered as they come.
+func numericFlags(t *testing.T) []string {
+	t.Helper()
+	code, out := runExporter(t, "--help")
+	if code != 0 {
+		t.Fatalf("--help exited %d:\n%s", code, out)
+	}
+	var flags []string
+	for _, m := range regexp.MustCompile(`(?m)^\s+--([a-z0-9._-]+)=(-?[0-9][0-9.]*)\s`).FindAllStringSubmatch(out, -1) {
+		flags = append(flags, m[1])
+	}
+	if len(flags) == 0 {
+		t.Fatalf("no numeric flag found in --help:\n%s", out)
+	}
+	return flags
+}
