@@ -56,10 +56,10 @@ func bounded(expr parser.Expr) bool {
 		}
 		return true
 	case *parser.BinaryExpr:
-		switch {
-		case e.Op == parser.LOR:
+		switch e.Op {
+		case parser.LOR:
 			return bounded(e.LHS) && bounded(e.RHS)
-		case e.Op == parser.LAND || e.Op == parser.LUNLESS:
+		case parser.LAND, parser.LUNLESS:
 			return bounded(e.LHS)
 		default:
 			// One-to-one matching yields no more series than the smaller

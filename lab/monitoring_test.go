@@ -38,7 +38,7 @@ func TestMonitoring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exporter := serveOnFreePort(t, func(w http.ResponseWriter, _ *http.Request) { w.Write(scrape) })
+	exporter := serveOnFreePort(t, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(scrape) })
 	var (
 		mu  sync.Mutex
 		log []string
@@ -208,7 +208,7 @@ func serveOnFreePort(t *testing.T, h http.HandlerFunc) int {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().(*net.TCPAddr).Port
 }
