@@ -3,11 +3,13 @@ GO           ?= go
 CLANG        ?= clang-14
 GOLANGCI_LINT_VERSION ?= v2.6.2
 GOLANGCI_LINT ?= $(CURDIR)/.build/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+PROMU_VERSION ?= v0.20.0
+PROMU         ?= $(CURDIR)/.build/tools/promu-$(PROMU_VERSION)/promu
 PKGS          = ./...
 # Every Go module of the repository (each has its own go.mod).
 MODULES       = . dashboards examples/kubernetes
 
-.PHONY: all build test test-host test-vm test-e2e lab generate lint vet fmt deps bench clean
+.PHONY: all build test test-host test-vm test-e2e lab release generate lint vet fmt deps bench clean
 
 all: build test
 
@@ -45,6 +47,20 @@ test-e2e:
 lab: deps
 	$(GO) build -o .build/ipsec-lab ./lab/cmd/ipsec-lab
 	exec .build/ipsec-lab run $(LAB_FLAGS)
+
+## release: .tarballs/ipsec_exporter-VERSION.linux-ARCH.tar.gz for every
+## platform of .promu.yml (binary, README, dashboards, rules, examples, docs)
+## and sha256sums.txt, reproducibly (SOURCE_DATE_EPOCH: the commit's time).
+release: $(PROMU)
+	bash scripts/release.sh $(PROMU)
+
+# promu, pinned, built once through the Go module proxy. Not `go install
+# promu@version`: that asks the proxy for promu's version list, which it
+# refuses; a throwaway module resolves the same pinned version.
+$(PROMU):
+	d=$$(mktemp -d) && cd $$d && $(GO) mod init promu-build >/dev/null 2>&1 && \
+	$(GO) get github.com/prometheus/promu@$(PROMU_VERSION) && \
+	$(GO) build -o $@ github.com/prometheus/promu; status=$$?; rm -rf $$d; exit $$status
 
 ## bench: what watching IPsec costs; writes BENCHMARKS.md (15-30 min).
 bench:
