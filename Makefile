@@ -51,8 +51,9 @@ lab: deps
 ## release: .tarballs/ipsec_exporter-VERSION.linux-ARCH.tar.gz for every
 ## platform of .promu.yml (binary, README, dashboards, rules, examples, docs)
 ## and sha256sums.txt, reproducibly (SOURCE_DATE_EPOCH: the commit's time).
+RELEASE_OUT ?= .tarballs
 release: $(PROMU)
-	bash scripts/release.sh $(PROMU)
+	bash scripts/release.sh $(PROMU) $(RELEASE_OUT)
 
 # promu, pinned, built once through the Go module proxy. Not `go install
 # promu@version`: that asks the proxy for promu's version list, which it

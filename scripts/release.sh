@@ -12,10 +12,11 @@
 # 0 and fixed modes, in name order, gzip without a time stamp. The same commit
 # built with the same Go version gives the same bytes, so the sums can be
 # checked by rebuilding.
-#   usage: scripts/release.sh PROMU
+#   usage: scripts/release.sh PROMU [OUT]    (OUT: default .tarballs)
 set -euo pipefail
+promu=$(realpath "${1:?usage: $0 PROMU [OUT]}")
+out=$(realpath -m "${2:-.tarballs}")
 cd "$(dirname "$0")/.."
-promu=$(realpath "${1:?usage: $0 PROMU}")
 say() { echo "release: $*" >&2; }
 
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
@@ -40,9 +41,10 @@ for f in "${files[@]}"; do
 	[ -e "$f" ] || { say ".promu.yml tarball file $f does not exist"; exit 1; }
 done
 
-work=.build/release
-rm -rf "$work" .tarballs
-mkdir -p "$work" .tarballs
+work=$out/.work
+# Only what an earlier release left there.
+rm -rf "$work" "$out"/ipsec_exporter-*.tar.gz "$out/sha256sums.txt"
+mkdir -p "$work"
 for platform in "${platforms[@]}"; do
 	os=${platform%/*} arch=${platform#*/}
 	name=ipsec_exporter-$version.$os-$arch
@@ -57,7 +59,8 @@ for platform in "${platforms[@]}"; do
 	done
 	tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
 		--mode='u+rw,go+r,go-w,a+X' --format=gnu -C "$work/stage" -cf - "$name" |
-		gzip -9 -n >".tarballs/$name.tar.gz"
+		gzip -9 -n >"$out/$name.tar.gz"
 done
-"$promu" checksum .tarballs
-say "done: $(ls .tarballs | tr '\n' ' ')"
+rm -rf "$work"
+"$promu" checksum "$out"
+say "done, in $out: $(ls "$out" | tr '\n' ' ')"
