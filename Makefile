@@ -7,7 +7,7 @@ PROMU_VERSION ?= v0.20.0
 PROMU         ?= $(CURDIR)/.build/tools/promu-$(PROMU_VERSION)/promu
 PKGS          = ./...
 # Every Go module of the repository (each has its own go.mod).
-MODULES       = . dashboards examples/kubernetes
+MODULES       = . dashboards examples/kubernetes deploy/helm
 
 .PHONY: all build test test-host test-vm test-e2e lab release generate lint vet fmt deps bench clean
 
@@ -29,6 +29,7 @@ test-host:
 	$(GO) vet $(PKGS)
 	$(GO) test -race $(PKGS)
 	cd examples/kubernetes && $(GO) vet ./... && $(GO) test ./...
+	cd deploy/helm && $(GO) vet ./... && $(GO) test ./...
 	cd dashboards && $(GO) vet ./... && $(GO) test ./...
 
 test-vm:

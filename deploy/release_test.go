@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 var userFiles = []string{
 	"dashboards/*.json", "examples/prometheus/rules.yml", "examples/alertmanager/*.yml",
 	"examples/systemd/*", "examples/kubernetes/*.yaml", "docs/*.md", "dashboards/README.md", "README.md", "LICENSE",
+	"deploy/helm/ipsec-exporter/", // the whole chart
 }
 
 // TestRelease runs `make release` twice, into two directories, and checks
@@ -128,7 +130,19 @@ func wantedFiles(t *testing.T) []string {
 			t.Fatalf("no file matches %s", pattern)
 		}
 		for _, m := range matches {
-			files = append(files, strings.TrimPrefix(m, repoRoot+"/"))
+			if !strings.HasSuffix(pattern, "/") {
+				files = append(files, strings.TrimPrefix(m, repoRoot+"/"))
+				continue
+			}
+			err := filepath.WalkDir(m, func(path string, d fs.DirEntry, err error) error {
+				if err == nil && d.Type().IsRegular() {
+					files = append(files, strings.TrimPrefix(path, repoRoot+"/"))
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	return files
