@@ -2,14 +2,20 @@
 //
 // wire.bpf.c: counts every packet on an interface by IPsec class (ESP,
 // ESP-in-UDP, AH, IKE, plaintext, ...) and the plaintext packets to or from
-// an IPsec peer. Attached as a TC classifier (tcx or clsact/cls_bpf) at
+// a known IPsec peer. Attached as a TC classifier (tcx or clsact/cls_bpf) at
 // ingress and egress; it only reads the packet and always returns
 // TC_ACT_UNSPEC (== TCX_NEXT), so the next filter or program decides.
 //
+// It runs on every packet of every watched interface, IPsec or not, so the
+// common path is a handful of loads: headers read in place (direct packet
+// access), one per-CPU array slot per packet, and the peer map consulted
+// only for plaintext whose remote address passes a one-word filter.
+//
 // Minimum kernel: 5.7 for __sk_buff.gso_segs with bpf_skb_load_bytes_relative
-// (4.18) — both Debian 6.1 and 6.12 have them. tcx (6.6) is optional: the Go
-// side falls back to clsact + cls_bpf. Only uapi headers are used: a
-// classifier needs no kernel internals, so no CO-RE and no vmlinux.h.
+// (4.18) and direct packet access for classifiers (4.7) — both Debian 6.1 and
+// 6.12 have them. tcx (6.6) is optional: the Go side falls back to clsact +
+// cls_bpf. Only uapi headers are used: a classifier needs no kernel
+// internals, so no CO-RE and no vmlinux.h.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -19,7 +25,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-// Classes, in the order internal/wire/class.go names them.
+// The classes; internal/wire names them from the generated wireWireClass.
 enum wire_class {
 	WIRE_PLAINTEXT = 0,    // IP, not IPsec
 	WIRE_ESP = 1,          // IP protocol 50
@@ -28,72 +34,85 @@ enum wire_class {
 	WIRE_AH = 4,           // IP protocol 51: authenticated, not encrypted
 	WIRE_UDP_FRAGMENT = 5, // a non-first UDP fragment: ports unknown
 	WIRE_NON_IP = 6,       // ARP, LLDP, ... (not IPv4 or IPv6)
+	WIRE_CLASSES = 7,      // the number of classes, not a class
 };
 
 enum wire_direction {
 	WIRE_INGRESS = 0,
 	WIRE_EGRESS = 1,
+	WIRE_DIRECTIONS = 2, // the number of directions, not a direction
 };
 
-// Indexes of wire_overflow: which map was full when a new key came.
-enum wire_overflow_index {
-	OVERFLOW_WIRE_COUNTERS = 0,
-	OVERFLOW_UNPROTECTED_COUNTERS = 1,
-	OVERFLOW_MAX = 2,
-};
+// The enums reach BTF, and so bpf2go's -type, only through something typed
+// with them: two read-only anchors, in the .rodata every instance has anyway.
+const volatile enum wire_class wire_class_type = WIRE_PLAINTEXT;
+const volatile enum wire_direction wire_direction_type = WIRE_INGRESS;
 
-struct wire_key {
-	__u32 ifindex;
-	__u8 direction;
-	__u8 class;
-	__u16 pad;
-};
-
-struct wire_value {
+struct wire_counter {
 	__u64 packets;
 	__u64 bytes;
 };
 
-// An address as IPv6; IPv4 as IPv4-mapped (::ffff:a.b.c.d).
-struct peer_key {
-	__u8 addr[16];
-};
+// Set by the loader for each interface: every interface has its own
+// instance of the programs, so these are constants the verifier folds.
+//
+// netns_slot: the namespace of the interface, in the peer map's keys (a
+// peer of one namespace is not one of another).
+volatile const __u32 netns_slot = 0;
+// ethernet: frames start with a 14-byte Ethernet header (ARPHRD_ETHER), so
+// the network header is at data + ETH_HLEN and can be read in place. Other
+// link types read through bpf_skb_load_bytes_relative.
+volatile const __u8 ethernet = 1;
 
-struct unprotected_key {
-	__u8 addr[16];
-	__u8 direction;
-	__u8 pad[3];
-};
-
-// Map sizes are defaults; the loader may change max_entries before loading.
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct wire_key);
-	__type(value, struct wire_value);
-} wire_counters SEC(".maps");
-
-// Filled by user space from the kernel's SAs and policies; the value is unused.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct peer_key);
-	__type(value, __u8);
-} wire_peers SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 2048);
-	__type(key, struct unprotected_key);
-	__type(value, struct wire_value);
-} unprotected_counters SEC(".maps");
-
+// This interface's counters, indexed by direction * WIRE_CLASSES + class:
+// a fixed key space, so nothing can overflow. Each interface's instance
+// has a map of its own, gone with the interface.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, OVERFLOW_MAX);
+	__uint(max_entries, WIRE_DIRECTIONS * WIRE_CLASSES);
 	__type(key, __u32);
-	__type(value, __u64);
-} wire_overflow SEC(".maps");
+	__type(value, struct wire_counter);
+} wire_counters SEC(".maps");
+
+// A known peer of a namespace; IPv4 as IPv4-mapped (::ffff:a.b.c.d).
+struct peer_key {
+	__u32 netns;
+	__u8 addr[16];
+};
+
+// What reached a peer unprotected, by direction.
+struct peer_counters {
+	struct wire_counter unprotected[WIRE_DIRECTIONS];
+};
+
+// The known peers of every watched namespace, shared by all instances and
+// kept by user space (internal/peers). The value holds the peer's counters:
+// the lookup that finds a peer also finds where to count. Updated
+// atomically: the value is shared by all CPUs, and plaintext to a peer is
+// rare (a policy hole, a dead tunnel). Not preallocated: memory follows the
+// peers there are, max_entries (set by the loader) only bounds them.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct peer_counters);
+} wire_peers SEC(".maps");
+
+// One bit per hash of (namespace, address): a clear bit means "no peer
+// there", so plaintext to a non-peer costs a few instructions instead of a
+// hash lookup. User space sets the bits of every peer before adding it to
+// wire_peers and clears them only after removing it: the filter never hides
+// a peer. 2^18 bits: with 10,000 peers, 4% of plaintext goes on to the
+// lookup. A global in a data section of its own (a one-element array map
+// that every instance shares): the program addresses it directly, without a
+// map lookup.
+#define PEER_FILTER_BITS 18
+#define PEER_FILTER_WORDS (1 << (PEER_FILTER_BITS - 6))
+struct peer_filter {
+	__u64 words[PEER_FILTER_WORDS];
+};
+struct peer_filter wire_peer_filter SEC(".data.wire_peer_filter") = {};
 
 #define IKE_PORT 500
 #define NATT_PORT 4500
@@ -101,182 +120,213 @@ struct {
 #define IPV6_FRAG_OFFSET_MASK 0xfff8
 #define MAX_IPV6_EXT_HEADERS 6
 #define ESP_HEADER_LEN 8 // SPI and sequence number
-#define EEXIST_ 17
 
-// What classify found: the class and, for plaintext, whether the remote
-// address should be looked up in wire_peers.
-struct verdict {
-	__u8 class;
-	__u8 check_peer;
-	struct peer_key remote;
+// Where the network header is: in place, or only through the helper.
+struct pkt {
+	struct __sk_buff *skb;
+	void *net; // the network header in the linear data, or NULL
+	void *end;
 };
 
-static __always_inline int load_net(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+// hdr returns len bytes at offset off from the network header: in place
+// when they are in the packet's linear data, else copied into buf (a
+// header in a page fragment, a link type whose header length is not
+// known); NULL when the packet is shorter.
+static __always_inline void *hdr(struct pkt *p, __u32 off, void *buf, __u32 len)
 {
-	return bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_NET);
+	if (p->net) {
+		void *at = p->net + off;
+		if (at + len <= p->end)
+			return at;
+	}
+	if (bpf_skb_load_bytes_relative(p->skb, off, buf, len, BPF_HDR_START_NET) < 0)
+		return NULL;
+	return buf;
 }
+
+struct udp_hdr {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__be16 check;
+};
+
+// CHECK_PEER is or'ed into a class when the packet's remote address is to
+// be looked up as a peer: plaintext that IPsec could have protected.
+#define CHECK_PEER 0x80
 
 // UDP classes mirror the kernel's own decision in xfrm4_udp_encap_rcv: a
 // payload longer than an ESP header whose first word (the SPI) is not zero is
 // ESP; anything else on port 4500 -- the 4-byte zero non-ESP marker before an
 // IKE message, the 1-byte 0xff NAT keepalive -- belongs to the IKE daemon.
-static __always_inline __u8 classify_udp(struct __sk_buff *skb, __u32 off)
+static __always_inline __u8 classify_udp(struct pkt *p, __u32 off)
 {
-	struct {
-		__be16 source;
-		__be16 dest;
-		__be16 len;
-		__be16 check;
-	} udp;
-	__u32 payload_len;
-	__u32 word = 0;
+	struct udp_hdr ubuf;
+	__u32 wbuf;
 
-
-	if (load_net(skb, off, &udp, sizeof(udp)) < 0)
-		return WIRE_PLAINTEXT;
-	if (udp.source == bpf_htons(IKE_PORT) || udp.dest == bpf_htons(IKE_PORT))
+	struct udp_hdr *udp = hdr(p, off, &ubuf, sizeof(ubuf));
+	if (!udp)
+		return WIRE_PLAINTEXT | CHECK_PEER;
+	if (udp->source == bpf_htons(IKE_PORT) || udp->dest == bpf_htons(IKE_PORT))
 		return WIRE_IKE;
-	if (udp.source != bpf_htons(NATT_PORT) && udp.dest != bpf_htons(NATT_PORT))
-		return WIRE_PLAINTEXT;
-
-	payload_len = bpf_ntohs(udp.len);
-	if (payload_len <= sizeof(udp) + ESP_HEADER_LEN)
+	if (udp->source != bpf_htons(NATT_PORT) && udp->dest != bpf_htons(NATT_PORT))
+		return WIRE_PLAINTEXT | CHECK_PEER;
+	if (bpf_ntohs(udp->len) <= sizeof(ubuf) + ESP_HEADER_LEN)
 		return WIRE_IKE;
-	if (load_net(skb, off + sizeof(udp), &word, sizeof(word)) < 0)
+	__u32 *spi = hdr(p, off + sizeof(ubuf), &wbuf, sizeof(wbuf));
+	if (!spi)
 		return WIRE_IKE;
-	return word != 0 ? WIRE_ESP_IN_UDP : WIRE_IKE;
+	return *spi != 0 ? WIRE_ESP_IN_UDP : WIRE_IKE;
 }
 
 // classify_l4 decides by protocol once the headers before it are known.
 // first is false for a non-first fragment, which carries no L4 header.
-static __always_inline void classify_l4(struct __sk_buff *skb, __u8 proto, __u32 off, int first,
-					struct verdict *v)
+static __always_inline __u8 classify_l4(struct pkt *p, __u8 proto, __u32 off, int first)
 {
 	switch (proto) {
 	case IPPROTO_ESP:
-		v->class = WIRE_ESP;
-		return;
+		return WIRE_ESP;
 	case IPPROTO_AH:
-		v->class = WIRE_AH;
-		return;
+		return WIRE_AH;
 	case IPPROTO_UDP:
-		v->class = first ? classify_udp(skb, off) : WIRE_UDP_FRAGMENT;
-		break;
+		return first ? classify_udp(p, off) : WIRE_UDP_FRAGMENT;
 	case IPPROTO_ICMPV6:
-		v->class = WIRE_PLAINTEXT;
 		if (first) {
-			__u8 type = 0;
+			__u8 tbuf;
+			__u8 *type = hdr(p, off, &tbuf, 1);
 			// Neighbour discovery (133-137) cannot be protected by
 			// IPsec; it is plaintext but not a leak to the peer.
-			if (load_net(skb, off, &type, 1) == 0 && type >= 133 && type <= 137)
-				return;
+			if (type && *type >= 133 && *type <= 137)
+				return WIRE_PLAINTEXT;
 		}
 		break;
-	default:
-		v->class = WIRE_PLAINTEXT;
-		break;
 	}
-	v->check_peer = v->class == WIRE_PLAINTEXT;
+	return WIRE_PLAINTEXT | CHECK_PEER;
 }
 
-static __always_inline void classify_ipv4(struct __sk_buff *skb, __u8 direction, struct verdict *v)
+struct ipv4_hdr {
+	__u8 ver_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__be16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6_hdr {
+	__be32 ver_tc_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
+struct ipv6_ext {
+	__u8 nexthdr;
+	__u8 hdrlen;
+	__be16 frag_off; // only meaningful in a fragment header
+};
+
+// remote is the address to look up as a peer, as the four words of an
+// IPv6 address (IPv4 mapped), and the words xor-folded for the filter.
+struct remote {
+	__be32 w[4];
+	__u32 fold;
+};
+
+static __always_inline __u8 classify_ipv4(struct pkt *p, const __u8 direction, struct remote *r)
 {
-	struct {
-		__u8 ver_ihl;
-		__u8 tos;
-		__be16 tot_len;
-		__be16 id;
-		__be16 frag_off;
-		__u8 ttl;
-		__u8 protocol;
-		__be16 check;
-		__be32 saddr;
-		__be32 daddr;
-	} ip;
-	__u32 ihl;
-
-	v->class = WIRE_PLAINTEXT;
-	if (load_net(skb, 0, &ip, sizeof(ip)) < 0 || ip.ver_ihl >> 4 != 4)
-		return;
-	ihl = (ip.ver_ihl & 0x0f) * 4;
-	if (ihl < sizeof(ip))
-		return;
-
-	v->remote.addr[10] = 0xff;
-	v->remote.addr[11] = 0xff;
-	__builtin_memcpy(&v->remote.addr[12], direction == WIRE_INGRESS ? &ip.saddr : &ip.daddr, 4);
-	classify_l4(skb, ip.protocol, ihl, (ip.frag_off & bpf_htons(IP_OFFSET_MASK)) == 0, v);
+	struct ipv4_hdr buf;
+	struct ipv4_hdr *ip = hdr(p, 0, &buf, sizeof(buf));
+	if (!ip)
+		return WIRE_PLAINTEXT;
+	__u32 ihl = sizeof(buf);
+	if (ip->ver_ihl != 0x45) { // options, or not IPv4 at all
+		if (ip->ver_ihl >> 4 != 4)
+			return WIRE_PLAINTEXT;
+		ihl = (ip->ver_ihl & 0x0f) * 4;
+		if (ihl < sizeof(buf))
+			return WIRE_PLAINTEXT;
+	}
+	// Four stores: cheaper than deciding whether they are needed.
+	r->w[0] = 0;
+	r->w[1] = 0;
+	r->w[2] = bpf_htonl(0xffff);
+	r->w[3] = direction == WIRE_INGRESS ? ip->saddr : ip->daddr;
+	r->fold = r->w[3] ^ bpf_htonl(0xffff);
+	return classify_l4(p, ip->protocol, ihl, (ip->frag_off & bpf_htons(IP_OFFSET_MASK)) == 0);
 }
 
-static __always_inline void classify_ipv6(struct __sk_buff *skb, __u8 direction, struct verdict *v)
+static __always_inline __u8 classify_ipv6(struct pkt *p, const __u8 direction, struct remote *r)
 {
-	struct {
-		__be32 ver_tc_flow;
-		__be16 payload_len;
-		__u8 nexthdr;
-		__u8 hop_limit;
-		__u8 saddr[16];
-		__u8 daddr[16];
-	} ip6;
-	struct {
-		__u8 nexthdr;
-		__u8 hdrlen;
-		__be16 frag_off; // only meaningful in a fragment header
-	} ext;
-	__u32 off = sizeof(ip6);
-	__u8 proto;
+	struct ipv6_hdr buf;
+	struct ipv6_ext ebuf;
+	__u32 off = sizeof(buf);
 	int first = 1;
 
-	v->class = WIRE_PLAINTEXT;
-	if (load_net(skb, 0, &ip6, sizeof(ip6)) < 0 || (ip6.ver_tc_flow & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
-		return;
-	__builtin_memcpy(v->remote.addr, direction == WIRE_INGRESS ? ip6.saddr : ip6.daddr, 16);
-	v->check_peer = 1;
-	proto = ip6.nexthdr;
-
+	struct ipv6_hdr *ip6 = hdr(p, 0, &buf, sizeof(buf));
+	if (!ip6 || (ip6->ver_tc_flow & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
+		return WIRE_PLAINTEXT;
+	__be32 *a = direction == WIRE_INGRESS ? ip6->saddr : ip6->daddr;
+	r->w[0] = a[0];
+	r->w[1] = a[1];
+	r->w[2] = a[2];
+	r->w[3] = a[3];
+	r->fold = a[0] ^ a[1] ^ a[2] ^ a[3];
+	__u8 proto = ip6->nexthdr;
+	// Extension headers are rare: most packets leave at the first test.
 #pragma unroll
 	for (int i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
 		if (proto != IPPROTO_HOPOPTS && proto != IPPROTO_ROUTING && proto != IPPROTO_DSTOPTS &&
 		    proto != IPPROTO_FRAGMENT)
 			break;
-		if (load_net(skb, off, &ext, sizeof(ext)) < 0)
-			return;
+		struct ipv6_ext *ext = hdr(p, off, &ebuf, sizeof(ebuf));
+		if (!ext)
+			return WIRE_PLAINTEXT | CHECK_PEER; // truncated: the peer still checked
 		if (proto == IPPROTO_FRAGMENT) {
-			if (ext.frag_off & bpf_htons(IPV6_FRAG_OFFSET_MASK))
+			if (ext->frag_off & bpf_htons(IPV6_FRAG_OFFSET_MASK))
 				first = 0;
 			off += 8;
 		} else {
-			off += (ext.hdrlen + 1) * 8;
+			off += (ext->hdrlen + 1) * 8;
 		}
-		proto = ext.nexthdr;
+		proto = ext->nexthdr;
 	}
 	// More extension headers than we follow: plaintext, peer still checked.
 	if (proto == IPPROTO_HOPOPTS || proto == IPPROTO_ROUTING || proto == IPPROTO_DSTOPTS ||
 	    proto == IPPROTO_FRAGMENT)
-		return;
-	v->check_peer = 0;
-	classify_l4(skb, proto, off, first, v);
+		return WIRE_PLAINTEXT | CHECK_PEER;
+	return classify_l4(p, proto, off, first);
 }
 
-static __always_inline void add(void *map, void *key, __u32 overflow_index, __u64 packets, __u64 bytes)
+// filter_bit is the peer filter's bit for a remote address in this
+// namespace: a multiplicative hash of the folded address. internal/wire's
+// filterBit computes the same.
+static __always_inline __u32 filter_bit(const struct remote *r)
 {
-	struct wire_value *val = bpf_map_lookup_elem(map, key);
+	__u32 x = r->fold ^ (netns_slot * 0x85ebca6bu);
+	return (x * 0x9e3779b1u) >> (32 - PEER_FILTER_BITS);
+}
 
-	if (!val) {
-		struct wire_value zero = {};
-		long err = bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
-		if (err && err != -EEXIST_ /* another CPU was first */) {
-			__u64 *overflow = bpf_map_lookup_elem(&wire_overflow, &overflow_index);
-			if (overflow)
-				*overflow += 1;
-			return;
-		}
-		val = bpf_map_lookup_elem(map, key);
-		if (!val)
-			return;
-	}
-	val->packets += packets;
-	val->bytes += bytes;
+static __always_inline void count_unprotected(const struct remote *r, const __u8 direction, __u64 packets,
+					      __u64 bytes)
+{
+	__u32 bit = filter_bit(r);
+	if (!(wire_peer_filter.words[bit >> 6] & (1ull << (bit & 63))))
+		return;
+
+	struct peer_key key = {.netns = netns_slot};
+	__builtin_memcpy(key.addr, r->w, 16);
+	struct peer_counters *c = bpf_map_lookup_elem(&wire_peers, &key);
+	if (!c)
+		return;
+	__sync_fetch_and_add(&c->unprotected[direction].packets, packets);
+	__sync_fetch_and_add(&c->unprotected[direction].bytes, bytes);
 }
 
 // decrypted tells whether IPsec already decrypted this packet: the inner
@@ -290,33 +340,45 @@ static __always_inline int decrypted(struct __sk_buff *skb)
 	return bpf_skb_get_xfrm_state(skb, 0, &x, sizeof(x), 0) == 0;
 }
 
-static __always_inline int count(struct __sk_buff *skb, __u8 direction)
+static __always_inline int count(struct __sk_buff *skb, const __u8 direction)
 {
-	struct verdict v = {};
-	__u64 packets = skb->gso_segs ? skb->gso_segs : 1;
+	void *data = (void *)(long)skb->data;
+	struct pkt p = {.skb = skb, .end = (void *)(long)skb->data_end};
+	struct remote r;
+	__u8 class;
 
-	if (direction == WIRE_INGRESS && decrypted(skb))
+	// In place only when the frame's own EtherType is the protocol the
+	// kernel parsed: an untagged frame, or one whose tag the kernel
+	// moved to skb->vlan_tci.
+	__be16 protocol = skb->protocol;
+	if (ethernet && data + ETH_HLEN <= p.end && *(__be16 *)(data + 12) == protocol)
+		p.net = data + ETH_HLEN;
+
+	if (protocol == bpf_htons(ETH_P_IP))
+		class = classify_ipv4(&p, direction, &r);
+	else if (protocol == bpf_htons(ETH_P_IPV6))
+		class = classify_ipv6(&p, direction, &r);
+	else
+		class = WIRE_NON_IP;
+
+	// An ESP or AH packet has not been decrypted yet when it arrives (the
+	// inner ESP of a nested tunnel would be, and is counted again, see
+	// bpf/README.md); everything else may be a tunnel's inner packet.
+	if (direction == WIRE_INGRESS && class != WIRE_ESP && class != WIRE_ESP_IN_UDP && class != WIRE_AH &&
+	    decrypted(skb))
 		return TC_ACT_UNSPEC;
 
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		classify_ipv4(skb, direction, &v);
-	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		classify_ipv6(skb, direction, &v);
-	else
-		v.class = WIRE_NON_IP;
-
-	struct wire_key key = {
-		.ifindex = skb->ifindex,
-		.direction = direction,
-		.class = v.class,
-	};
-	add(&wire_counters, &key, OVERFLOW_WIRE_COUNTERS, packets, skb->len);
-
-	if (v.check_peer && bpf_map_lookup_elem(&wire_peers, &v.remote)) {
-		struct unprotected_key ukey = {.direction = direction};
-		__builtin_memcpy(ukey.addr, v.remote.addr, 16);
-		add(&unprotected_counters, &ukey, OVERFLOW_UNPROTECTED_COUNTERS, packets, skb->len);
+	__u64 packets = skb->gso_segs ? skb->gso_segs : 1;
+	__u32 slot = direction * WIRE_CLASSES + (class & ~CHECK_PEER);
+	// Per-CPU: a TC program runs with bottom halves disabled, so nothing
+	// else on this CPU touches the slot meanwhile; plain adds suffice.
+	struct wire_counter *c = bpf_map_lookup_elem(&wire_counters, &slot);
+	if (c) {
+		c->packets += packets;
+		c->bytes += skb->len;
 	}
+	if (class & CHECK_PEER)
+		count_unprotected(&r, direction, packets, skb->len);
 	return TC_ACT_UNSPEC;
 }
 

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -9,62 +10,157 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx/netnsxtest"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmnl"
 )
 
-// TestEventsCollector: a listener per namespace counts policy lifecycle
-// events between scrapes (policies need no ESP: this runs on the host), a
-// namespace created later gets its listener at the next scrape, and one
-// that is gone loses it.
-func TestEventsCollector(t *testing.T) {
-	dir, path := booksNamespace(t, "books-ev")
-	h := booksNetlink(t, path)
-	targets := []string{"books-ev"}
-	registry := newListenerRegistry()
-	c := &eventsCollector{logger: booksLogger(), registry: registry,
-		targets: func() ([]netnsTarget, error) { return netnsx.List(dir, targets) }}
-	defer func() { _ = c.Close() }()
-	scrapeText(t, c) // starts the listener
+// eventsIn is the events collector over the namespaces of dir, with its
+// own watcher and listeners.
+func eventsIn(t *testing.T, dir string) (*eventsCollector, *xfrmnl.Listeners) {
+	t.Helper()
+	w, err := netnsx.NewWatcher(netnsx.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := xfrmnl.Follow(w, xfrmnl.ListenOptions{})
+	t.Cleanup(func() { _ = ls.Close(); _ = w.Close() })
+	return &eventsCollector{logger: slog.New(slog.DiscardHandler), namespaces: namespacesNow(w), listeners: ls}, ls
+}
+
+// eventPolicy is an outbound policy with a selector of its own.
+func eventPolicy(i int) *netlink.XfrmPolicy {
 	_, sel, _ := net.ParseCIDR("10.6.0.0/16")
-	p := &netlink.XfrmPolicy{Src: sel, Dst: sel, Dir: netlink.XFRM_DIR_OUT}
-	for range 2 {
-		if err := h.XfrmPolicyAdd(p); err != nil {
-			t.Fatal(err)
-		}
-		if err := h.XfrmPolicyDel(p); err != nil {
+	return &netlink.XfrmPolicy{Src: sel, Dst: &net.IPNet{IP: net.IPv4(10, 16, 0, byte(i)), Mask: net.CIDRMask(32, 32)}, Dir: netlink.XFRM_DIR_OUT}
+}
+
+// addDelPolicies adds n policies, and deletes the first del of them.
+func addDelPolicies(t *testing.T, h *netlink.Handle, n, del int) {
+	t.Helper()
+	for i := range n {
+		if err := h.XfrmPolicyAdd(eventPolicy(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want := []string{
-		`ipsec_xfrm_events_total{event="policy_added",netns="books-ev"} 2`,
-		`ipsec_xfrm_events_total{event="policy_deleted",netns="books-ev"} 2`,
-		`ipsec_xfrm_events_total{event="sa_hard_expired",netns="books-ev"} 0`,
-		`ipsec_xfrm_event_overruns_total{netns="books-ev"} 0`,
+	for i := range del {
+		if err := h.XfrmPolicyDel(eventPolicy(i)); err != nil {
+			t.Fatal(err)
+		}
 	}
+}
+
+// waitLines scrapes until every line is in the exposition, and returns it.
+func waitLines(t *testing.T, c Collector, lines ...string) string {
+	t.Helper()
 	var got string
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		got = scrapeText(t, c)
-		if strings.Contains(got, want[1]+"\n") {
-			break
+		missing := ""
+		for _, l := range lines {
+			if !strings.Contains(got, l+"\n") {
+				missing = l
+				break
+			}
+		}
+		if missing == "" {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("missing %s in\n%s", missing, got)
 		}
 	}
-	for _, line := range want {
-		if !strings.Contains(got, line+"\n") {
-			t.Errorf("missing %s in\n%s", line, got)
-		}
-	}
+}
+
+// TestEventsCollector: a listener per namespace counts policy lifecycle
+// events between scrapes (policies need no ESP: this runs on the host), in
+// the exporter's own namespace too.
+func TestEventsCollector(t *testing.T) {
+	dir := t.TempDir()
+	ns := netnsxtest.New(t, dir, "ev")
+	c, _ := eventsIn(t, dir)
+	scrapeText(t, c)
+	addDelPolicies(t, netnsxtest.Handle(t, ns), 2, 2)
+	got := waitLines(t, c,
+		`ipsec_xfrm_events_total{event="policy_added",netns="ev"} 2`,
+		`ipsec_xfrm_events_total{event="policy_deleted",netns="ev"} 2`,
+		`ipsec_xfrm_events_total{event="sa_hard_expired",netns="ev"} 0`,
+		`ipsec_xfrm_event_overruns_total{netns="ev"} 0`,
+		`ipsec_xfrm_events_lost_total{netns="ev"} 0`)
 	if !strings.Contains(got, `netns=""}`) {
 		t.Error("no listener for the exporter's own namespace")
 	}
-	targets = []string{"none-of-these"}
-	got = scrapeText(t, c)
-	if strings.Contains(got, `netns="books-ev"`) {
-		t.Error("listener of a namespace no longer listed still reported")
+}
+
+// TestEventsNamespaceFollowed: a namespace's events count from the moment
+// it appears, with no scrape in between (a policy added and deleted again
+// before any scrape is counted both ways: only a listener that was already
+// there saw it go), and a namespace deleted and created again under the
+// same name is followed: its new events count, on top of the old
+// namespace's under the same name, and the old one's listener is closed.
+func TestEventsNamespaceFollowed(t *testing.T) {
+	dir := t.TempDir()
+	old := netnsxtest.New(t, dir, "zz")
+	c, ls := eventsIn(t, dir)
+	addDelPolicies(t, netnsxtest.Handle(t, old), 1, 1)
+	waitLines(t, c, `ipsec_xfrm_events_total{event="policy_added",netns="zz"} 1`)
+
+	// Deleted and created again, with no scrape between; then a namespace
+	// that did not exist.
+	if err := netnsxtest.Delete(old.Path); err != nil {
+		t.Fatal(err)
 	}
-	if len(registry.byName) != 1 {
-		t.Errorf("%d listeners, want 1 (own namespace)", len(registry.byName))
+	if err := netnsxtest.Add(old.Path); err != nil {
+		t.Fatal(err)
 	}
-	_ = c.Close()
-	if len(registry.byName) != 0 {
-		t.Errorf("%d listeners after Close", len(registry.byName))
+	again, err := netnsx.At(old.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := netnsxtest.New(t, dir, "late")
+	// Added at once, perhaps before its listener subscribed: the
+	// listener of a namespace that just appeared counts what it finds.
+	lateNL := netnsxtest.Handle(t, late)
+	addDelPolicies(t, lateNL, 2, 0)
+	waitListening(t, ls, again, late)
+	addDelPolicies(t, netnsxtest.Handle(t, again), 3, 1)
+	for i := range 2 {
+		if err := lateNL.XfrmPolicyDel(eventPolicy(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLines(t, c,
+		`ipsec_xfrm_events_total{event="policy_added",netns="zz"} 4`,
+		`ipsec_xfrm_events_total{event="policy_deleted",netns="zz"} 2`,
+		`ipsec_xfrm_events_total{event="policy_added",netns="late"} 2`,
+		`ipsec_xfrm_events_total{event="policy_deleted",netns="late"} 2`)
+	if l, _ := ls.Get(old.ID); l != nil {
+		t.Error("the deleted namespace still has its listener (and is kept alive by it)")
+	}
+
+	// A name gone keeps its counts for netnsRetention, then its series end.
+	if err := netnsxtest.Delete(late.Path); err != nil {
+		t.Fatal(err)
+	}
+	waitLines(t, c, `ipsec_xfrm_events_total{event="policy_deleted",netns="late"} 2`)
+	c.now = func() time.Time { return time.Now().Add(netnsRetention + time.Minute) }
+	if got := scrapeText(t, c); strings.Contains(got, `netns="late"`) {
+		t.Errorf("a name gone for longer than %v still reported:\n%s", netnsRetention, got)
+	}
+}
+
+// waitListening waits, without scraping, until every namespace has its
+// listener: the watcher found them by itself.
+func waitListening(t *testing.T, ls *xfrmnl.Listeners, nss ...netnsx.Namespace) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for _, ns := range nss {
+		for {
+			if l, _ := ls.Get(ns.ID); l != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no listener for %v within 3s", ns)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmnl"
 )
 
@@ -44,76 +45,119 @@ var (
 )
 
 func init() {
+	RegisterFlagCheck("collector.policy.max-series", checkMaxSeries(policyMaxSeries))
 	registerCollector("policy", true, func(logger *slog.Logger) (Collector, error) {
-		return &policyCollector{logger: logger, targets: netnsTargets, read: readPolicies, max: *policyMaxSeries}, nil
+		w, err := watchedNamespaces.acquire(logger)
+		if err != nil {
+			return nil, err
+		}
+		return &policyCollector{logger: logger, namespaces: namespacesNow(w), read: readPolicies, max: *policyMaxSeries,
+			release: watchedNamespaces.release}, nil
 	})
 }
 
-type policySnapshot struct {
-	SPD      xfrmnl.SPDInfo
-	Policies []xfrmnl.Policy
+// policyNamespace is what the policy collector reads of one namespace.
+type policyNamespace struct {
+	SPD xfrmnl.SPDInfo
+	// Each calls fn with every policy, decoded into one reused value.
+	Each func(fn func(*xfrmnl.Policy) error) error
+	// Close releases what Each needs.
+	Close func()
 }
 
 type policyCollector struct {
-	logger  *slog.Logger
-	targets func() ([]netnsTarget, error)
-	read    func(netnsTarget) (policySnapshot, error)
-	max     int
+	logger     *slog.Logger
+	namespaces func() []netnsx.Namespace
+	read       func(netnsx.Namespace) (policyNamespace, error)
+	max        int
+	release    func() error
 }
 
-func readPolicies(t netnsTarget) (policySnapshot, error) {
-	var s policySnapshot
-	conn, err := xfrmnl.Dial(t.Path, 0)
+// Close lets go of the namespace watcher.
+func (c *policyCollector) Close() error {
+	if c.release == nil {
+		return nil
+	}
+	return c.release()
+}
+
+// readPolicies reads the namespace's SPD info and opens its policy dump.
+func readPolicies(ns netnsx.Namespace) (policyNamespace, error) {
+	var s policyNamespace
+	conn, err := xfrmnl.Dial(ns, 0)
 	if err != nil {
 		return s, err
 	}
-	defer func() { _ = conn.Close() }()
 	if s.SPD, err = conn.SPDInfo(); err != nil {
+		_ = conn.Close()
 		return s, err
 	}
-	if s.Policies, err = conn.Policies(); err != nil {
-		return s, err
-	}
+	s.Each = conn.EachPolicy
+	s.Close = func() { _ = conn.Close() }
 	return s, nil
 }
 
+// policyRow is one policy that may get per-policy series: namespace by
+// namespace in the order they are read, then by the kernel's index.
+type policyRow struct {
+	order int // the namespace's place in this scrape
+	netns string
+	p     xfrmnl.Policy
+}
+
+func comparePolicyRows(a, b *policyRow) int {
+	return cmp.Or(cmp.Compare(a.order, b.order), cmp.Compare(a.p.Index, b.p.Index))
+}
+
 func (c *policyCollector) Update(ch chan<- prometheus.Metric) error {
-	targets, err := c.targets()
-	if err != nil {
-		return err
-	}
 	var errs []error
-	emitted, omitted := 0, 0
-	for _, t := range targets {
-		snap, err := c.read(t)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("netns %q: %w", t.Name, err))
+	rows := newFirstN(c.max, comparePolicyRows)
+	for order, ns := range c.namespaces() {
+		mine, err := c.readNamespace(ch, order, ns)
+		if gone(err) {
+			c.logger.Debug("namespace gone before it was read", "netns", ns.Name, "err", err)
 			continue
 		}
-		spd := snap.SPD
-		for _, d := range []struct {
-			dir          string
-			main, socket uint32
-		}{{"in", spd.In, spd.SocketIn}, {"out", spd.Out, spd.SocketOut}, {"fwd", spd.Fwd, spd.SocketFwd}} {
-			ch <- newConstMetric(policiesDesc, prometheus.GaugeValue, float64(d.main), t.Name, d.dir)
-			ch <- newConstMetric(socketPoliciesDesc, prometheus.GaugeValue, float64(d.socket), t.Name, d.dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("netns %q: %w", ns.Name, err))
+			continue
 		}
-		pols := snap.Policies
-		slices.SortFunc(pols, func(a, b xfrmnl.Policy) int { return cmp.Compare(a.Index, b.Index) })
-		for i := range pols {
-			if c.max > 0 && emitted >= c.max {
-				omitted++
-				continue
-			}
-			emitted++
-			emitPolicy(ch, t.Name, &pols[i])
-		}
+		rows.merge(mine)
 	}
-	ch <- newConstMetric(policyOmittedDesc, prometheus.GaugeValue, float64(omitted))
+	for _, r := range rows.sorted() {
+		emitPolicy(ch, r.netns, &r.p)
+	}
+	ch <- newConstMetric(policyOmittedDesc, prometheus.GaugeValue, float64(rows.dropped))
 	if err := errors.Join(errs...); err != nil && xfrmAbsent(err) {
 		return fmt.Errorf("%w: %w", ErrNoData, err)
 	}
 	return errors.Join(errs...)
+}
+
+// readNamespace sends a namespace's policy counts and returns the first of
+// its policies (as many as the cap could take).
+func (c *policyCollector) readNamespace(ch chan<- prometheus.Metric, order int, ns netnsx.Namespace) (*firstN[policyRow], error) {
+	snap, err := c.read(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	mine := newFirstN(c.max, comparePolicyRows)
+	if err := snap.Each(func(p *xfrmnl.Policy) error {
+		mine.offer(&policyRow{order: order, netns: ns.Name, p: *p})
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	spd := snap.SPD
+	for _, d := range []struct {
+		dir          string
+		main, socket uint32
+	}{{"in", spd.In, spd.SocketIn}, {"out", spd.Out, spd.SocketOut}, {"fwd", spd.Fwd, spd.SocketFwd}} {
+		ch <- newConstMetric(policiesDesc, prometheus.GaugeValue, float64(d.main), ns.Name, d.dir)
+		ch <- newConstMetric(socketPoliciesDesc, prometheus.GaugeValue, float64(d.socket), ns.Name, d.dir)
+	}
+	return mine, nil
 }
 
 func emitPolicy(ch chan<- prometheus.Metric, netns string, p *xfrmnl.Policy) {

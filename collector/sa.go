@@ -104,215 +104,319 @@ var (
 // make its 30 s acquire timeout look like an SA about to expire.
 func isLarval(sa *xfrmnl.SA) bool { return sa.SPI == 0 }
 
-func init() {
-	registerCollector("sa", true, func(logger *slog.Logger) (Collector, error) {
-		c := newSACollector(logger, netnsTargets, readSAs, *saPerSA, *saMaxSeries)
-		c.registry = listeners
-		if targets, err := netnsTargets(); err == nil {
-			c.registry.sync("sa", targets, logger) // hear of removed SAs from start-up
+// maxSeriesBound bounds the per-object caps: beyond it the series a node
+// exports are no cap at all (about 15 per SA).
+const maxSeriesBound = 1_000_000
+
+// checkMaxSeries is the check of a --collector.*.max-series flag.
+func checkMaxSeries(v *int) func() error {
+	return func() error {
+		if *v < 0 || *v > maxSeriesBound {
+			return fmt.Errorf("must be 0 (no limit) or between 1 and %d, got %d", maxSeriesBound, *v)
 		}
+		return nil
+	}
+}
+
+func init() {
+	RegisterFlagCheck("collector.sa.max-series", checkMaxSeries(saMaxSeries))
+	registerCollector("sa", true, func(logger *slog.Logger) (Collector, error) {
+		ls, err := eventListeners.acquire(logger)
+		if err != nil {
+			return nil, err
+		}
+		c := newSACollector(logger, namespacesNow(ls.watcher), readSAs, *saPerSA, *saMaxSeries)
+		c.finals = takeFinals(ls.Listeners)
+		c.release = eventListeners.release
 		return c, nil
 	})
 }
 
-// saSnapshot is what the collector reads from one namespace.
-type saSnapshot struct {
-	SAs   []xfrmnl.SA
+// takeFinals gives the final counters of the SAs the kernel removed in a
+// namespace since the last call, from its event listener.
+func takeFinals(ls *xfrmnl.Listeners) func(netnsx.ID) []xfrmnl.SA {
+	return func(id netnsx.ID) []xfrmnl.SA {
+		l, _ := ls.Get(id)
+		if l == nil {
+			return nil
+		}
+		return l.TakeFinals()
+	}
+}
+
+// saNamespace is what the sa collector reads of one namespace.
+type saNamespace struct {
 	SAD   xfrmnl.SADInfo
-	Local map[netip.Addr]bool // the namespace's own addresses
+	Local addrSet // the namespace's own addresses
+	// Each calls fn with every SA, decoded into one reused value.
+	Each func(fn func(*xfrmnl.SA) error) error
+	// Close releases what Each needs.
+	Close func()
 }
 
 type saCollector struct {
-	logger  *slog.Logger
-	targets func() ([]netnsTarget, error)
-	read    func(netnsTarget) (saSnapshot, error)
-	now     func() time.Time
-	perSA   bool
-	max     int
-
-	// registry, when set, gives the final counters of SAs the kernel
+	logger     *slog.Logger
+	namespaces func() []netnsx.Namespace
+	read       func(netnsx.Namespace) (saNamespace, error)
+	now        func() time.Time
+	perSA      bool
+	max        int
+	// finals, when set, gives the final counters of SAs the kernel
 	// removed (internal/xfrmnl.Listener.TakeFinals) for the peer books.
-	registry *listenerRegistry
+	finals  func(netnsx.ID) []xfrmnl.SA
+	release func() error
 
 	mu    sync.Mutex // scrapes may overlap; the peer books are shared
 	peers *peerBooks
 }
 
-// Close lets go of the event listeners the collector holds.
+// Close lets go of the event listeners.
 func (c *saCollector) Close() error {
-	if c.registry != nil {
-		c.registry.releaseAll("sa")
+	if c.release == nil {
+		return nil
 	}
-	return nil
+	return c.release()
 }
 
-func newSACollector(logger *slog.Logger, targets func() ([]netnsTarget, error), read func(netnsTarget) (saSnapshot, error), perSA bool, max int) *saCollector {
-	return &saCollector{logger: logger, targets: targets, read: read, now: time.Now, perSA: perSA, max: max, peers: newPeerBooks()}
+func newSACollector(logger *slog.Logger, namespaces func() []netnsx.Namespace, read func(netnsx.Namespace) (saNamespace, error), perSA bool, max int) *saCollector {
+	return &saCollector{logger: logger, namespaces: namespaces, read: read, now: time.Now, perSA: perSA, max: max, peers: newPeerBooks()}
 }
 
-// readSAs dumps the namespace's SAs and SAD info, and its addresses to tell
-// inbound from outbound SAs on kernels without the SA direction attribute.
-func readSAs(t netnsTarget) (saSnapshot, error) {
-	var s saSnapshot
-	conn, err := xfrmnl.Dial(t.Path, 0)
+// readSAs opens the namespace's SA dump after reading its SAD info and its
+// addresses (to tell inbound from outbound SAs on kernels without the SA
+// direction attribute).
+func readSAs(ns netnsx.Namespace) (saNamespace, error) {
+	var s saNamespace
+	conn, err := xfrmnl.Dial(ns, 0)
 	if err != nil {
 		return s, err
 	}
-	defer func() { _ = conn.Close() }()
-	if s.SAs, err = conn.SAs(); err != nil {
-		return s, err
-	}
 	if s.SAD, err = conn.SADInfo(); err != nil {
+		_ = conn.Close()
 		return s, err
 	}
-	s.Local = map[netip.Addr]bool{}
-	err = netnsx.Do(t.Path, func() error {
+	if s.Local, err = localAddrs(ns); err != nil {
+		_ = conn.Close()
+		return s, err
+	}
+	s.Each = conn.EachSA
+	s.Close = func() { _ = conn.Close() }
+	return s, nil
+}
+
+// addrSet is a namespace's own addresses: a few, so a list to scan is
+// cheaper than a map to hash, once per SA.
+type addrSet []netip.Addr
+
+func (s addrSet) has(a netip.Addr) bool { return slices.Contains(s, a) }
+
+// localAddrs lists the addresses of the namespace's interfaces.
+func localAddrs(ns netnsx.Namespace) (addrSet, error) {
+	var local addrSet
+	err := ns.Do(func() error {
 		addrs, err := net.InterfaceAddrs()
 		if err != nil {
 			return err
 		}
 		for _, a := range addrs {
 			if ipn, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
-					s.Local[ip.Unmap()] = true
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && !local.has(ip.Unmap()) {
+					local = append(local, ip.Unmap())
 				}
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return s, fmt.Errorf("listing addresses: %w", err)
+		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
-	return s, nil
+	return local, nil
 }
 
-// saView is one SA with its label values worked out.
-type saView struct {
-	sa     *xfrmnl.SA
-	labels []string // saLabels order
-	peer   peerKey
+// saDirection is an SA's direction as the collector works it out.
+type saDirection uint8
+
+const (
+	dirUnknown saDirection = iota // neither end is an address of the namespace
+	dirIn
+	dirOut
+)
+
+func (d saDirection) String() string {
+	switch d {
+	case dirIn:
+		return "in"
+	case dirOut:
+		return "out"
+	}
+	return "unknown"
 }
 
+// classify works out an SA's direction and peer (the remote end): the
+// kernel's own mark on 6.10+, else which end is an address of the
+// namespace.
+func classify(netns string, sa *xfrmnl.SA, local addrSet) peerKey {
+	src, dst := sa.Src.Unmap(), sa.Dst.Unmap()
+	switch {
+	case sa.Dir == xfrmnl.SADirIn:
+		return peerKey{netns: netns, peer: src, dir: dirIn}
+	case sa.Dir == xfrmnl.SADirOut:
+		return peerKey{netns: netns, peer: dst, dir: dirOut}
+	case local.has(dst):
+		return peerKey{netns: netns, peer: src, dir: dirIn}
+	case local.has(src):
+		return peerKey{netns: netns, peer: dst, dir: dirOut}
+	}
+	return peerKey{netns: netns, dir: dirUnknown}
+}
+
+func identOf(netns netnsx.ID, sa *xfrmnl.SA) saIdent {
+	return saIdent{netns: netns, src: sa.Src.As16(), dst: sa.Dst.As16(), spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
+}
+
+func totalsOf(sa *xfrmnl.SA) saTotals {
+	return saTotals{bytes: sa.Bytes, packets: sa.Packets, integrity: uint64(sa.IntegrityFailures),
+		replay: uint64(sa.ReplayDrops) + uint64(sa.ReplayWindowDrops)}
+}
+
+// saRow is one SA that may get per-SA series.
+type saRow struct {
+	sa   xfrmnl.SA
+	peer peerKey
+}
+
+// newRows keeps the SAs that get per-SA series (--collector.sa.max-series).
+func (c *saCollector) newRows() *firstN[saRow] { return newFirstN(c.max, compareRows) }
+
+// compareRows is the order in which the per-SA cap keeps SAs, stable from
+// scrape to scrape.
+func compareRows(a, b *saRow) int {
+	return cmp.Or(cmp.Compare(a.peer.netns, b.peer.netns), a.sa.Dst.Compare(b.sa.Dst), cmp.Compare(a.sa.SPI, b.sa.SPI), cmp.Compare(a.sa.Proto, b.sa.Proto))
+}
+
+// Update reads every namespace, updates the per-peer books and sends the
+// per-namespace, per-peer and (capped) per-SA series.
 func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
-	targets, err := c.targets()
-	if err != nil {
-		return err
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	now := c.now()
+	rows := c.newRows()
+	var finals []finalSA
 	var errs []error
-	var views []saView
-	read := map[string]bool{} // namespaces read in full this scrape
-	var finals []saView
-	var held map[string]*xfrmnl.Listener
-	if c.registry != nil {
-		var lerrs []error
-		held, lerrs = c.registry.sync("sa", targets, c.logger)
-		for _, err := range lerrs {
-			c.logger.Debug("no event listener: per-peer totals miss what removed SAs carried after the last scrape", "err", err)
-		}
-	}
-	for _, t := range targets {
-		snap, err := c.read(t)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("netns %q: %w", t.Name, err))
+	unreadable := map[netnsx.ID]bool{}
+	read := 0
+	c.peers.begin()
+	for _, ns := range c.namespaces() {
+		f, err := c.readNamespace(ch, ns, rows)
+		switch {
+		case gone(err):
+			c.logger.Debug("namespace gone before it was read", "netns", ns.Name, "err", err)
+			continue
+		case err != nil:
+			unreadable[ns.ID] = true
+			errs = append(errs, fmt.Errorf("netns %q: %w", ns.Name, err))
 			continue
 		}
-		read[t.Name] = true
-		// Taken after the dump: an SA removed in between is in both, and
-		// the books hold its final counters back until it is gone.
-		if l := held[t.Name]; l != nil {
-			for _, sa := range l.TakeFinals() {
-				if isLarval(&sa) {
-					continue
-				}
-				finals = append(finals, viewOf(t.Name, &sa, snap.Local))
-			}
-		}
-		ch <- newConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), t.Name)
-		byDir := map[string]int{"in": 0, "out": 0}
-		larval := 0
-		for i := range snap.SAs {
-			if isLarval(&snap.SAs[i]) {
-				larval++
-				continue
-			}
-			v := viewOf(t.Name, &snap.SAs[i], snap.Local)
-			byDir[v.peer.direction]++
-			views = append(views, v)
-		}
-		for dir, n := range byDir {
-			ch <- newConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), t.Name, dir)
-		}
-		ch <- newConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), t.Name)
+		read++
+		finals = append(finals, f...)
 	}
-	if len(read) == 0 && len(errs) > 0 {
+	if read == 0 && len(errs) > 0 {
 		if err := errors.Join(errs...); xfrmAbsent(err) {
 			return fmt.Errorf("%w: %w", ErrNoData, err)
 		}
 		return errors.Join(errs...)
 	}
-
-	c.mu.Lock()
-	peerTotals := c.peers.update(views, finals, read, now)
-	c.mu.Unlock()
-	for _, p := range peerTotals {
+	for _, p := range c.peers.update(finals, unreadable, now) {
 		p.emit(ch)
 	}
+	c.emitPerSA(ch, rows, now)
+	return errors.Join(errs...)
+}
 
-	// A stable order, so a cap keeps the same SAs from scrape to scrape.
-	slices.SortFunc(views, func(a, b saView) int {
-		return cmp.Or(cmp.Compare(a.labels[0], b.labels[0]), a.sa.Dst.Compare(b.sa.Dst), cmp.Compare(a.sa.SPI, b.sa.SPI), cmp.Compare(a.sa.Proto, b.sa.Proto))
-	})
-	omitted := 0
-	emitted := 0
-	seen := map[string]bool{}
-	for _, v := range views {
-		if !c.perSA || (c.max > 0 && emitted >= c.max) {
-			// Beyond the cap nothing per SA is worked out: with 10k SAs
-			// and the default cap that is 9k identity keys not built.
-			omitted++
-			continue
+// readNamespace reads one namespace's SAs into the books and the per-SA
+// rows, sends its per-namespace series, and returns the final counters of
+// the SAs its listener saw removed. Those are taken after the dump: an SA
+// removed in between is in both, and the books hold its final counters
+// back until it is gone.
+func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Namespace, rows *firstN[saRow]) ([]finalSA, error) {
+	snap, err := c.read(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	var byDir [dirOut + 1]int
+	larval := 0
+	mine := c.newRows()
+	err = snap.Each(func(sa *xfrmnl.SA) error {
+		if isLarval(sa) {
+			larval++
+			return nil
 		}
-		key := strings.Join(v.labels, "\x00")
+		peer := classify(ns.Name, sa, snap.Local)
+		byDir[peer.dir]++
+		// SAs seen before a dump fails half-way are still true; the
+		// ones not seen are kept as they were (unreadable).
+		c.peers.see(identOf(ns.ID, sa), peer, totalsOf(sa))
+		if c.perSA {
+			mine.offer(&saRow{sa: *sa, peer: peer})
+		} else {
+			mine.dropped++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	rows.merge(mine)
+	var finals []finalSA
+	if c.finals != nil {
+		for _, sa := range c.finals(ns.ID) {
+			if !isLarval(&sa) {
+				finals = append(finals, finalSA{id: identOf(ns.ID, &sa), peer: classify(ns.Name, &sa, snap.Local), totals: totalsOf(&sa)})
+			}
+		}
+	}
+	ch <- newConstMetric(sadEntriesDesc, prometheus.GaugeValue, float64(snap.SAD.Count), ns.Name)
+	for dir, n := range byDir {
+		if d := saDirection(dir); d != dirUnknown || n > 0 {
+			ch <- newConstMetric(saCountDesc, prometheus.GaugeValue, float64(n), ns.Name, d.String())
+		}
+	}
+	ch <- newConstMetric(saLarvalDesc, prometheus.GaugeValue, float64(larval), ns.Name)
+	return finals, nil
+}
+
+// emitPerSA sends the per-SA series of the rows kept, in a stable order,
+// and ipsec_sa_omitted for the rest.
+func (c *saCollector) emitPerSA(ch chan<- prometheus.Metric, rows *firstN[saRow], now time.Time) {
+	kept := rows.sorted()
+	omitted := rows.dropped
+	seen := map[string]bool{}
+	for i := range kept {
+		labels := saLabelValues(&kept[i])
+		key := strings.Join(labels, "\x00")
 		if seen[key] {
 			// Same identity labels (e.g. SAs differing only in mark):
 			// a second series would break the scrape.
-			c.logger.Debug("SA with a duplicate identity left out", "labels", strings.Join(v.labels, ","))
+			c.logger.Debug("SA with a duplicate identity left out", "labels", strings.Join(labels, ","))
 			omitted++
 			continue
 		}
 		seen[key] = true
-		emitted++
-		emitSA(ch, v, now)
+		emitSA(ch, &kept[i].sa, labels, now)
 	}
 	ch <- newConstMetric(saOmittedDesc, prometheus.GaugeValue, float64(omitted))
-	return errors.Join(errs...)
 }
 
-// viewOf works out an SA's labels and peer.
-func viewOf(netns string, sa *xfrmnl.SA, local map[netip.Addr]bool) saView {
-	src, dst := sa.Src.Unmap(), sa.Dst.Unmap()
-	dir, peer := "unknown", ""
-	switch {
-	case sa.Dir == xfrmnl.SADirIn:
-		dir, peer = "in", src.String()
-	case sa.Dir == xfrmnl.SADirOut:
-		dir, peer = "out", dst.String()
-	case local[dst]:
-		dir, peer = "in", src.String()
-	case local[src]:
-		dir, peer = "out", dst.String()
-	}
-	return saView{
-		sa: sa,
-		labels: []string{netns, fmt.Sprintf("0x%08x", sa.SPI), src.String(), dst.String(),
-			xfrmnl.ProtoName(sa.Proto), xfrmnl.ModeName(sa.Mode), strconv.FormatUint(uint64(sa.Reqid), 10), dir, peer},
-		peer: peerKey{netns: netns, peer: peer, direction: dir},
-	}
+// saLabelValues are an SA's identity labels, in saLabels order.
+func saLabelValues(r *saRow) []string {
+	sa := &r.sa
+	l := r.peer.labels()
+	return []string{r.peer.netns, fmt.Sprintf("0x%08x", sa.SPI), sa.Src.Unmap().String(), sa.Dst.Unmap().String(),
+		xfrmnl.ProtoName(sa.Proto), xfrmnl.ModeName(sa.Mode), strconv.FormatUint(uint64(sa.Reqid), 10), l[2], l[1]}
 }
 
-func emitSA(ch chan<- prometheus.Metric, v saView, now time.Time) {
-	sa, l := v.sa, v.labels
+func emitSA(ch chan<- prometheus.Metric, sa *xfrmnl.SA, l []string, now time.Time) {
 	with := func(extra ...string) []string { return append(slices.Clone(l), extra...) }
 	gauge := func(d *prometheus.Desc, val float64, labels []string) {
 		ch <- newConstMetric(d, prometheus.GaugeValue, val, labels...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/netip"
 	"os"
@@ -17,10 +18,11 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"golang.org/x/sys/unix"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmnl"
 )
 
-var updateGolden = flag.Bool("update-books", false, "rewrite the sa/policy collectors' golden files in testdata/")
+var updateGolden = flag.Bool("update", false, "rewrite the collectors' golden files in testdata/")
 
 const inf = math.MaxUint64
 
@@ -51,28 +53,56 @@ func sampleSAs() []xfrmnl.SA {
 	}
 }
 
-func fakeSAReader(snaps map[string]saSnapshot) func(netnsTarget) (saSnapshot, error) {
-	return func(t netnsTarget) (saSnapshot, error) {
-		s, ok := snaps[t.Name]
+// saSnapshot is what a fake reader returns for one namespace.
+type saSnapshot struct {
+	SAs   []xfrmnl.SA
+	SAD   xfrmnl.SADInfo
+	Local addrSet
+}
+
+func fakeSAReader(snaps map[string]saSnapshot) func(netnsx.Namespace) (saNamespace, error) {
+	return func(ns netnsx.Namespace) (saNamespace, error) {
+		s, ok := snaps[ns.Name]
 		if !ok {
-			return s, errors.New("namespace unreadable")
+			return saNamespace{}, errors.New("namespace unreadable")
 		}
-		return s, nil
+		return saNamespace{SAD: s.SAD, Local: s.Local, Close: func() {},
+			Each: func(fn func(*xfrmnl.SA) error) error {
+				var sa xfrmnl.SA // reused, as the real reader does: a collector that keeps the pointer fails
+				for i := range s.SAs {
+					sa = s.SAs[i]
+					if err := fn(&sa); err != nil {
+						return err
+					}
+				}
+				return nil
+			}}, nil
 	}
 }
 
-func localOf(addrs ...string) map[netip.Addr]bool {
-	m := map[netip.Addr]bool{}
-	for _, a := range addrs {
-		m[netip.MustParseAddr(a)] = true
+// fakeNamespaces lists namespaces of these names (none of them real).
+func fakeNamespaces(names ...string) func() []netnsx.Namespace {
+	return func() []netnsx.Namespace {
+		var ns []netnsx.Namespace
+		for i, n := range names {
+			ns = append(ns, netnsx.Namespace{Name: n, Path: "/nonexistent/" + n, ID: netnsx.ID{Ino: uint64(i + 1)}})
+		}
+		return ns
 	}
-	return m
+}
+
+func localOf(addrs ...string) addrSet {
+	var s addrSet
+	for _, a := range addrs {
+		s = append(s, netip.MustParseAddr(a))
+	}
+	return s
 }
 
 func scrapeText(t *testing.T, c Collector) string {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(booksProm{t, c})
+	reg.MustRegister(adapt(t, c))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +128,7 @@ func compareGolden(t *testing.T, path, got string) {
 		t.Fatal(err)
 	}
 	if got != string(want) {
-		t.Errorf("exposition differs from %s (rerun with -update-books after checking):\n%s", path, got)
+		t.Errorf("exposition differs from %s (rerun with -update after checking):\n%s", path, got)
 	}
 }
 
@@ -106,7 +136,7 @@ func compareGolden(t *testing.T, path, got string) {
 // with a reviewed golden file, and checks the arithmetic that matters for
 // alerts explicitly.
 func TestSACollector(t *testing.T) {
-	c := newSACollector(booksLogger(), booksTargets(""), fakeSAReader(map[string]saSnapshot{
+	c := newSACollector(slog.New(slog.DiscardHandler), fakeNamespaces(""), fakeSAReader(map[string]saSnapshot{
 		"": {SAs: sampleSAs(), SAD: xfrmnl.SADInfo{Count: 3}, Local: localOf("10.77.0.1")},
 	}), true, 0)
 	c.now = func() time.Time { return time.Unix(1700000015, 0) }
@@ -146,7 +176,7 @@ func TestSACollector(t *testing.T) {
 
 func gathererOf(t *testing.T, c Collector) prometheus.Gatherer {
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(booksProm{t, c})
+	reg.MustRegister(adapt(t, c))
 	return reg
 }
 
@@ -155,7 +185,7 @@ func gathererOf(t *testing.T, c Collector) prometheus.Gatherer {
 // exactly what they were uncapped.
 func TestSACollectorCap(t *testing.T) {
 	snaps := map[string]saSnapshot{"": {SAs: sampleSAs(), Local: localOf("10.77.0.1")}}
-	full := scrapeText(t, newSACollector(booksLogger(), booksTargets(""), fakeSAReader(snaps), true, 0))
+	full := scrapeText(t, newSACollector(slog.New(slog.DiscardHandler), fakeNamespaces(""), fakeSAReader(snaps), true, 0))
 	aggregates := func(s string) string {
 		var keep []string
 		for _, l := range strings.Split(s, "\n") {
@@ -171,7 +201,7 @@ func TestSACollectorCap(t *testing.T) {
 		perSAs  int
 		omitted string
 	}{{true, 1, 1, "1"}, {false, 0, 0, "2"}, {true, 2, 2, "0"}} {
-		got := scrapeText(t, newSACollector(booksLogger(), booksTargets(""), fakeSAReader(snaps), c.perSA, c.max))
+		got := scrapeText(t, newSACollector(slog.New(slog.DiscardHandler), fakeNamespaces(""), fakeSAReader(snaps), c.perSA, c.max))
 		if aggregates(got) != aggregates(full) {
 			t.Errorf("per-sa=%v max=%d: aggregates changed:\n%s\nwant\n%s", c.perSA, c.max, aggregates(got), aggregates(full))
 		}
@@ -193,7 +223,7 @@ func TestSAPeerBooks(t *testing.T) {
 		return xfrmnl.SA{Family: unix.AF_INET, Src: a, Dst: b, SPI: spi, Proto: unix.IPPROTO_ESP, Bytes: bytes, Packets: bytes / 10}
 	}
 	snaps := map[string]saSnapshot{}
-	c := newSACollector(booksLogger(), booksTargets("vpn"), fakeSAReader(snaps), true, 0)
+	c := newSACollector(slog.New(slog.DiscardHandler), fakeNamespaces("vpn"), fakeSAReader(snaps), true, 0)
 	peerBytes := func() string {
 		for _, l := range strings.Split(scrapeText(t, c), "\n") {
 			if strings.HasPrefix(l, `ipsec_peer_bytes_total{direction="out"`) {
@@ -228,15 +258,15 @@ func TestSAPeerBooks(t *testing.T) {
 	// The kernel's direction attribute wins over addresses.
 	sa := out(9, 1)
 	sa.Dir = xfrmnl.SADirIn
-	if v := viewOf("", &sa, localOf("10.0.0.1")); v.peer.direction != "in" || v.peer.peer != "10.0.0.1" {
-		t.Errorf("dir attribute ignored: %+v", v.peer)
+	if p := classify("", &sa, localOf("10.0.0.1")); p.dir != dirIn || p.peer != a {
+		t.Errorf("dir attribute ignored: %+v", p)
 	}
-	if v := viewOf("", &sa, nil); v.peer.direction != "in" {
-		t.Errorf("dir attribute ignored without addresses: %+v", v.peer)
+	if p := classify("", &sa, nil); p.dir != dirIn {
+		t.Errorf("dir attribute ignored without addresses: %+v", p)
 	}
 	sa.Dir = 0
-	if v := viewOf("", &sa, nil); v.peer.direction != "unknown" || v.peer.peer != "" {
-		t.Errorf("no local address: %+v", v.peer)
+	if p := classify("", &sa, nil); p.dir != dirUnknown || p.peer.IsValid() || p.labels()[1] != "" {
+		t.Errorf("no local address: %+v", p)
 	}
 }
 
@@ -275,16 +305,17 @@ func TestSAPeerBooksFinals(t *testing.T) {
 	books := newPeerBooks()
 	now := time.Unix(1700000000, 0)
 	local := localOf("10.0.0.1")
-	views := func(sas ...xfrmnl.SA) []saView {
-		var vs []saView
-		for i := range sas {
-			vs = append(vs, viewOf("", &sas[i], local))
-		}
-		return vs
-	}
-	packets := func(vs, finals []saView) uint64 {
+	packets := func(live, finals []xfrmnl.SA) uint64 {
 		t.Helper()
-		series := books.update(vs, finals, map[string]bool{"": true}, now)
+		books.begin()
+		for i := range live {
+			books.see(identOf(netnsx.ID{}, &live[i]), classify("", &live[i], local), totalsOf(&live[i]))
+		}
+		var fs []finalSA
+		for i := range finals {
+			fs = append(fs, finalSA{id: identOf(netnsx.ID{}, &finals[i]), peer: classify("", &finals[i], local), totals: totalsOf(&finals[i])})
+		}
+		series := books.update(fs, nil, now)
 		if len(series) != 1 {
 			t.Fatalf("%d peers", len(series))
 		}
@@ -302,7 +333,7 @@ func TestSAPeerBooksFinals(t *testing.T) {
 		{"4's final while still dumped", []xfrmnl.SA{out(4, 9)}, []xfrmnl.SA{out(4, 12)}, 229},
 		{"4 gone", nil, nil, 232},
 	} {
-		if got := packets(views(step.live...), views(step.finals...)); got != step.want {
+		if got := packets(step.live, step.finals); got != step.want {
 			t.Fatalf("%s: %d packets, want %d", step.what, got, step.want)
 		}
 	}
@@ -317,7 +348,7 @@ func TestSACollectorDuplicateIdentity(t *testing.T) {
 	twin := sas[0]
 	twin.Mark, twin.MarkMask, twin.Bytes = 0xd00, 0xf00, 60
 	sas = append(sas, twin)
-	c := newSACollector(booksLogger(), booksTargets(""), fakeSAReader(map[string]saSnapshot{"": {SAs: sas, Local: localOf("10.77.0.1")}}), true, 0)
+	c := newSACollector(slog.New(slog.DiscardHandler), fakeNamespaces(""), fakeSAReader(map[string]saSnapshot{"": {SAs: sas, Local: localOf("10.77.0.1")}}), true, 0)
 	got := scrapeText(t, c)
 	if n := strings.Count(got, "\nipsec_sa_info{"); n != 1 || !strings.Contains(got, "\nipsec_sa_omitted 1\n") {
 		t.Errorf("%d SAs exported, want 1 and one omitted:\n%s", n, got)
@@ -330,8 +361,8 @@ func TestSACollectorDuplicateIdentity(t *testing.T) {
 // TestSACollectorNoXfrm: a kernel without XFRM netlink (xfrm_user not
 // loaded) is "no data", not a failed scrape.
 func TestSACollectorNoXfrm(t *testing.T) {
-	c := newSACollector(booksLogger(), booksTargets(""), func(netnsTarget) (saSnapshot, error) {
-		return saSnapshot{}, fmt.Errorf("opening xfrm netlink socket: %w", unix.EPROTONOSUPPORT)
+	c := newSACollector(slog.New(slog.DiscardHandler), fakeNamespaces(""), func(netnsx.Namespace) (saNamespace, error) {
+		return saNamespace{}, fmt.Errorf("opening xfrm netlink socket: %w", unix.EPROTONOSUPPORT)
 	}, true, 0)
 	if err := c.Update(make(chan prometheus.Metric, 10)); !errors.Is(err, ErrNoData) {
 		t.Errorf("got %v, want ErrNoData", err)

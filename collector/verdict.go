@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"sort"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -29,9 +30,6 @@ var (
 	bpfVerdictMapSize = kingpin.Flag("bpf.verdict-map-size",
 		"Maximum number of {direction, peer, result} counters in the verdict map; packets of new keys beyond it are counted in ipsec_bpf_verdict_map_overflow_total.").
 		Default(fmt.Sprint(verdict.DefaultMapSize)).Uint32()
-	verdictPeerNames = kingpin.Flag("collector.verdict.peer-names",
-		"File mapping peer addresses to names, added as label peer_name (YAML mapping, or \"address name\" lines); re-read when it changes.").
-		Default("").String()
 )
 
 var (
@@ -72,23 +70,36 @@ var (
 
 func init() {
 	registerCollector("verdict", true, func(logger *slog.Logger) (Collector, error) {
-		var peers *peerNames
-		if *verdictPeerNames != "" {
-			var err error
-			if peers, err = newPeerNames(*verdictPeerNames, logger); err != nil {
-				return nil, fmt.Errorf("--collector.verdict.peer-names: %w", err)
+		// Peer names come from the shared peer tracker (collector/peers.go),
+		// the one reader of the peer-names file.
+		var names peerNamer
+		release := func() {}
+		path, err := peersNamesPath()
+		if err != nil {
+			return nil, err
+		}
+		if path != "" {
+			tracker, err := knownPeers.acquire(logger)
+			if err != nil {
+				return nil, err
 			}
+			names, release = tracker, func() { _ = knownPeers.release() }
 		}
 		v, err := verdict.Load(verdict.Options{
 			Mode: *bpfHookMode, MapSize: *bpfVerdictMapSize, Strict: *bpfStrict, Logger: logger,
 		})
 		if err != nil {
 			if *bpfStrict {
+				release()
 				return nil, fmt.Errorf("loading verdict BPF programs (--bpf.strict): %w", err)
 			}
-			return newVerdictCollector(logger, nil, err, peers), nil
+			c := newVerdictCollector(logger, nil, err, names)
+			c.release = release
+			return c, nil
 		}
-		return newVerdictCollector(logger, v, nil, peers), nil
+		c := newVerdictCollector(logger, v, nil, names)
+		c.release = release
+		return c, nil
 	})
 }
 
@@ -105,11 +116,17 @@ type verdictSource interface {
 	Close() error
 }
 
+// peerNamer gives the names of the peer-names file (*peers.Tracker).
+type peerNamer interface {
+	Names() map[netip.Addr]string
+}
+
 type verdictCollector struct {
 	logger      *slog.Logger
 	src         verdictSource // nil when the programs could not be loaded
 	loadErr     string        // reason class when src is nil
-	peers       *peerNames    // nil without --collector.verdict.peer-names
+	peers       peerNamer     // nil without --peers.names-file
+	release     func()        // of the shared peer tracker, when held
 	statsSysctl string
 }
 
@@ -117,7 +134,7 @@ type verdictCollector struct {
 // loading failed, a degraded one that says why in one log line and in
 // ipsec_bpf_verdict_load_error_info; the exporter's other collectors keep
 // working either way.
-func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers *peerNames) *verdictCollector {
+func newVerdictCollector(logger *slog.Logger, src verdictSource, loadErr error, peers peerNamer) *verdictCollector {
 	c := &verdictCollector{logger: logger, src: src, peers: peers, statsSysctl: bpfmap.StatsSysctl}
 	if src == nil {
 		c.loadErr = loadErrorReason(loadErr)
@@ -153,9 +170,9 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if err != nil {
 		return fmt.Errorf("reading verdicts: %w", err)
 	}
-	var names map[string]string
+	var names map[netip.Addr]string
 	if c.peers != nil {
-		names = c.peers.get()
+		names = c.peers.Names()
 	}
 	peers := make([]string, len(entries))
 	for i, e := range entries {
@@ -185,7 +202,7 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		packets, bytes := bpfVerdictDescs(names != nil)
 		labels := []string{e.Direction, peer, e.Result}
 		if names != nil {
-			labels = append(labels, names[peer])
+			labels = append(labels, names[e.Peer])
 		}
 		ch <- newConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
 		ch <- newConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
@@ -265,6 +282,9 @@ func (c *verdictCollector) updateMeta(ch chan<- prometheus.Metric) {
 
 // Close detaches the programs.
 func (c *verdictCollector) Close() error {
+	if c.release != nil {
+		c.release()
+	}
 	if c.src == nil {
 		return nil
 	}

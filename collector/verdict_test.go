@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
@@ -229,11 +230,12 @@ func TestVerdictCollectorPeerNames(t *testing.T) {
 	if err := os.WriteFile(path, []byte("10.0.0.2: node-b\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	peers, err := newPeerNames(path, slog.New(slog.DiscardHandler))
+	tracker, err := peers.New(peers.Config{NamesFile: path})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 16, testEntries), nil, peers)
+	defer tracker.Close()
+	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 16, testEntries), nil, tracker)
 	want := `
 # HELP ipsec_xfrm_packets_total ` + verdictPacketsHelp + `
 # TYPE ipsec_xfrm_packets_total counter
@@ -266,37 +268,6 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 	}
 	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Errorf("after breaking the peer names file: %v", err)
-	}
-}
-
-func TestParsePeerNames(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		want    map[string]string
-		wantErr bool
-	}{
-		{in: "10.0.0.2: a\n\"fd00::2\": b\n", want: map[string]string{"10.0.0.2": "a", "fd00::2": "b"}},
-		{in: "fd00::2: b\n", want: map[string]string{"fd00::2": "b"}},
-		{in: "10.0.0.2 a\n  # comment\n\nfd00:0:0::2 b # trailing\n", want: map[string]string{"10.0.0.2": "a", "fd00::2": "b"}},
-		{in: "", want: map[string]string{}},
-		{in: "10.0.0.2 a extra\n", wantErr: true},
-		{in: "node-a 10.0.0.2\n", wantErr: true},
-		{in: "10.0.0.300: a\n", wantErr: true},
-	} {
-		got, err := parsePeerNames([]byte(tc.in))
-		if (err != nil) != tc.wantErr {
-			t.Errorf("parsePeerNames(%q) error = %v, want error %v", tc.in, err, tc.wantErr)
-			continue
-		}
-		if !tc.wantErr && fmt.Sprint(got) != fmt.Sprint(tc.want) {
-			t.Errorf("parsePeerNames(%q) = %v, want %v", tc.in, got, tc.want)
-		}
-	}
-}
-
-func TestNewPeerNamesMissingFile(t *testing.T) {
-	if _, err := newPeerNames(filepath.Join(t.TempDir(), "absent"), slog.New(slog.DiscardHandler)); err == nil {
-		t.Error("a missing peer names file is not an error at start-up")
 	}
 }
 

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmstat"
 )
 
@@ -26,39 +26,43 @@ import (
 //     users already query, with no metric name made up from the kernel's;
 //   - the label values are the kernel's own names (XfrmInNoStates), which is
 //     what `cat /proc/net/xfrm_stat`, the kernel docs and runbooks use.
-// The help text carries each counter's kernel meaning.
+// What each counter means is in docs/xfrm_stat.md (generated from
+// internal/xfrmstat, which knows them), not in a 3 kB help text.
 
 func init() {
 	registerCollector("xfrm_stat", true, func(logger *slog.Logger) (Collector, error) {
-		return &xfrmStatCollector{logger: logger, targets: netnsTargets, read: readXfrmStat}, nil
+		w, err := watchedNamespaces.acquire(logger)
+		if err != nil {
+			return nil, err
+		}
+		return &xfrmStatCollector{logger: logger, namespaces: namespacesNow(w), read: readXfrmStat,
+			release: watchedNamespaces.release}, nil
 	})
 }
 
 var xfrmStatDesc = prometheus.NewDesc(
 	prometheus.BuildFQName(namespace, "xfrm_stat", "errors_total"),
-	xfrmStatHelp(),
+	"Packets the kernel's IPsec (XFRM) layer dropped, by /proc/net/xfrm_stat counter (the kernel's names; counters of newer kernels appear as they come). What each counts: docs/xfrm_stat.md.",
 	[]string{"netns", "counter"}, nil,
 )
 
-// xfrmStatHelp lists the meaning of every counter this version knows.
-func xfrmStatHelp() string {
-	var b strings.Builder
-	b.WriteString("Packets the kernel's IPsec (XFRM) layer dropped, by /proc/net/xfrm_stat counter (the kernel's name; counters of newer kernels appear as they come). Meanings:")
-	for _, name := range xfrmstat.Known() {
-		m, _ := xfrmstat.Meaning(name)
-		fmt.Fprintf(&b, " %s: %s", name, m)
-	}
-	return b.String()
-}
-
 type xfrmStatCollector struct {
-	logger  *slog.Logger
-	targets func() ([]netnsTarget, error)
-	read    func(netnsTarget) ([]xfrmstat.Counter, error)
+	logger     *slog.Logger
+	namespaces func() []netnsx.Namespace
+	read       func(netnsx.Namespace) ([]xfrmstat.Counter, error)
+	release    func() error
 }
 
-func readXfrmStat(t netnsTarget) ([]xfrmstat.Counter, error) {
-	data, err := readInNetns(t, xfrmstat.Path)
+// Close lets go of the namespace watcher.
+func (c *xfrmStatCollector) Close() error {
+	if c.release == nil {
+		return nil
+	}
+	return c.release()
+}
+
+func readXfrmStat(ns netnsx.Namespace) ([]xfrmstat.Counter, error) {
+	data, err := ns.ReadFile(xfrmstat.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -69,15 +73,14 @@ func readXfrmStat(t netnsTarget) ([]xfrmstat.Counter, error) {
 // kernel without CONFIG_XFRM_STATISTICS) is skipped; if no namespace has
 // it, the collector has no data. A malformed file fails the scrape.
 func (c *xfrmStatCollector) Update(ch chan<- prometheus.Metric) error {
-	targets, err := c.targets()
-	if err != nil {
-		return err
-	}
 	found := false
 	var errs []error
-	for _, t := range targets {
+	for _, t := range c.namespaces() {
 		counters, err := c.read(t)
 		switch {
+		case gone(err):
+			c.logger.Debug("namespace gone before it was read", "netns", t.Name, "err", err)
+			continue
 		case errors.Is(err, os.ErrNotExist):
 			continue
 		case err != nil:

@@ -25,6 +25,10 @@ func TestBadFlagValues(t *testing.T) {
 		{"web.telemetry-path", "", `must be an absolute URL path starting with "/"`},
 		{"web.max-requests", "abc", `invalid value "abc"`},
 		{"web.max-requests", "-1", "must be 0 (no limit) or more"},
+		{"collector.sa.max-series", "-5", "must be 0 (no limit) or between 1 and 1000000, got -5"},
+		{"collector.events.socket-buffer", "100", "must be 0 (the system default) or between 65536 and 1073741824 bytes"},
+		{"collector.vici.timeout", "-1s", "must be between 0 (the default, 5s) and 1m, got -1s"},
+		{"collector.vici.max-sas", "-1", "must be 0 (no limit) or more, got -1"},
 	}
 	// Every numeric flag the binary has, whoever owns it, names itself
 	// when given a value its type cannot parse.

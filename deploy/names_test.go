@@ -24,12 +24,15 @@ func TestInvalidUTF8Names(t *testing.T) {
 	ns.ip(t, "link", "set", "vepeer", "up")
 	ns.ip(t, "link", "set", ifname, "up")
 
+	// Another namespace than the exporter's own: a second name of its own
+	// namespace is read once, as netns="".
+	other := newTestNetns(t)
 	dir := t.TempDir()
 	nsfile := filepath.Join(dir, nsname)
 	if err := os.WriteFile(nsfile, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("/var/run/netns/"+ns.name, nsfile, "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount("/var/run/netns/"+other.name, nsfile, "", unix.MS_BIND, ""); err != nil {
 		t.Fatalf("bind-mounting the namespace at %q: %v", nsfile, err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(nsfile, unix.MNT_DETACH) })

@@ -24,6 +24,9 @@ type Initramfs struct {
 	Init  string            // the /init shell script
 	Files map[string]string // VM path -> host file
 	Trees map[string]string // VM dir -> host dir, copied recursively
+	// Shared are files other parts may also add (shared libraries: Debian's
+	// ip and the IKE daemons need the same libc): each is added once.
+	Shared map[string]string // VM path -> host file
 }
 
 // Write writes the initramfs for kernel k to out.
@@ -82,6 +85,14 @@ func (ir *Initramfs) write(c *cpioWriter, k *Kernel) error {
 	}
 	for vm, host := range ir.Trees {
 		if err := addTree(c, vm, host); err != nil {
+			return err
+		}
+	}
+	for vm, host := range ir.Shared {
+		if c.seen[clean(vm)] {
+			continue
+		}
+		if err := c.CopyFile(vm, host); err != nil {
 			return err
 		}
 	}

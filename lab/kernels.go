@@ -140,53 +140,19 @@ func VersionLess(a, b string) bool {
 	return len(x) < len(y)
 }
 
-// download fetches pkg with apt-get download, unpacks it with dpkg-deb and
-// runs depmod on it; dir appears only when all of that worked.
+// download fetches pkg, unpacks it into dir and runs depmod on it; dir
+// appears only when all of that worked.
 func download(pkg, dir string) error {
-	// The cache directory may not exist yet (a fresh machine, or CI's empty
-	// lab cache); a unique temporary directory inside it, because parallel
-	// runs may fetch the same kernel.
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("lab cache: %w", err)
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	cmd := exec.Command("apt-get", "download", pkg)
-	cmd.Dir = tmp
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get download %s: %w\n%s", pkg, err, out)
-	}
-	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
-	if len(debs) != 1 {
-		return fmt.Errorf("apt-get download %s: want one .deb, have %v", pkg, debs)
-	}
-	root := filepath.Join(tmp, "root")
-	if out, err := exec.Command("dpkg-deb", "-x", debs[0], root).CombinedOutput(); err != nil {
-		return fmt.Errorf("dpkg-deb -x %s: %w\n%s", debs[0], err, out)
-	}
-	mods, _ := filepath.Glob(filepath.Join(root, "lib/modules/*"))
-	if len(mods) != 1 {
-		return fmt.Errorf("%s: want one lib/modules dir, have %v", pkg, mods)
-	}
-	if out, err := exec.Command("depmod", "-b", root, filepath.Base(mods[0])).CombinedOutput(); err != nil {
-		return fmt.Errorf("depmod %s: %w\n%s", pkg, err, out)
-	}
-	if err := os.Remove(debs[0]); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(tmp, ".ready"), nil, 0o644); err != nil {
-		return err
-	}
-	if _, err := os.Stat(filepath.Join(dir, ".ready")); err == nil {
-		return nil // another run was faster
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dir)
+	return unpackDeb(pkg, dir, func(root string) error {
+		mods, _ := filepath.Glob(filepath.Join(root, "lib/modules/*"))
+		if len(mods) != 1 {
+			return fmt.Errorf("%s: want one lib/modules dir, have %v", pkg, mods)
+		}
+		if out, err := exec.Command("depmod", "-b", root, filepath.Base(mods[0])).CombinedOutput(); err != nil {
+			return fmt.Errorf("depmod %s: %w\n%s", pkg, err, out)
+		}
+		return nil
+	})
 }
 
 // Modules returns the host paths of the given modules and their dependencies,

@@ -31,8 +31,29 @@ type VM struct {
 	Results     string        // host file for the results port (ttyS1)
 	HostFwd     []string      // user-mode networking forwards, e.g. "tcp:127.0.0.1:10871-:10871"
 	Timeout     time.Duration // the whole run; the VM is killed after it
-	BootTimeout time.Duration // until the init script reports itself
+	BootTimeout time.Duration // until the init script reports itself (0: DefaultBootTimeout)
 	OnLine      func(line string)
+}
+
+// DefaultBootTimeout is how long a boot may take to reach init before the
+// VM is killed (and, in the test runner, retried once). Under TCG on a
+// loaded 2-core machine a 6.1 boot took 95 s; an instruction-counted VM is
+// slower still. IPSEC_LAB_BOOT_TIMEOUT (a Go duration) overrides it for
+// every VM the lab boots; ipsec-lab's -boot-timeout flag defaults to it.
+const DefaultBootTimeout = 3 * time.Minute
+
+// BootTimeoutFromEnv is IPSEC_LAB_BOOT_TIMEOUT, or DefaultBootTimeout when it
+// is unset.
+func BootTimeoutFromEnv() (time.Duration, error) {
+	v := os.Getenv("IPSEC_LAB_BOOT_TIMEOUT")
+	if v == "" {
+		return DefaultBootTimeout, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("IPSEC_LAB_BOOT_TIMEOUT=%q: want a positive duration such as 5m", v)
+	}
+	return d, nil
 }
 
 // Outcome says how a boot ended.
@@ -168,12 +189,18 @@ func (vm *VM) Run(ctx context.Context) Outcome {
 		close(tailed)
 	}()
 	// Boot watchdog: a kernel that never starts init is killed early.
+	bootTimeout := vm.BootTimeout
+	if bootTimeout <= 0 {
+		// A malformed variable was refused by the command already.
+		bootTimeout, _ = BootTimeoutFromEnv()
+		bootTimeout = max(bootTimeout, time.Second)
+	}
 	bootHung := false
 	go func() {
 		select {
 		case <-initSeen:
 		case <-done:
-		case <-time.After(vm.BootTimeout):
+		case <-time.After(bootTimeout):
 			mu.Lock()
 			bootHung = true
 			mu.Unlock()

@@ -88,6 +88,9 @@ ip route add default via 10.0.2.2
 		Init:  InitScript(k, body),
 		Files: map[string]string{VMExporter: exporter, "/lab/bin/ipsec-lab-node": agent},
 	}
+	if err := ir.AddIKEDaemons(logf); err != nil {
+		return err
+	}
 	initrd := filepath.Join(work, "initrd.cpio")
 	if err := ir.Write(initrd, k); err != nil {
 		return err
@@ -114,7 +117,7 @@ ip route add default via 10.0.2.2
 			Kernel: k, Initrd: initrd, Accel: o.Accel, CPUs: o.CPUs, MemoryMB: 2048,
 			Console: filepath.Join(work, "console.log"), Results: filepath.Join(work, "output.log"),
 			HostFwd: []string{fmt.Sprintf("tcp:%s-:%d", addr, guestPort)},
-			Timeout: 7 * 24 * time.Hour, BootTimeout: 90 * time.Second,
+			Timeout: 7 * 24 * time.Hour, // BootTimeout: IPSEC_LAB_BOOT_TIMEOUT or the default
 			OnLine: func(line string) {
 				if text, ok := strings.CutPrefix(line, Marker+"scenario "); ok {
 					scenario.add(text)

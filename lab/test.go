@@ -15,14 +15,16 @@ import (
 
 // TestOptions configure a VM test run (`ipsec-lab test`).
 type TestOptions struct {
-	Kernels  []KernelSpec
-	Run      string // -test.run regexp
-	Pkg      string // package pattern, as for go list
-	Accel    string
-	CPUs     int
-	Timeout  time.Duration // per VM
-	Parallel int           // kernels booted at the same time
-	Out      io.Writer
+	Kernels []KernelSpec
+	Run     string // -test.run regexp
+	Pkg     string // package pattern, as for go list
+	Accel   string
+	CPUs    int
+	Timeout time.Duration // per VM
+	// BootTimeout bounds the boot until init reports (0: DefaultBootTimeout).
+	BootTimeout time.Duration
+	Parallel    int // kernels booted at the same time
+	Out         io.Writer
 }
 
 // kernelResult is what one kernel's VM reported.
@@ -76,6 +78,9 @@ func Test(ctx context.Context, o TestOptions) error {
 	ir := &Initramfs{
 		Files: map[string]string{VMExporter: exporter},
 		Trees: map[string]string{},
+	}
+	if err := ir.AddIKEDaemons(logf); err != nil {
+		return err
 	}
 	var body strings.Builder
 	for _, p := range pkgs {
@@ -187,7 +192,7 @@ func runKernel(ctx context.Context, o TestOptions, k *Kernel, initrd, dir string
 		vm := &VM{
 			Kernel: k, Initrd: initrd, Accel: o.Accel, CPUs: o.CPUs, MemoryMB: 2048,
 			Console: filepath.Join(dir, "console.log"), Results: filepath.Join(dir, "results.log"),
-			Timeout: o.Timeout, BootTimeout: 90 * time.Second,
+			Timeout: o.Timeout, BootTimeout: o.BootTimeout,
 			OnLine: func(line string) { res.line(w, line) },
 		}
 		out := vm.Run(ctx)

@@ -72,6 +72,15 @@ type Settings struct {
 	RekeyStormWindow    string
 	RekeyStormFor       string
 
+	// TunnelDownFor: how long a configured site-to-site connection of the
+	// IKE daemon (vici collector) may have no installed child SA before
+	// IpsecTunnelDown fires. Responder-only connections (remote %any or a
+	// subnet) are left out: they are down whenever no client is connected.
+	TunnelDownFor string
+	// IKEDaemonDownFor: how long the IKE daemon may stay unreachable on its
+	// VICI socket before IpsecIKEDaemonUnreachable fires.
+	IKEDaemonDownFor string
+
 	// BPFNotAttachedFor: how long a verdict program may stay detached.
 	BPFNotAttachedFor string
 	// ExporterDownFor: how long a target may fail its scrape.
@@ -113,6 +122,9 @@ var Default = Settings{
 	RekeyStormMinEvents: 10,
 	RekeyStormWindow:    "10m",
 	RekeyStormFor:       "5m",
+
+	TunnelDownFor:    "5m",
+	IKEDaemonDownFor: "5m",
 
 	BPFNotAttachedFor:   "10m",
 	ExporterDownFor:     "5m",

@@ -129,9 +129,12 @@ func (r *Reader[K, V]) ForceIteration() {
 }
 
 func (r *Reader[K, V]) batch(f func(K, []V)) error {
-	if len(r.keys) != batchChunk || len(r.values) != batchChunk*r.ncpu {
-		r.keys = make([]K, batchChunk)
-		r.values = make([]V, batchChunk*r.ncpu)
+	// No more keys per batch than the map holds: a small map (the wire
+	// program has one of 14 slots per interface) gets small buffers.
+	chunk := min(batchChunk, max(1, int(r.m.MaxEntries())))
+	if len(r.keys) != chunk || len(r.values) != chunk*r.ncpu {
+		r.keys = make([]K, chunk)
+		r.values = make([]V, chunk*r.ncpu)
 	}
 	var cursor ebpf.MapBatchCursor
 	for {

@@ -1,102 +1,115 @@
-package netnsx
+package netnsx_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-func TestList(t *testing.T) {
-	dir := t.TempDir()
-	for _, name := range []string{"vpn", "blue", "red"} {
-		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Mkdir(filepath.Join(dir, "subdir"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	names := func(ts []Target) string {
-		var s []string
-		for _, tg := range ts {
-			s = append(s, tg.Name+"="+tg.Path)
-		}
-		return strings.Join(s, " ")
-	}
-	all, err := List(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := names(all), "= blue="+dir+"/blue red="+dir+"/red vpn="+dir+"/vpn"; got != want {
-		t.Errorf("List: %s, want %s", got, want)
-	}
-	some, _ := List(dir, []string{"vpn", "absent"})
-	if got, want := names(some), "= vpn="+dir+"/vpn"; got != want {
-		t.Errorf("List with names: %s, want %s", got, want)
-	}
-	for _, d := range []string{"", filepath.Join(dir, "missing")} {
-		own, err := List(d, nil)
-		if err != nil || names(own) != "=" {
-			t.Errorf("List(%q): %s %v, want only our own", d, names(own), err)
-		}
-	}
-}
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx/netnsxtest"
+)
 
 // TestDoAndReadFile enters a fresh namespace, whose loopback is down and
 // whose /proc/net differs from ours, and checks that the calling thread is
 // back in our namespace afterwards.
 func TestDoAndReadFile(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	path := filepath.Join(t.TempDir(), "ns")
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = unix.Unmount(path, unix.MNT_DETACH) }()
-
+	n := netnsxtest.New(t, "", "ns")
+	id := n.ID
 	own, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var inside string
-	if err := Do(path, func() error {
+	if err := n.Do(func() error {
 		inside, err = os.Readlink("/proc/thread-self/ns/net")
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if inside == own {
-		t.Errorf("Do ran in our own namespace %s", own)
+	if inside == own || inside != id.String() {
+		t.Errorf("Do ran in %s, want %s (ours is %s)", inside, id, own)
+	}
+	if back, _ := os.Readlink("/proc/thread-self/ns/net"); back != own {
+		t.Errorf("after Do the caller is in %s, not %s", back, own)
 	}
 	// Our devices list has more than lo; the fresh namespace only lo.
-	theirs, err := ReadFile(Target{Name: "x", Path: path}, "/proc/net/dev")
+	theirs, err := n.ReadFile("/proc/net/dev")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(theirs), ":"); n != 1 {
-		t.Errorf("fresh namespace shows %d devices in /proc/net/dev:\n%s", n, theirs)
+	if c := strings.Count(string(theirs), ":"); c != 1 {
+		t.Errorf("fresh namespace shows %d devices in /proc/net/dev:\n%s", c, theirs)
 	}
-	if err := Do(filepath.Join(t.TempDir(), "absent"), func() error { return nil }); err == nil {
-		t.Error("no error for a missing namespace file")
+	ownNS, err := netnsx.Own()
+	if err != nil || ownNS.ID.String() != own {
+		t.Errorf("Own() = %v %v, want %s", ownNS, err, own)
 	}
-	if err := Do("/proc/self/status", func() error { return nil }); err == nil {
-		t.Error("no error for a file that is not a namespace")
+}
+
+// TestNamespaceGone: a namespace that is no longer at its path, or whose
+// name now holds another namespace, is ErrGone, and a file that is not a
+// namespace is never entered.
+func TestNamespaceGone(t *testing.T) {
+	dir := t.TempDir()
+	old := netnsxtest.New(t, dir, "zz")
+	path := old.Path
+	if err := old.Do(func() error { return nil }); err != nil {
+		t.Fatal(err)
 	}
+	if err := netnsxtest.Delete(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Do(func() error { return nil }); !errors.Is(err, netnsx.ErrGone) {
+		t.Errorf("deleted namespace: %v, want ErrGone", err)
+	}
+	if err := netnsxtest.Add(path); err != nil {
+		t.Fatal(err)
+	}
+	ran := false
+	if err := old.Do(func() error { ran = true; return nil }); !errors.Is(err, netnsx.ErrGone) || ran {
+		t.Errorf("namespace recreated under the same name: %v (ran %v), want ErrGone", err, ran)
+	}
+	if err := (netnsx.Namespace{Name: "zz", Path: path}).Do(func() error { return nil }); err != nil {
+		t.Errorf("the new one, entered without an ID: %v", err)
+	}
+	for name := range notNamespaces(t, dir) {
+		p := filepath.Join(dir, name)
+		if _, err := netnsx.Identify(p); !errors.Is(err, netnsx.ErrNotNamespace) {
+			t.Errorf("Identify(%s): %v, want ErrNotNamespace", name, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- (netnsx.Namespace{Name: name, Path: p}).Do(func() error { return nil }) }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("entered %s", name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("entering %s blocks", name)
+		}
+	}
+}
+
+// notNamespaces fills dir with what CNI plugins, containerd and accidents
+// leave in a namespace directory: an empty file, a plain one, a FIFO, a
+// directory, a link to nothing. The values say what each is.
+func notNamespaces(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(filepath.Join(dir, "empty"), nil, 0o644))
+	must(os.WriteFile(filepath.Join(dir, "plain"), []byte("cni state\n"), 0o644))
+	must(unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
+	must(os.Mkdir(filepath.Join(dir, "subdir"), 0o755))
+	must(os.Symlink(filepath.Join(dir, "nothing"), filepath.Join(dir, "dangling")))
+	return map[string]string{"empty": "empty file", "plain": "plain file", "fifo": "FIFO", "subdir": "directory", "dangling": "link to nothing"}
 }

@@ -26,14 +26,18 @@ const (
 
 // The cls_bpf filters get a priority and handle of their own so they sit
 // beside other filters instead of replacing them: a low priority number runs
-// early (before tc's automatic priorities, 49152 and down), and the names
-// tell a human running `tc filter show` whose they are.
+// early (before tc's automatic priorities, 49152 and down). Their names are
+// the exporter's tag: they tell a human running `tc filter show` whose they
+// are, and a restarted exporter which filters a killed one left behind.
 const (
 	tcPriority = 0x15ec
 	tcHandle   = 0x15ec
 )
 
-var filterNames = [2]string{Ingress: "ipsec_exporter_wire_ingress", Egress: "ipsec_exporter_wire_egress"}
+var filterNames = map[Direction]string{Ingress: "ipsec_exporter_wire_ingress", Egress: "ipsec_exporter_wire_egress"}
+
+// tcParents are the clsact hooks, by direction.
+var tcParents = map[Direction]uint32{Ingress: netlink.HANDLE_MIN_INGRESS, Egress: netlink.HANDLE_MIN_EGRESS}
 
 // attachment is one interface's pair of programs, ingress and egress.
 type attachment interface {
@@ -46,7 +50,7 @@ type tcxAttachment struct {
 
 // attachTCX attaches both programs with tcx links. It runs on a thread in
 // the target namespace: the kernel resolves the ifindex there.
-func attachTCX(o *Objects, ns *netns.NsHandle, ifindex int) (attachment, error) {
+func attachTCX(o *instance, ns *netns.NsHandle, ifindex int) (attachment, error) {
 	a := &tcxAttachment{}
 	err := inNetns(ns, func() error {
 		for _, d := range []Direction{Ingress, Egress} {
@@ -92,8 +96,9 @@ type tcAttachment struct {
 
 // attachTC adds a clsact qdisc where there is none and a cls_bpf filter in
 // direct-action mode at ingress and egress. Filters of others stay as they
-// are; a stale filter of ours (an exporter that was killed) is replaced.
-func attachTC(o *Objects, h *netlink.Handle, ifindex int) (attachment, error) {
+// are. (Filters of ours that a killed exporter left are gone already:
+// removeStale runs before the first attach.)
+func attachTC(o *instance, h *netlink.Handle, ifindex int) (attachment, error) {
 	a := &tcAttachment{h: h, ifindex: ifindex}
 	dev := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
 	has, err := hasClsact(h, dev)
@@ -101,11 +106,7 @@ func attachTC(o *Objects, h *netlink.Handle, ifindex int) (attachment, error) {
 		return nil, err
 	}
 	if !has {
-		err := h.QdiscAdd(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: ifindex,
-			Parent:    netlink.HANDLE_CLSACT,
-			Handle:    netlink.MakeHandle(0xffff, 0),
-		}})
+		err := h.QdiscAdd(clsact(ifindex))
 		switch {
 		case err == nil:
 			a.createdQdisc = true
@@ -115,10 +116,7 @@ func attachTC(o *Objects, h *netlink.Handle, ifindex int) (attachment, error) {
 		}
 	}
 	for _, d := range []Direction{Ingress, Egress} {
-		parent := uint32(netlink.HANDLE_MIN_INGRESS)
-		if d == Egress {
-			parent = netlink.HANDLE_MIN_EGRESS
-		}
+		parent := tcParents[d]
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{
 				LinkIndex: ifindex,
@@ -172,17 +170,61 @@ func (a *tcAttachment) Close() error {
 			}
 		}
 		if empty {
-			err := a.h.QdiscDel(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
-				LinkIndex: a.ifindex,
-				Parent:    netlink.HANDLE_CLSACT,
-				Handle:    netlink.MakeHandle(0xffff, 0),
-			}})
-			if err != nil && !gone(err) {
+			if err := a.h.QdiscDel(clsact(a.ifindex)); err != nil && !gone(err) {
 				errs = append(errs, fmt.Errorf("deleting clsact qdisc: %w", err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func clsact(ifindex int) *netlink.Clsact {
+	return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: ifindex,
+		Parent:    netlink.HANDLE_CLSACT,
+		Handle:    netlink.MakeHandle(0xffff, 0),
+	}}
+}
+
+// removeStale removes the filters of ours that an exporter killed before
+// it could detach left on an interface (tcx links die with their owner;
+// cls_bpf filters stay), so that nothing is counted twice and nothing stays
+// on an interface no longer selected. A clsact qdisc that held nothing but
+// our filters was made by an exporter: it goes with them, and an attach
+// that follows makes it anew (and removes it at Close). It reports whether
+// it removed anything.
+func removeStale(h *netlink.Handle, ifindex int) (bool, error) {
+	dev := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
+	has, err := hasClsact(h, dev)
+	if err != nil || !has {
+		return false, err
+	}
+	removed, others := false, false
+	var errs []error
+	for _, d := range []Direction{Ingress, Egress} {
+		fs, err := h.FilterList(dev, tcParents[d])
+		if err != nil {
+			return removed, fmt.Errorf("listing filters: %w", err)
+		}
+		for _, f := range fs {
+			bf, ok := f.(*netlink.BpfFilter)
+			if !ok || bf.Name != filterNames[d] {
+				others = true
+				continue
+			}
+			if err := h.FilterDel(f); err != nil && !gone(err) {
+				errs = append(errs, fmt.Errorf("deleting a stale filter: %w", err))
+				continue
+			}
+			removed = true
+		}
+	}
+	if removed && !others && len(errs) == 0 {
+		if err := h.QdiscDel(clsact(ifindex)); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("deleting the clsact qdisc of stale filters: %w", err))
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 func hasClsact(h *netlink.Handle, dev netlink.Link) (bool, error) {

@@ -17,12 +17,17 @@ func BenchmarkClassify(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root (CAP_BPF)")
 	}
-	o, err := Load()
+	o, err := Load(0)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _ = o.Close() }()
-	if err := o.SetPeers([]netip.Addr{peer4}); err != nil {
+	inst, err := o.instance(0, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = inst.Close() }()
+	if _, err := o.SetPeers(map[uint32][]netip.Addr{0: {peer4}}); err != nil {
 		b.Fatal(err)
 	}
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -49,6 +54,6 @@ func BenchmarkClassify(b *testing.B) {
 	}
 	b.Run("empty", func(b *testing.B) { run(b, empty, frames["esp"]) })
 	for name, f := range frames {
-		b.Run(name, func(b *testing.B) { run(b, o.program(Egress), f) })
+		b.Run(name, func(b *testing.B) { run(b, inst.program(Egress), f) })
 	}
 }

@@ -16,29 +16,58 @@ var (
 	peer6  = netip.MustParseAddr("2001:db8::2")
 )
 
-// loadForTest loads the wire objects or skips when this host cannot: BPF
+// loadForTest loads the programs and one interface's instance of them
+// (namespace slot 0, Ethernet frames), or skips when this host cannot: BPF
 // needs root (CAP_BPF) here.
-func loadForTest(t *testing.T) *Objects {
+func loadForTest(t *testing.T) (*Programs, *instance) {
+	t.Helper()
+	return loadInstance(t, 0, 0, true)
+}
+
+func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Programs, *instance) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("loading the wire program needs root (CAP_BPF, CAP_NET_ADMIN)")
 	}
-	o, err := Load()
+	p, err := Load(peerMapSize)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	t.Cleanup(func() { _ = o.Close() })
-	return o
+	t.Cleanup(func() { _ = p.Close() })
+	i, err := p.instance(slot, ethernet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = i.Close() })
+	return p, i
+}
+
+// setPeers puts addrs in the peer map under slot 0.
+func setPeers(t *testing.T, p *Programs, addrs ...netip.Addr) {
+	t.Helper()
+	if _, err := p.SetPeers(map[uint32][]netip.Addr{0: addrs}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestClassify runs the programs on crafted frames (BPF_PROG_TEST_RUN) and
 // checks the class each one is counted as, the unprotected-peer counting, and
-// that the verdict is always TC_ACT_UNSPEC.
+// that the verdict is always TC_ACT_UNSPEC: once reading the headers in
+// place (an Ethernet interface), once through bpf_skb_load_bytes_relative
+// (the path of other link types and of headers outside the linear data).
 func TestClassify(t *testing.T) {
-	o := loadForTest(t)
-	if err := o.SetPeers([]netip.Addr{peer4, peer6}); err != nil {
-		t.Fatal(err)
+	for _, ethernet := range []bool{true, false} {
+		t.Run(map[bool]string{true: "in place", false: "helper"}[ethernet], func(t *testing.T) {
+			o, inst := loadInstance(t, 0, 3, ethernet)
+			if _, err := o.SetPeers(map[uint32][]netip.Addr{3: {peer4, peer6}, 4: {other4}}); err != nil {
+				t.Fatal(err)
+			}
+			testClassify(t, o, inst)
+		})
 	}
+}
+
+func testClassify(t *testing.T, o *Programs, inst *instance) {
 	spi := esp(0x1000, 32)
 	v4 := func(proto byte, payload []byte) []byte {
 		return ether(0x0800, ipv4(proto, local4, peer4, 0, false, payload))
@@ -111,31 +140,31 @@ func TestClassify(t *testing.T) {
 			if want == 0 {
 				want = 1
 			}
-			wireBefore, peerBefore := snapshot(t, o)
+			wireBefore, peerBefore := snapshot(t, o, inst)
 			ctx := skbContext{GSOSegs: tc.gsoSegs}
-			ret, err := o.program(dir).Run(&ebpf.RunOptions{Data: tc.frame, Context: ctx})
+			ret, err := inst.program(dir).Run(&ebpf.RunOptions{Data: tc.frame, Context: ctx})
 			if err != nil {
 				t.Fatalf("Run: %v", err)
 			}
 			if int32(ret) != -1 {
 				t.Errorf("verdict %d, want TC_ACT_UNSPEC (-1)", int32(ret))
 			}
-			wireAfter, peerAfter := snapshot(t, o)
-			for k, after := range wireAfter {
-				got := after.Packets - wireBefore[k].Packets
-				if k.Class == tc.class && k.Direction == dir {
-					if got != want {
-						t.Errorf("%s %s: %d packets, want %d", k.Direction, k.Class, got, want)
+			wireAfter, peerAfter := snapshot(t, o, inst)
+			for d := range numDirections {
+				for c := range numClasses {
+					k := WireKey{Direction: Direction(d), Class: Class(c)}
+					got := wireAfter[d][c].Packets - wireBefore[d][c].Packets
+					if k.Class == tc.class && k.Direction == dir {
+						if got != want {
+							t.Errorf("%s %s: %d packets, want %d", k.Direction, k.Class, got, want)
+						}
+						if b := wireAfter[d][c].Bytes - wireBefore[d][c].Bytes; b != uint64(len(tc.frame)) {
+							t.Errorf("%s %s: %d bytes, want %d", k.Direction, k.Class, b, len(tc.frame))
+						}
+					} else if got != 0 {
+						t.Errorf("counted as %s %s (%d packets), want %s %s", k.Direction, k.Class, got, dir, tc.class)
 					}
-					if b := after.Bytes - wireBefore[k].Bytes; b != uint64(len(tc.frame)) {
-						t.Errorf("%s %s: %d bytes, want %d", k.Direction, k.Class, b, len(tc.frame))
-					}
-				} else if got != 0 {
-					t.Errorf("counted as %s %s (%d packets), want %s %s", k.Direction, k.Class, got, dir, tc.class)
 				}
-			}
-			if _, ok := wireAfter[WireKey{Ifindex: 1, Direction: dir, Class: tc.class}]; !ok {
-				t.Errorf("no counter for %s %s", dir, tc.class)
 			}
 			for k, after := range peerAfter {
 				got := after.Packets - peerBefore[k].Packets
@@ -191,49 +220,15 @@ type skbContext struct {
 	GSOSegs        uint32
 }
 
-func snapshot(t *testing.T, o *Objects) (map[WireKey]Counter, map[PeerKey]Counter) {
+func snapshot(t *testing.T, o *Programs, i *instance) ([numDirections][numClasses]Counter, map[PeerKey]Counter) {
 	t.Helper()
-	w, err := o.WireCounters()
+	w, err := i.counters()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := o.UnprotectedCounters()
+	p, err := o.Unprotected()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return w, p
-}
-
-// TestSetPeers checks that peers come and go and a gone peer's counters go
-// with it.
-func TestSetPeers(t *testing.T) {
-	o := loadForTest(t)
-	if err := o.SetPeers([]netip.Addr{peer4, peer6}); err != nil {
-		t.Fatal(err)
-	}
-	frame := ether(0x0800, ipv4(protoTCP, local4, peer4, 0, false, make([]byte, 20)))
-	if _, err := o.program(Egress).Run(&ebpf.RunOptions{Data: frame}); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.SetPeers([]netip.Addr{peer6, other4}); err != nil {
-		t.Fatal(err)
-	}
-	peers, err := o.Peers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[netip.Addr]bool{}
-	for _, p := range peers {
-		got[p] = true
-	}
-	if len(got) != 2 || !got[peer6] || !got[other4] {
-		t.Errorf("peers %v, want %s and %s", peers, peer6, other4)
-	}
-	u, err := o.UnprotectedCounters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(u) != 0 {
-		t.Errorf("counters of a removed peer remain: %v", u)
-	}
+	return w, p[3]
 }

@@ -91,7 +91,7 @@ func TestFollowPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	peers := func() []netip.Addr {
-		got, err := m.Objects().Peers()
+		got, err := m.Peers()
 		if err != nil {
 			t.Fatal(err)
 		}

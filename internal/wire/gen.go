@@ -10,4 +10,4 @@ package wire
 // object serves every little-endian architecture; Debian keeps asm/ under
 // the multiarch include directory, hence the -I.
 // ($DOLLAR is go generate's way of passing a literal $ to the shell.)
-//go:generate sh -c "go tool bpf2go -cc $DOLLAR{BPF_CLANG:-clang-14} -strip $DOLLAR{BPF_STRIP:-llvm-strip-14} -cflags '-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu' -target bpfel -type wire_key -type wire_value -type peer_key -type unprotected_key wire ../../bpf/wire.bpf.c"
+//go:generate sh -c "go tool bpf2go -cc $DOLLAR{BPF_CLANG:-clang-14} -strip $DOLLAR{BPF_STRIP:-llvm-strip-14} -cflags '-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu' -target bpfel -type wire_counter -type peer_key -type peer_counters wire ../../bpf/wire.bpf.c"

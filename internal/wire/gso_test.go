@@ -115,7 +115,7 @@ func TestWireGSO(t *testing.T) {
 // interfaces.
 func wireCount(t *testing.T, m *Monitor, d Direction, c Class) uint64 {
 	t.Helper()
-	got, err := m.Objects().WireCounters()
+	got, err := m.WireCounters()
 	if err != nil {
 		t.Fatal(err)
 	}

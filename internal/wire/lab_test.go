@@ -155,7 +155,7 @@ func TestLabWirePolicyHole(t *testing.T) {
 	const frame = 14 + 20 + 8 + 100
 	want := Counter{Packets: datagrams, Bytes: datagrams * frame}
 	waitFor(t, "B to see the datagrams", func() bool {
-		u, _ := mB.Objects().UnprotectedCounters()
+		u, _ := mB.UnprotectedCounters()
 		return u[PeerKey{Peer: e.AAddr, Direction: Ingress}].Packets >= datagrams
 	})
 	checkUnprotected(t, "A", mA, Egress, map[netip.Addr]Counter{e.BAddr: want})
@@ -168,8 +168,8 @@ func TestLabWirePolicyHole(t *testing.T) {
 		t.Errorf("A egress plaintext: %d, want at least %d", got, datagrams)
 	}
 	t.Logf("B's xfrm_stat moved: %s", p.B.XfrmStat(t).Sub(statB))
-	uA, _ := mA.Objects().UnprotectedCounters()
-	uB, _ := mB.Objects().UnprotectedCounters()
+	uA, _ := mA.UnprotectedCounters()
+	uB, _ := mB.UnprotectedCounters()
 	t.Logf("kernel %s, %s: %d datagrams sent through the hole; unprotected A egress to %s %d, B ingress from %s %d; %d pings, A egress esp %d",
 		scenario.Kernel(), labMode(t), datagrams, e.BAddr, uA[PeerKey{Peer: e.BAddr, Direction: Egress}].Packets,
 		e.AAddr, uB[PeerKey{Peer: e.AAddr, Direction: Ingress}].Packets, pings, wireCount(t, mA, Egress, ClassESP))
@@ -208,7 +208,7 @@ func TestLabWireGateway(t *testing.T) {
 				idx = i.Ifindex
 			}
 		}
-		got, err := m.Objects().WireCounters()
+		got, err := m.WireCounters()
 		if err != nil {
 			t.Fatal(err)
 		}

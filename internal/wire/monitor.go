@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 
@@ -25,10 +26,15 @@ type Config struct {
 	Interfaces *regexp.Regexp
 	// Mode is ModeTCX, ModeTC, or "" (auto: tcx where the kernel has it).
 	Mode Mode
-	// Netns is the network namespace to watch; nil is the current one.
-	// Tests use it; the exporter watches its own namespace.
-	Netns  *netns.NsHandle
-	Logger *slog.Logger
+	// Netns is the network namespace to watch; nil is the exporter's own.
+	Netns *netns.NsHandle
+	// NetnsSlot is the namespace's number in the peer map (see
+	// Programs.SetPeers).
+	NetnsSlot uint32
+	// Programs are the loaded programs and shared maps. Start loads its
+	// own when nil, and then also follows the namespace's peers itself.
+	Programs *Programs
+	Logger   *slog.Logger
 }
 
 // InterfaceStatus is one selected interface and how its attach went.
@@ -40,14 +46,16 @@ type InterfaceStatus struct {
 	Err      error
 }
 
-// Monitor keeps the wire program attached to the selected interfaces as they
-// come and go, and its peer map in step with the kernel's SAs and policies.
+// Monitor keeps the wire program attached to the selected interfaces of one
+// namespace as they come and go.
 type Monitor struct {
 	cfg    Config
 	logger *slog.Logger
-	objs   *Objects
+	progs  *Programs
 	h      *netlink.Handle
-	peers  *peerTracker
+	// own holds what Start made for a monitor that runs alone (its
+	// programs and peer follower); closed with it.
+	own []func() error
 
 	mu     sync.Mutex
 	mode   Mode // the mode in use; auto settles on the first attach
@@ -59,12 +67,15 @@ type Monitor struct {
 }
 
 type iface struct {
-	status InterfaceStatus
-	att    attachment
+	status   InterfaceStatus
+	ethernet bool
+	inst     *instance
+	att      attachment
 }
 
-// Start loads the program, attaches it to the interfaces there are now and
-// follows link and XFRM changes until Close.
+// Start attaches the program to the selected interfaces there are now, after
+// removing what a killed exporter left on any interface of the namespace, and
+// follows link changes until Close.
 func Start(cfg Config) (*Monitor, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -74,29 +85,32 @@ func Start(cfg Config) (*Monitor, error) {
 	default:
 		return nil, fmt.Errorf("unknown attach mode %q (want tcx or tc)", cfg.Mode)
 	}
-	objs, err := Load()
-	if err != nil {
-		return nil, err
+	m := &Monitor{
+		cfg:    cfg,
+		logger: cfg.Logger,
+		progs:  cfg.Programs,
+		mode:   cfg.Mode,
+		ifaces: map[int]*iface{},
+		done:   make(chan struct{}),
+	}
+	if m.progs == nil {
+		p, err := Load(0)
+		if err != nil {
+			return nil, err
+		}
+		m.progs = p
+		m.own = append(m.own, p.Close)
 	}
 	ns := netns.None()
 	if cfg.Netns != nil {
 		ns = *cfg.Netns
 	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE, unix.NETLINK_XFRM)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
-		_ = objs.Close()
+		_ = m.closeOwn()
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	m := &Monitor{
-		cfg:    cfg,
-		logger: cfg.Logger,
-		objs:   objs,
-		h:      h,
-		mode:   cfg.Mode,
-		ifaces: map[int]*iface{},
-		done:   make(chan struct{}),
-	}
-	m.peers = newPeerTracker(h, objs, ns, cfg.Logger)
+	m.h = h
 
 	updates := make(chan netlink.LinkUpdate, 64)
 	err = netlink.LinkSubscribeWithOptions(updates, m.done, netlink.LinkSubscribeOptions{
@@ -120,6 +134,7 @@ func Start(cfg Config) (*Monitor, error) {
 		_ = m.Close()
 		return nil, fmt.Errorf("listing interfaces: %w", err)
 	}
+	m.removeStale(links)
 	for _, l := range links {
 		m.handleLink(l, false)
 	}
@@ -130,9 +145,28 @@ func Start(cfg Config) (*Monitor, error) {
 			m.handleLink(u.Link, u.Header.Type == unix.RTM_DELLINK)
 		}
 	}()
-
-	m.peers.start(m.done, &m.wg)
+	if cfg.Programs == nil {
+		stop, err := followPeers(m.progs, ns, cfg.NetnsSlot, cfg.Logger)
+		if err != nil {
+			_ = m.Close()
+			return nil, err
+		}
+		m.own = append(m.own, stop)
+	}
 	return m, nil
+}
+
+// removeStale removes what a killed exporter left on every interface, the
+// ones this monitor will not attach to included.
+func (m *Monitor) removeStale(links []netlink.Link) {
+	for _, l := range links {
+		removed, err := removeStale(m.h, l.Attrs().Index)
+		if err != nil {
+			m.logger.Warn("cannot remove the wire filters a previous exporter left", "interface", l.Attrs().Name, "err", err)
+		} else if removed {
+			m.logger.Info("removed the wire filters a previous exporter left", "interface", l.Attrs().Name)
+		}
+	}
 }
 
 // ipsecDevices carry the inner packets of IPsec (before encryption, after
@@ -165,9 +199,6 @@ func (m *Monitor) handleLink(l netlink.Link, deleted bool) {
 		if i != nil {
 			m.detach(i)
 			delete(m.ifaces, attrs.Index)
-			if err := m.objs.ForgetInterface(attrs.Index); err != nil {
-				m.logger.Warn("forgetting counters of a deleted interface", "interface", attrs.Name, "err", err)
-			}
 			m.logger.Info("interface deleted", "interface", attrs.Name)
 		}
 		return
@@ -182,7 +213,10 @@ func (m *Monitor) handleLink(l netlink.Link, deleted bool) {
 		return
 	}
 	if i == nil {
-		i = &iface{status: InterfaceStatus{Ifindex: attrs.Index, Name: attrs.Name}}
+		i = &iface{
+			status:   InterfaceStatus{Ifindex: attrs.Index, Name: attrs.Name},
+			ethernet: attrs.EncapType == "ether",
+		}
 		m.ifaces[attrs.Index] = i
 	}
 	m.attach(i)
@@ -193,11 +227,11 @@ func (m *Monitor) attach(i *iface) {
 	if mode == "" {
 		mode = ModeTCX
 	}
-	att, err := m.attachWith(mode, i.status.Ifindex)
+	err := m.attachWith(i, mode)
 	if err != nil && m.mode == "" && errors.Is(err, ebpf.ErrNotSupported) {
 		m.logger.Info("kernel has no tcx; attaching with clsact and cls_bpf")
 		mode = ModeTC
-		att, err = m.attachWith(mode, i.status.Ifindex)
+		err = m.attachWith(i, mode)
 	}
 	i.status.Mode = mode
 	if err != nil {
@@ -217,27 +251,43 @@ func (m *Monitor) attach(i *iface) {
 	if m.mode == "" {
 		m.mode = mode
 	}
-	i.att = att
 	i.status.Attached = true
 	i.status.Err = nil
 	m.logger.Info("wire program attached", "interface", i.status.Name, "mode", mode)
 }
 
-func (m *Monitor) attachWith(mode Mode, ifindex int) (attachment, error) {
-	if mode == ModeTC {
-		return attachTC(m.objs, m.h, ifindex)
+// attachWith loads the interface's instance of the programs (once) and
+// attaches it.
+func (m *Monitor) attachWith(i *iface, mode Mode) error {
+	if i.inst == nil {
+		inst, err := m.progs.instance(m.cfg.NetnsSlot, i.ethernet)
+		if err != nil {
+			return err
+		}
+		i.inst = inst
 	}
-	return attachTCX(m.objs, m.cfg.Netns, ifindex)
+	var err error
+	if mode == ModeTC {
+		i.att, err = attachTC(i.inst, m.h, i.status.Ifindex)
+	} else {
+		i.att, err = attachTCX(i.inst, m.cfg.Netns, i.status.Ifindex)
+	}
+	return err
 }
 
+// detach removes the programs from an interface and releases them (and
+// their counters).
 func (m *Monitor) detach(i *iface) {
-	if i.att == nil {
-		return
+	if i.att != nil {
+		if err := i.att.Close(); err != nil {
+			m.logger.Warn("detaching wire program", "interface", i.status.Name, "err", err)
+		}
+		i.att = nil
 	}
-	if err := i.att.Close(); err != nil {
-		m.logger.Warn("detaching wire program", "interface", i.status.Name, "err", err)
+	if i.inst != nil {
+		_ = i.inst.Close()
+		i.inst = nil
 	}
-	i.att = nil
 	i.status.Attached = false
 }
 
@@ -253,13 +303,100 @@ func (m *Monitor) Interfaces() []InterfaceStatus {
 	return out
 }
 
-// Objects gives the loaded program and maps, for reading counters.
-func (m *Monitor) Objects() *Objects { return m.objs }
+// InterfaceCounters are one attached interface's counters.
+type InterfaceCounters struct {
+	Name    string
+	Ifindex int
+	// Counters by direction and class.
+	Counters [numDirections][numClasses]Counter
+}
 
-// RefreshPeers reads the SAs and policies now and updates the peer map.
-func (m *Monitor) RefreshPeers() ([]netip.Addr, error) { return m.peers.refresh() }
+// Counters reads the counters of every attached interface.
+func (m *Monitor) Counters() ([]InterfaceCounters, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]InterfaceCounters, 0, len(m.ifaces))
+	for _, i := range m.ifaces {
+		if i.inst == nil {
+			continue
+		}
+		c, err := i.inst.counters()
+		if err != nil {
+			return nil, fmt.Errorf("interface %s: %w", i.status.Name, err)
+		}
+		out = append(out, InterfaceCounters{Name: i.status.Name, Ifindex: i.status.Ifindex, Counters: c})
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
+	return out, nil
+}
 
-// Close detaches from every interface and releases the program.
+// WireKey names one counter of one interface.
+type WireKey struct {
+	Ifindex   int
+	Direction Direction
+	Class     Class
+}
+
+// WireCounters is Counters as a map, with only the counters that moved.
+func (m *Monitor) WireCounters() (map[WireKey]Counter, error) {
+	ics, err := m.Counters()
+	if err != nil {
+		return nil, err
+	}
+	out := map[WireKey]Counter{}
+	for _, ic := range ics {
+		for d := range numDirections {
+			for c := range numClasses {
+				if v := ic.Counters[d][c]; v != (Counter{}) {
+					out[WireKey{Ifindex: ic.Ifindex, Direction: Direction(d), Class: Class(c)}] = v
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// UnprotectedCounters reads this namespace's peers with what reached them
+// unprotected, leaving out those with nothing.
+func (m *Monitor) UnprotectedCounters() (map[PeerKey]Counter, error) {
+	all, err := m.progs.Unprotected()
+	if err != nil {
+		return nil, err
+	}
+	out := map[PeerKey]Counter{}
+	for k, c := range all[m.cfg.NetnsSlot] {
+		if c != (Counter{}) {
+			out[k] = c
+		}
+	}
+	return out, nil
+}
+
+// ProgramStats gives the kernel's run time and count of the programs summed
+// over the attached interfaces, by direction (zero unless
+// kernel.bpf_stats_enabled is on).
+func (m *Monitor) ProgramStats() map[Direction]ebpf.ProgramStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[Direction]ebpf.ProgramStats{}
+	for _, i := range m.ifaces {
+		if i.inst == nil {
+			continue
+		}
+		for d, s := range i.inst.stats() {
+			sum := out[d]
+			sum.Runtime += s.Runtime
+			sum.RunCount += s.RunCount
+			out[d] = sum
+		}
+	}
+	return out
+}
+
+// Programs gives the programs and shared maps the monitor uses.
+func (m *Monitor) Programs() *Programs { return m.progs }
+
+// Close detaches from every interface, and releases what Start made.
 func (m *Monitor) Close() error {
 	m.mu.Lock()
 	select {
@@ -274,6 +411,33 @@ func (m *Monitor) Close() error {
 	}
 	m.mu.Unlock()
 	m.wg.Wait()
-	m.h.Close()
-	return m.objs.Close()
+	if m.h != nil {
+		m.h.Close()
+	}
+	return m.closeOwn()
+}
+
+func (m *Monitor) closeOwn() error {
+	var errs []error
+	for i := len(m.own) - 1; i >= 0; i-- {
+		errs = append(errs, m.own[i]())
+	}
+	m.own = nil
+	return errors.Join(errs...)
+}
+
+// Peers lists this namespace's peers in the peer map, sorted.
+func (m *Monitor) Peers() ([]netip.Addr, error) {
+	all, err := m.progs.Unprotected()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for k := range all[m.cfg.NetnsSlot] {
+		if k.Direction == Ingress {
+			out = append(out, k.Peer)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
 }

@@ -13,42 +13,62 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type wirePeerCounters struct {
+	_           structs.HostLayout
+	Unprotected [2]wireWireCounter
+}
+
+type wirePeerFilter struct {
+	_     structs.HostLayout
+	Words [4096]uint64
+}
+
 type wirePeerKey struct {
-	_    structs.HostLayout
-	Addr [16]uint8
+	_     structs.HostLayout
+	Netns uint32
+	Addr  [16]uint8
 }
 
-type wireUnprotectedKey struct {
-	_         structs.HostLayout
-	Addr      [16]uint8
-	Direction uint8
-	Pad       [3]uint8
-}
+type wireWireClass uint32
 
-type wireWireKey struct {
-	_         structs.HostLayout
-	Ifindex   uint32
-	Direction uint8
-	Class     uint8
-	Pad       uint16
-}
+const (
+	wireWireClassWIRE_PLAINTEXT    wireWireClass = 0
+	wireWireClassWIRE_ESP          wireWireClass = 1
+	wireWireClassWIRE_ESP_IN_UDP   wireWireClass = 2
+	wireWireClassWIRE_IKE          wireWireClass = 3
+	wireWireClassWIRE_AH           wireWireClass = 4
+	wireWireClassWIRE_UDP_FRAGMENT wireWireClass = 5
+	wireWireClassWIRE_NON_IP       wireWireClass = 6
+	wireWireClassWIRE_CLASSES      wireWireClass = 7
+)
 
-type wireWireValue struct {
+type wireWireCounter struct {
 	_       structs.HostLayout
 	Packets uint64
 	Bytes   uint64
 }
 
+type wireWireDirection uint32
+
+const (
+	wireWireDirectionWIRE_INGRESS    wireWireDirection = 0
+	wireWireDirectionWIRE_EGRESS     wireWireDirection = 1
+	wireWireDirectionWIRE_DIRECTIONS wireWireDirection = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	wireMapUnprotectedCounters = "unprotected_counters"
-	wireMapWireCounters        = "wire_counters"
-	wireMapWireOverflow        = "wire_overflow"
-	wireMapWirePeers           = "wire_peers"
-	wireProgWireEgress         = "wire_egress"
-	wireProgWireIngress        = "wire_ingress"
+	wireMapWireCounters      = "wire_counters"
+	wireMapWirePeers         = "wire_peers"
+	wireProgWireEgress       = "wire_egress"
+	wireProgWireIngress      = "wire_ingress"
+	wireVarEthernet          = "ethernet"
+	wireVarNetnsSlot         = "netns_slot"
+	wireVarWireClassType     = "wire_class_type"
+	wireVarWireDirectionType = "wire_direction_type"
+	wireVarWirePeerFilter    = "wire_peer_filter"
 )
 
 // loadWire returns the embedded CollectionSpec for wire.
@@ -101,16 +121,19 @@ type wireProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type wireMapSpecs struct {
-	UnprotectedCounters *ebpf.MapSpec `ebpf:"unprotected_counters"`
-	WireCounters        *ebpf.MapSpec `ebpf:"wire_counters"`
-	WireOverflow        *ebpf.MapSpec `ebpf:"wire_overflow"`
-	WirePeers           *ebpf.MapSpec `ebpf:"wire_peers"`
+	WireCounters *ebpf.MapSpec `ebpf:"wire_counters"`
+	WirePeers    *ebpf.MapSpec `ebpf:"wire_peers"`
 }
 
 // wireVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type wireVariableSpecs struct {
+	Ethernet          *ebpf.VariableSpec `ebpf:"ethernet"`
+	NetnsSlot         *ebpf.VariableSpec `ebpf:"netns_slot"`
+	WireClassType     *ebpf.VariableSpec `ebpf:"wire_class_type"`
+	WireDirectionType *ebpf.VariableSpec `ebpf:"wire_direction_type"`
+	WirePeerFilter    *ebpf.VariableSpec `ebpf:"wire_peer_filter"`
 }
 
 // wireObjects contains all objects after they have been loaded into the kernel.
@@ -133,17 +156,13 @@ func (o *wireObjects) Close() error {
 //
 // It can be passed to loadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type wireMaps struct {
-	UnprotectedCounters *ebpf.Map `ebpf:"unprotected_counters"`
-	WireCounters        *ebpf.Map `ebpf:"wire_counters"`
-	WireOverflow        *ebpf.Map `ebpf:"wire_overflow"`
-	WirePeers           *ebpf.Map `ebpf:"wire_peers"`
+	WireCounters *ebpf.Map `ebpf:"wire_counters"`
+	WirePeers    *ebpf.Map `ebpf:"wire_peers"`
 }
 
 func (m *wireMaps) Close() error {
 	return _WireClose(
-		m.UnprotectedCounters,
 		m.WireCounters,
-		m.WireOverflow,
 		m.WirePeers,
 	)
 }
@@ -152,6 +171,11 @@ func (m *wireMaps) Close() error {
 //
 // It can be passed to loadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type wireVariables struct {
+	Ethernet          *ebpf.Variable `ebpf:"ethernet"`
+	NetnsSlot         *ebpf.Variable `ebpf:"netns_slot"`
+	WireClassType     *ebpf.Variable `ebpf:"wire_class_type"`
+	WireDirectionType *ebpf.Variable `ebpf:"wire_direction_type"`
+	WirePeerFilter    *ebpf.Variable `ebpf:"wire_peer_filter"`
 }
 
 // wirePrograms contains all programs after they have been loaded into the kernel.

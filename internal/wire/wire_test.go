@@ -268,18 +268,18 @@ func TestWireVeth(t *testing.T) {
 			for _, b := range bursts() {
 				s.send(t, b.frame, b.n)
 				c := Counter{Packets: uint64(b.n), Bytes: uint64(b.n * len(b.frame))}
-				wantWire[b.class] = add(wantWire[b.class], c)
+				wantWire[b.class] = wantWire[b.class].add(c)
 				if b.peerA.IsValid() {
-					wantA[b.peerA] = add(wantA[b.peerA], c)
+					wantA[b.peerA] = wantA[b.peerA].add(c)
 				}
 				if b.peerB.IsValid() {
-					wantB[b.peerB] = add(wantB[b.peerB], c)
+					wantB[b.peerB] = wantB[b.peerB].add(c)
 				}
 				total += b.n
 			}
 			waitFor(t, "B to count every frame", func() bool { return w.seen(t) >= uint64(total) })
 			waitFor(t, "B's counters", func() bool {
-				c, _ := mB.Objects().WireCounters()
+				c, _ := mB.WireCounters()
 				var n uint64
 				for _, v := range c {
 					n += v.Packets
@@ -312,7 +312,7 @@ func TestWireVeth(t *testing.T) {
 
 func checkPeers(t *testing.T, m *Monitor, want ...netip.Addr) {
 	t.Helper()
-	got, err := m.Objects().Peers()
+	got, err := m.Peers()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +325,7 @@ func checkPeers(t *testing.T, m *Monitor, want ...netip.Addr) {
 
 func checkWire(t *testing.T, side string, m *Monitor, ifindex int, dir Direction, want map[Class]Counter) {
 	t.Helper()
-	got, err := m.Objects().WireCounters()
+	got, err := m.WireCounters()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +348,7 @@ func checkWire(t *testing.T, side string, m *Monitor, ifindex int, dir Direction
 
 func checkUnprotected(t *testing.T, side string, m *Monitor, dir Direction, want map[netip.Addr]Counter) {
 	t.Helper()
-	got, err := m.Objects().UnprotectedCounters()
+	got, err := m.UnprotectedCounters()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,6 +55,25 @@ func parseAttrs(b []byte) ([]attr, error) {
 	return attrs, nil
 }
 
+// eachAttr calls fn with each attribute of b, as parseAttrs splits them,
+// without building a slice (an SA dump decodes tens of thousands).
+func eachAttr(b []byte, fn func(typ uint16, data []byte) error) error {
+	for len(b) > 0 {
+		if len(b) < unix.SizeofRtAttr {
+			return fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b))
+		}
+		l := int(ne.Uint16(b[0:2]))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return fmt.Errorf("%w: attribute length %d of %d bytes", ErrMalformed, l, len(b))
+		}
+		if err := fn(ne.Uint16(b[2:4])&nlaTypeMask, b[unix.SizeofRtAttr:l]); err != nil {
+			return err
+		}
+		b = b[min((l+unix.RTA_ALIGNTO-1)&^(unix.RTA_ALIGNTO-1), len(b)):]
+	}
+	return nil
+}
+
 // addr decodes an xfrm_address_t (16 bytes) of the given family.
 func addr(b []byte, family uint16) (netip.Addr, error) {
 	switch family {
@@ -66,7 +86,8 @@ func addr(b []byte, family uint16) (netip.Addr, error) {
 }
 
 // cString returns the NUL-terminated string at the start of b, and false
-// when it is not printable ASCII (algorithm names always are).
+// when it is not printable ASCII (algorithm names always are). The few
+// names a kernel has are kept, so 50,000 SAs share one copy of each.
 func cString(b []byte) (string, bool) {
 	n := 0
 	for n < len(b) && b[n] != 0 {
@@ -75,7 +96,34 @@ func cString(b []byte) (string, bool) {
 		}
 		n++
 	}
-	return string(b[:n]), true
+	return names.intern(b[:n]), true
+}
+
+// names holds the algorithm names seen, up to a bound (beyond it a name is
+// copied each time: a hostile or broken kernel cannot grow it).
+var names = internTable{m: map[string]string{}}
+
+type internTable struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxInterned = 256
+
+func (t *internTable) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.m[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(t.m) < maxInterned {
+		t.m[s] = s
+	}
+	return s
 }
 
 // nlaTypeMask strips NLA_F_NESTED and NLA_F_NET_BYTEORDER from a type.

@@ -6,23 +6,16 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-)
 
-// newTestNS makes a throwaway named namespace (needs root) and returns its
-// path under a private directory.
-func newTestNS(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	return makeNS(t)
-}
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx/netnsxtest"
+)
 
 func TestDialOwnNamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN) for xfrm netlink")
 	}
-	c, err := Dial("", 0)
+	c, err := Dial(netnsx.Namespace{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,8 +37,8 @@ func TestDialOwnNamespace(t *testing.T) {
 // TestPolicyDumpAndSPDInfo adds policies in a fresh namespace (policies need
 // no ESP module, so this runs on the build host) and reads them back.
 func TestPolicyDumpAndSPDInfo(t *testing.T) {
-	ns := newTestNS(t)
-	h := nsHandle(t, ns)
+	ns := netnsxtest.New(t, "", "ns")
+	h := netnsxtest.Handle(t, ns)
 	src, dst := mustNet("10.1.0.0/24"), mustNet("10.2.0.0/16")
 	for _, dir := range []netlink.Dir{netlink.XFRM_DIR_OUT, netlink.XFRM_DIR_IN, netlink.XFRM_DIR_FWD, netlink.XFRM_DIR_IN} {
 		p := &netlink.XfrmPolicy{Src: src, Dst: dst, Dir: dir, Priority: 7, Tmpls: []netlink.XfrmPolicyTmpl{{

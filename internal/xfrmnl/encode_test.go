@@ -121,15 +121,41 @@ func encodePolicyInfo(p Policy) []byte {
 	return b
 }
 
+// encodeTemplate lays out struct xfrm_user_tmpl.
+func encodeTemplate(b []byte, t Template) {
+	putAddr(b[0:], t.Dst)
+	b[16], b[17], b[18], b[19] = byte(t.SPI>>24), byte(t.SPI>>16), byte(t.SPI>>8), byte(t.SPI)
+	b[20] = t.Proto
+	ne.PutUint16(b[24:], t.Family)
+	putAddr(b[28:], t.Src)
+	ne.PutUint32(b[44:], t.Reqid)
+	b[48] = t.Mode
+	if t.Optional {
+		b[50] = 1
+	}
+}
+
 func samplePolicy() (Policy, []byte) {
 	p := Policy{
 		Family: unix.AF_INET6, Src: netip.MustParsePrefix("fd78:1::/64"), Dst: netip.MustParsePrefix("fd78:2::1/128"),
 		Proto: 6, Index: 0x41, Priority: 100, Dir: PolicyOut, Action: 0, AddTime: 1700000000, UseTime: 1700000100,
 		Limits:    Limits{SoftBytes: xfrmInf, HardBytes: xfrmInf, SoftPackets: xfrmInf, HardPackets: xfrmInf},
 		Templates: 2, Mark: 1, MarkMask: 3,
+		Tmpls: []Template{
+			// Family taken from the selector, endpoints any: transport.
+			{Family: unix.AF_INET6, Src: netip.IPv6Unspecified(), Dst: netip.IPv6Unspecified(), Proto: unix.IPPROTO_ESP, Reqid: 7},
+			// A tunnel of another family than the selector's.
+			{Family: unix.AF_INET, Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.9"),
+				SPI: 0xc0de, Proto: unix.IPPROTO_ESP, Mode: 1, Reqid: 8, Optional: true},
+		},
 	}
 	b := encodePolicyInfo(p)
-	b = append(b, encodeAttr(xfrmaTmpl, make([]byte, 2*64))...)
+	tmpls := make([]byte, 2*sizeofUserTmpl)
+	for i, t := range p.Tmpls {
+		encodeTemplate(tmpls[i*sizeofUserTmpl:], t)
+	}
+	ne.PutUint16(tmpls[24:], 0) // the first template leaves its family to the selector
+	b = append(b, encodeAttr(xfrmaTmpl, tmpls)...)
 	b = append(b, encodeAttr(xfrmaMark, append(u32(1), u32(3)...))...)
 	return p, b
 }

@@ -62,6 +62,13 @@ type Notification struct {
 	SA *SA
 	// Policy is set for policy_added/updated/deleted and the expiries.
 	Policy *Policy
+	// FlushProto is the protocol an sa_flushed removed (struct
+	// xfrm_usersa_flush): 0 all, IPSEC_PROTO_ANY (255) ESP, AH and
+	// IPcomp, else that one.
+	FlushProto uint8
+	// FlushType is the policy type a policy_flushed removed (XFRMA_POLICY_TYPE;
+	// 0, main, without it).
+	FlushType uint8
 }
 
 // ParseNotification decodes a multicast message of the given netlink type.
@@ -90,7 +97,8 @@ func ParseNotification(typ uint16, b []byte) (n Notification, ok bool, err error
 		if len(b) < sizeofUserExpire {
 			return n, false, fmt.Errorf("%w: expire of %d bytes", ErrMalformed, len(b))
 		}
-		info := append(append([]byte(nil), b[:sizeofUsersaInfo]...), b[sizeofUserExpire:]...)
+		// One allocation of the final size (the attributes carry keys).
+		info := append(append(make([]byte, 0, sizeofUsersaInfo+len(b)-sizeofUserExpire), b[:sizeofUsersaInfo]...), b[sizeofUserExpire:]...)
 		sa, err := ParseSA(info)
 		clear(info)
 		if err != nil {
@@ -102,6 +110,10 @@ func ParseNotification(typ uint16, b []byte) (n Notification, ok bool, err error
 		}
 	case msgFlushSA:
 		n.Event = EventSAFlushed
+		if len(b) < 1 {
+			return n, false, fmt.Errorf("%w: SA flush of %d bytes", ErrMalformed, len(b))
+		}
+		n.FlushProto = b[0]
 	case msgAcquire:
 		n.Event = EventAcquire
 	case msgMapping:
@@ -135,7 +147,13 @@ func ParseNotification(typ uint16, b []byte) (n Notification, ok bool, err error
 			n.Event = EventPolicyHardExpired
 		}
 	case msgFlushPolicy:
+		// No header: the attributes start at once.
 		n.Event = EventPolicyFlushed
+		t, err := policyType(b)
+		if err != nil {
+			return n, false, err
+		}
+		n.FlushType = t
 	case msgNewAE:
 		n.Event = EventReplayUpdate
 	case msgReport:
@@ -161,23 +179,31 @@ func parseWrapped[T any](b []byte, idSize int, wrapType uint16, infoSize int, pa
 		return zero, err
 	}
 	var info []byte
-	var rest []byte
-	for _, a := range attrs {
+	wrapped := -1
+	size := infoSize
+	for i, a := range attrs {
 		if a.typ == wrapType && info == nil {
 			if len(a.data) < infoSize {
 				return zero, fmt.Errorf("%w: wrapped info of %d bytes", ErrMalformed, len(a.data))
 			}
-			info = a.data[:infoSize]
+			info, wrapped = a.data[:infoSize], i
 			continue
 		}
-		rest = appendAttr(rest, a)
+		size += (4 + len(a.data) + 3) &^ 3
 	}
 	if info == nil {
 		return zero, fmt.Errorf("%w: delete notification without attribute %d", ErrMalformed, wrapType)
 	}
-	buf := append(append([]byte(nil), info...), rest...)
-	defer clear(buf) // may hold keys
-	defer clear(rest)
+	// One buffer of the final size: the attributes may carry keys, and
+	// every copy an append leaves behind when it grows would outlive the
+	// decoding. This one is cleared before returning.
+	buf := append(make([]byte, 0, size), info...)
+	for i, a := range attrs {
+		if i != wrapped {
+			buf = appendAttr(buf, a)
+		}
+	}
+	defer clear(buf)
 	return parse(buf)
 }
 
@@ -194,4 +220,36 @@ func appendAttr(b []byte, a attr) []byte {
 		l++
 	}
 	return b
+}
+
+// Groups of the multicast messages a reader of SA and policy changes needs:
+// additions, updates and deletions (XFRMNLGRP_SA, _POLICY) and hard
+// expiries, after which the kernel removes the SA without a deletion
+// message (XFRMNLGRP_EXPIRE). Pass it to Dial.
+const ChangeGroups = 1<<(grpSA-1) | 1<<(grpPolicy-1) | 1<<(grpExpire-1)
+
+// ReadNotifications waits for one datagram of multicast messages on a Conn
+// dialled with groups and hands each decodable event to fn, in order; the
+// receive buffer is wiped afterwards (SA messages carry keys), so fn must
+// not keep n beyond its copies of SA and Policy. It returns unix.ENOBUFS
+// when the kernel dropped notifications (the reader must re-read the
+// state), os.ErrClosed after Close, and the number of undecodable messages
+// it skipped.
+func (c *Conn) ReadNotifications(fn func(n Notification)) (skipped int, err error) {
+	msgs, err := c.receive()
+	if err != nil {
+		return 0, err
+	}
+	defer c.wipe()
+	for _, m := range msgs {
+		n, ok, err := ParseNotification(m.typ, m.data)
+		if err != nil {
+			skipped++
+			continue
+		}
+		if ok {
+			fn(n)
+		}
+	}
+	return skipped, nil
 }

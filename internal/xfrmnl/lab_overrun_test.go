@@ -2,7 +2,6 @@ package xfrmnl
 
 import (
 	"bytes"
-	"log/slog"
 	"net"
 	"testing"
 
@@ -30,7 +29,7 @@ func TestLabListenerSAOverrun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l, err := Listen(n.Path(), 1024, slog.New(slog.DiscardHandler))
+	l, err := Listen(labNamespace(t, n), ListenOptions{RcvBuf: 1024})
 	if err != nil {
 		t.Fatal(err)
 	}

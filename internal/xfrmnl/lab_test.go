@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
 
@@ -27,7 +28,7 @@ func TestLabDecoders(t *testing.T) {
 	scenario.RequireVM(t)
 	// Three pairs, as their v4 selectors would overlap in one.
 	p, natt, plain := scenario.NewPair(t), scenario.NewPair(t), scenario.NewPair(t)
-	events, err := Dial(p.A.Path(), EventGroups)
+	events, err := Dial(labNamespace(t, p.A.Netns), EventGroups)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func TestLabDecoders(t *testing.T) {
 	natt.A.Ping(t, en.BAddr, 2)
 
 	for _, n := range []*scenario.Node{p.A, p.B, natt.A, natt.B, plain.A, plain.B} {
-		c, err := Dial(n.Path(), 0)
+		c, err := Dial(labNamespace(t, n.Netns), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,7 +98,7 @@ func TestLabDecoders(t *testing.T) {
 		printSeeds(t, c, n.Name)
 	}
 	if dirSA != 0 {
-		c, _ := Dial(p.A.Path(), 0)
+		c, _ := Dial(labNamespace(t, p.A.Netns), 0)
 		defer func() { _ = c.Close() }()
 		sas, _ := c.SAs()
 		found := false
@@ -131,6 +132,16 @@ func TestLabDecoders(t *testing.T) {
 			}
 		}
 	}
+}
+
+// labNamespace is a scenario namespace as the exporter finds it.
+func labNamespace(t *testing.T, n *scenario.Netns) netnsx.Namespace {
+	t.Helper()
+	ns, err := netnsx.At(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }
 
 // esnPair installs an ESN SA A->B (replay window 128) with policies, so a

@@ -28,44 +28,116 @@ type Policy struct {
 	Limits           Limits
 	AddTime, UseTime uint64 // Unix seconds; UseTime is the last lookup, 0 = never
 	Templates        int    // number of xfrm_user_tmpl: SAs the policy requires
+	Tmpls            []Template
 	Mark, MarkMask   uint32
 	IfID             uint32
+	Type             uint8 // XFRM_POLICY_TYPE_MAIN (0) or _SUB (1, kernels with CONFIG_XFRM_SUB_POLICY)
+}
+
+// Template is one SA a policy requires (xfrm_user_tmpl): its endpoints and
+// how it protects. In tunnel mode Src and Dst are the tunnel's endpoints;
+// in transport mode they are usually unspecified (any), and the policy's
+// selector names the hosts.
+type Template struct {
+	Family   uint16 // of Src and Dst
+	Src, Dst netip.Addr
+	SPI      uint32 // 0: any
+	Proto    uint8  // unix.IPPROTO_ESP, _AH, _COMP
+	Mode     uint8  // as SA.Mode
+	Reqid    uint32
+	Optional bool
 }
 
 // ParsePolicy decodes an XFRM_MSG_NEWPOLICY / UPDPOLICY payload.
 func ParsePolicy(b []byte) (Policy, error) {
 	var p Policy
+	err := decodePolicy(&p, b)
+	return p, err
+}
+
+// decodePolicy is ParsePolicy into a Policy the caller reuses.
+func decodePolicy(p *Policy, b []byte) error {
+	*p = Policy{}
 	if len(b) < sizeofPolicyInfo {
-		return p, fmt.Errorf("%w: policy of %d bytes", ErrMalformed, len(b))
+		return fmt.Errorf("%w: policy of %d bytes", ErrMalformed, len(b))
 	}
-	if err := decodePolicyInfo(&p, b[:sizeofPolicyInfo]); err != nil {
-		return p, err
+	if err := decodePolicyInfo(p, b[:sizeofPolicyInfo]); err != nil {
+		return err
 	}
-	attrs, err := parseAttrs(b[sizeofPolicyInfo:])
-	if err != nil {
-		return p, err
-	}
-	for _, a := range attrs {
-		switch a.typ {
-		case xfrmaTmpl:
-			const sizeofUserTmpl = 64
-			if len(a.data)%sizeofUserTmpl != 0 {
-				return p, fmt.Errorf("%w: templates of %d bytes", ErrMalformed, len(a.data))
-			}
-			p.Templates = len(a.data) / sizeofUserTmpl
-		case xfrmaMark:
-			if len(a.data) < 8 {
-				return p, fmt.Errorf("%w: mark of %d bytes", ErrMalformed, len(a.data))
-			}
-			p.Mark, p.MarkMask = ne.Uint32(a.data[0:]), ne.Uint32(a.data[4:])
-		case xfrmaIfID:
-			if len(a.data) < 4 {
-				return p, fmt.Errorf("%w: if_id of %d bytes", ErrMalformed, len(a.data))
-			}
-			p.IfID = ne.Uint32(a.data)
+	return eachAttr(b[sizeofPolicyInfo:], p.decodeAttr)
+}
+
+func (p *Policy) decodeAttr(typ uint16, data []byte) error {
+	switch typ {
+	case xfrmaTmpl:
+		if len(data)%sizeofUserTmpl != 0 {
+			return fmt.Errorf("%w: templates of %d bytes", ErrMalformed, len(data))
 		}
+		p.Templates = len(data) / sizeofUserTmpl
+		p.Tmpls = make([]Template, 0, p.Templates)
+		for b := data; len(b) > 0; b = b[sizeofUserTmpl:] {
+			t, err := decodeTemplate(b[:sizeofUserTmpl], p.Family)
+			if err != nil {
+				return err
+			}
+			p.Tmpls = append(p.Tmpls, t)
+		}
+	case xfrmaMark:
+		if len(data) < 8 {
+			return fmt.Errorf("%w: mark of %d bytes", ErrMalformed, len(data))
+		}
+		p.Mark, p.MarkMask = ne.Uint32(data[0:]), ne.Uint32(data[4:])
+	case xfrmaIfID:
+		if len(data) < 4 {
+			return fmt.Errorf("%w: if_id of %d bytes", ErrMalformed, len(data))
+		}
+		p.IfID = ne.Uint32(data)
+	case xfrmaPolicyType:
+		if len(data) < 1 {
+			return fmt.Errorf("%w: policy type of %d bytes", ErrMalformed, len(data))
+		}
+		p.Type = data[0]
 	}
-	return p, nil
+	return nil
+}
+
+// policyType finds XFRMA_POLICY_TYPE (struct xfrm_userpolicy_type, type
+// first) among a flush notification's attributes; main (0) without it.
+func policyType(b []byte) (uint8, error) {
+	var p Policy
+	err := eachAttr(b, p.decodeAttr)
+	return p.Type, err
+}
+
+const sizeofUserTmpl = 64
+
+// decodeTemplate decodes a struct xfrm_user_tmpl: id (daddr 0, spi 16,
+// proto 20), family 24, saddr 28, reqid 44, mode 48, share 49, optional 50,
+// then the algorithm masks. A template without a family takes the
+// selector's, as the kernel does when it installs one.
+func decodeTemplate(b []byte, selectorFamily uint16) (Template, error) {
+	t := Template{
+		Family: ne.Uint16(b[24:26]),
+		SPI:    uint32(b[16])<<24 | uint32(b[17])<<16 | uint32(b[18])<<8 | uint32(b[19]),
+		Proto:  b[20],
+		Reqid:  ne.Uint32(b[44:48]),
+		Mode:   b[48],
+	}
+	t.Optional = b[50] != 0
+	if t.Family == 0 {
+		t.Family = selectorFamily
+	}
+	if t.Family == 0 {
+		return t, nil // no family anywhere: endpoints unknown, left invalid
+	}
+	var err error
+	if t.Dst, err = addr(b[0:16], t.Family); err != nil {
+		return t, err
+	}
+	if t.Src, err = addr(b[28:44], t.Family); err != nil {
+		return t, err
+	}
+	return t, nil
 }
 
 func decodePolicyInfo(p *Policy, b []byte) error {

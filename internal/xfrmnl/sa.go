@@ -32,6 +32,7 @@ const (
 	xfrmaPolicy       = 7
 	xfrmaReplayVal    = 10
 	xfrmaLastUsed     = 15
+	xfrmaPolicyType   = 16
 	xfrmaAlgAEAD      = 18
 	xfrmaAlgAuthTrunc = 20
 	xfrmaMark         = 21
@@ -112,22 +113,20 @@ func (sa *SA) SeqUsedRatio() (ratio float64, ok bool) {
 // its attributes).
 func ParseSA(b []byte) (SA, error) {
 	var sa SA
+	err := decodeSA(&sa, b)
+	return sa, err
+}
+
+// decodeSA is ParseSA into an SA the caller reuses.
+func decodeSA(sa *SA, b []byte) error {
+	*sa = SA{}
 	if len(b) < sizeofUsersaInfo {
-		return sa, fmt.Errorf("%w: SA of %d bytes", ErrMalformed, len(b))
+		return fmt.Errorf("%w: SA of %d bytes", ErrMalformed, len(b))
 	}
-	if err := decodeUsersaInfo(&sa, b[:sizeofUsersaInfo]); err != nil {
-		return sa, err
+	if err := decodeUsersaInfo(sa, b[:sizeofUsersaInfo]); err != nil {
+		return err
 	}
-	attrs, err := parseAttrs(b[sizeofUsersaInfo:])
-	if err != nil {
-		return sa, err
-	}
-	for _, a := range attrs {
-		if err := sa.decodeAttr(a); err != nil {
-			return sa, err
-		}
-	}
-	return sa, nil
+	return eachAttr(b[sizeofUsersaInfo:], sa.decodeAttr)
 }
 
 func decodeUsersaInfo(sa *SA, b []byte) error {
@@ -168,25 +167,25 @@ func decodeLimits(b []byte) Limits {
 	}
 }
 
-func (sa *SA) decodeAttr(a attr) error {
+func (sa *SA) decodeAttr(typ uint16, data []byte) error {
 	short := func(want int) error {
-		if len(a.data) < want {
-			return fmt.Errorf("%w: attribute %d of %d bytes, want %d", ErrMalformed, a.typ, len(a.data), want)
+		if len(data) < want {
+			return fmt.Errorf("%w: attribute %d of %d bytes, want %d", ErrMalformed, typ, len(data), want)
 		}
 		return nil
 	}
-	switch a.typ {
+	switch typ {
 	case xfrmaAlgCrypt, xfrmaAlgAuth, xfrmaAlgAuthTrunc, xfrmaAlgAEAD, xfrmaAlgComp:
 		// Only the name, the first 64 bytes; the key that follows is
 		// never looked at.
 		if err := short(sizeofAlgoName); err != nil {
 			return err
 		}
-		name, ok := cString(a.data[:sizeofAlgoName])
+		name, ok := cString(data[:sizeofAlgoName])
 		if !ok {
 			return fmt.Errorf("%w: algorithm name is not printable", ErrMalformed)
 		}
-		switch a.typ {
+		switch typ {
 		case xfrmaAlgCrypt:
 			sa.Crypt = name
 		case xfrmaAlgAuth, xfrmaAlgAuthTrunc:
@@ -200,14 +199,14 @@ func (sa *SA) decodeAttr(a attr) error {
 		if err := short(sizeofEncapTmpl); err != nil {
 			return err
 		}
-		sa.EncapType = ne.Uint16(a.data[0:2])
+		sa.EncapType = ne.Uint16(data[0:2])
 	case xfrmaReplayVal:
 		if err := short(sizeofReplay); err != nil {
 			return err
 		}
 		sa.HaveReplay = true
-		sa.OSeq = uint64(ne.Uint32(a.data[0:]))
-		sa.Seq = uint64(ne.Uint32(a.data[4:]))
+		sa.OSeq = uint64(ne.Uint32(data[0:]))
+		sa.Seq = uint64(ne.Uint32(data[4:]))
 	case xfrmaReplayESN:
 		// struct xfrm_replay_state_esn: bmp_len, oseq, seq, oseq_hi,
 		// seq_hi, replay_window, bmp[bmp_len].
@@ -215,32 +214,32 @@ func (sa *SA) decodeAttr(a attr) error {
 			return err
 		}
 		sa.HaveReplay = true
-		sa.OSeq = uint64(ne.Uint32(a.data[4:]))
-		sa.Seq = uint64(ne.Uint32(a.data[8:]))
+		sa.OSeq = uint64(ne.Uint32(data[4:]))
+		sa.Seq = uint64(ne.Uint32(data[8:]))
 		if sa.ESN {
-			sa.OSeq |= uint64(ne.Uint32(a.data[12:])) << 32
-			sa.Seq |= uint64(ne.Uint32(a.data[16:])) << 32
+			sa.OSeq |= uint64(ne.Uint32(data[12:])) << 32
+			sa.Seq |= uint64(ne.Uint32(data[16:])) << 32
 		}
 	case xfrmaLastUsed:
 		if err := short(8); err != nil {
 			return err
 		}
-		sa.LastUsed = ne.Uint64(a.data)
+		sa.LastUsed = ne.Uint64(data)
 	case xfrmaMark:
 		if err := short(8); err != nil {
 			return err
 		}
-		sa.Mark, sa.MarkMask = ne.Uint32(a.data[0:]), ne.Uint32(a.data[4:])
+		sa.Mark, sa.MarkMask = ne.Uint32(data[0:]), ne.Uint32(data[4:])
 	case xfrmaIfID:
 		if err := short(4); err != nil {
 			return err
 		}
-		sa.IfID = ne.Uint32(a.data)
+		sa.IfID = ne.Uint32(data)
 	case xfrmaSADir:
 		if err := short(1); err != nil {
 			return err
 		}
-		sa.Dir = a.data[0]
+		sa.Dir = data[0]
 	}
 	return nil
 }

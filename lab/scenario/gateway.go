@@ -20,8 +20,9 @@ import (
 // transport mode is segmented before it, one xfrm_output per ESP packet).
 type Gateway struct {
 	C, A, B *Node
-	AtoC    *Node // A's side of the C link (same namespace as A)
-	ESP     *ESP
+	AtoC    *Node      // A's side of the C link (same namespace as A)
+	ESP     *ESP       // hand-made SAs (NewGateway), or
+	IKE     *IKE       // negotiated by daemons (NewIKEGateway)
 	Client  netip.Addr // C's address
 	Server  netip.Addr // B's inner address
 }
@@ -30,14 +31,35 @@ type Gateway struct {
 // o.ASubnet are set for you, IPv6 is not supported.
 func NewGateway(t testing.TB, o ESPOptions) *Gateway {
 	t.Helper()
+	return newGateway(t, func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr) {
+		o.Tunnel, o.IPv6 = true, false
+		o.ASubnet = subnet
+		e := p.ESP(t, o)
+		return e, nil, e.BAddr
+	})
+}
+
+// NewIKEGateway is NewGateway with the tunnel negotiated by real daemons
+// (a on the gateway A, b on B); o.Tunnel and o.ASubnet are set for you.
+func NewIKEGateway(t testing.TB, a, b DaemonKind, o IKEOptions) *Gateway {
+	t.Helper()
+	return newGateway(t, func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr) {
+		o.Tunnel, o.IPv6 = true, false
+		o.ASubnet = subnet
+		e := p.IKE(t, a, b, o)
+		return nil, e, e.BAddr
+	})
+}
+
+func newGateway(t testing.TB, tunnel func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr)) *Gateway {
+	t.Helper()
 	p := NewPair(t)
 	c := &Node{Netns: NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr("10.79.0.2")}
 	ac := &Node{Netns: p.A.Netns, Link: "eth1", IPv4: netip.MustParseAddr("10.79.0.1")}
 	Connect(t, ac, c, 24, 0)
-	o.Tunnel, o.IPv6 = true, false
-	o.ASubnet = netip.MustParsePrefix("10.79.0.0/24")
-	e := p.ESP(t, o)
-	g := &Gateway{C: c, A: p.A, B: p.B, AtoC: ac, ESP: e, Client: c.IPv4, Server: e.BAddr}
+	subnet := netip.MustParsePrefix("10.79.0.0/24")
+	esp, ike, server := tunnel(p, subnet)
+	g := &Gateway{C: c, A: p.A, B: p.B, AtoC: ac, ESP: esp, IKE: ike, Client: c.IPv4, Server: server}
 
 	SetSysctl(t, p.A.Netns, "net/ipv4/ip_forward", "1")
 	l, err := c.NL.LinkByName(c.Link)
@@ -51,9 +73,9 @@ func NewGateway(t testing.TB, o ESPOptions) *Gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &netlink.Route{LinkIndex: lb.Attrs().Index, Dst: ipNet(o.ASubnet), Gw: p.A.IPv4.AsSlice(), Src: e.BAddr.AsSlice()}
+	r := &netlink.Route{LinkIndex: lb.Attrs().Index, Dst: ipNet(subnet), Gw: p.A.IPv4.AsSlice(), Src: server.AsSlice()}
 	if err := p.B.NL.RouteAdd(r); err != nil {
-		t.Fatalf("%s: route %s: %v", p.B.Name, o.ASubnet, err)
+		t.Fatalf("%s: route %s: %v", p.B.Name, subnet, err)
 	}
 	return g
 }

@@ -1,9 +1,11 @@
 // Command ipsec-lab-node runs inside the `make lab` VM. It builds a small
-// IPsec world out of lab/scenario building blocks (healthy tunnels and
-// transports, a gateway with bulk TCP, NAT-T, async crypto, and SAs that
-// fail on purpose), starts the exporter in the root namespace, where it sees
-// every namespace, and keeps traffic and a slow trickle of failures going
-// until the VM is stopped.
+// IPsec world out of lab/scenario building blocks: healthy tunnels
+// negotiated and rekeyed by strongSwan as in production (a gateway with
+// bulk TCP, IPv6 transport, NAT-T), async crypto, and hand-made SAs that
+// fail on purpose (what a daemon cannot be made to do). It starts the
+// exporter in the root namespace, where it sees every namespace, with the
+// vici collector reading the gateway's charon, and keeps traffic and a slow
+// trickle of failures going until the VM is stopped.
 package main
 
 import (
@@ -29,7 +31,8 @@ func main() {
 	if !step(t, "building the scenario", func() { w = build(t) }) {
 		os.Exit(1)
 	}
-	exporter := exec.Command(scenario.ExporterBin(), "--web.listen-address="+*listen)
+	exporter := exec.Command(scenario.ExporterBin(), "--web.listen-address="+*listen,
+		"--collector.vici", "--collector.vici.socket="+w.gw.IKE.A.(*scenario.Charon).VICI)
 	exporter.Stdout, exporter.Stderr = os.Stdout, os.Stdout
 	if err := exporter.Start(); err != nil {
 		log.Fatalf("start exporter: %v", err)
@@ -50,7 +53,8 @@ func main() {
 type world struct {
 	gw                         *scenario.Gateway
 	v6, natt, async            *scenario.Pair
-	e6, eNATT, eAsync          *scenario.ESP
+	e6, eNATT                  *scenario.IKE
+	eAsync                     *scenario.ESP
 	wrong, noIn, noOut, replay *scenario.Pair
 	eWrong, eNoIn, eNoOut, eRe *scenario.ESP
 	alerts                     *alertFaults
@@ -58,15 +62,24 @@ type world struct {
 
 func build(t *tb) *world {
 	w := &world{}
-	// A gateway: client C behind A, tunnel A<->B with time lifetimes, so the
-	// expiry panels have something to show.
-	w.gw = scenario.NewGateway(t, scenario.ESPOptions{Limits: netlink.XfrmStateLimits{TimeSoft: 3000, TimeHard: 3600}})
-	// IPv6 transport with CBC+HMAC and a byte lifetime that fills slowly.
+	// The healthy tunnels are strongSwan's, rekeyed every few minutes (the
+	// lifetime, expiry and event panels move as in production), with DPD.
+	ss := scenario.StrongSwanKind
+	rekey := scenario.IKEOptions{ChildRekey: 3 * time.Minute, ChildLifetime: 4 * time.Minute, IKERekey: 15 * time.Minute, DPD: 10 * time.Second}
+	// A gateway: client C behind A, tunnel A<->B.
+	gw := rekey
+	gw.Name = "gateway"
+	w.gw = scenario.NewIKEGateway(t, ss, ss, gw)
+	// IPv6 transport.
+	v6 := rekey
+	v6.Name, v6.IPv6 = "v6", true
 	w.v6 = scenario.NewPairNamed(t, "v6a", "v6b", 1)
-	w.e6 = w.v6.ESP(t, scenario.ESPOptions{IPv6: true, Cipher: scenario.CBCHMAC,
-		Limits: netlink.XfrmStateLimits{ByteSoft: 8 << 20, ByteHard: 16 << 20}})
+	w.e6 = w.v6.IKE(t, ss, ss, v6)
+	// ESP in UDP 4500, forced (no NAT on the path), in tunnel mode.
+	natt := rekey
+	natt.Name, natt.Encap, natt.Tunnel = "natt", true, true
 	w.natt = scenario.NewPairNamed(t, "natta", "nattb", 2)
-	w.eNATT = w.natt.ESP(t, scenario.ESPOptions{NATT: true, Tunnel: true})
+	w.eNATT = w.natt.IKE(t, ss, ss, natt)
 	// Failures on purpose, one pair each.
 	w.wrong = scenario.NewPairNamed(t, "badkeya", "badkeyb", 3)
 	w.eWrong = w.wrong.ESP(t, scenario.ESPOptions{WrongKey: true})
@@ -76,8 +89,8 @@ func build(t *tb) *world {
 	w.eNoOut = w.noOut.ESP(t, scenario.ESPOptions{NoOutboundSA: true})
 	w.replay = scenario.NewPairNamed(t, "replaya", "replayb", 6)
 	w.eRe = w.replay.ESP(t, scenario.ESPOptions{})
-	// Async crypto last: SAs created after this (the expiry cycle's) are
-	// async too, the ones above stay synchronous.
+	// Async crypto last: SAs created after this are async too (the expiry
+	// cycle's, and the daemons' tunnels from their first rekey on).
 	w.async = scenario.NewPairNamed(t, "asynca", "asyncb", 7)
 	scenario.AsyncCrypto(t, "rfc4106(gcm(aes))")
 	w.eAsync = w.async.ESP(t, scenario.ESPOptions{})

@@ -72,6 +72,11 @@ func test(ctx context.Context, args []string) error {
 	accel := fs.String("accel", "auto", "qemu accelerator: auto (KVM if a probe boot works, else tcg), tcg or kvm")
 	cpus := fs.Int("smp", 2, "virtual CPUs")
 	timeout := fs.Duration("timeout", 10*time.Minute, "hard timeout per VM")
+	bootDefault, err := lab.BootTimeoutFromEnv()
+	if err != nil {
+		return err
+	}
+	bootTimeout := fs.Duration("boot-timeout", bootDefault, "kill (and retry once) a VM whose boot has not reached init after this long (IPSEC_LAB_BOOT_TIMEOUT sets the default)")
 	// Each TCG VM keeps one or two host threads busy: booting the kernels
 	// side by side only pays off with cores to spare.
 	parallel := 1
@@ -86,7 +91,7 @@ func test(ctx context.Context, args []string) error {
 	}
 	return lab.Test(ctx, lab.TestOptions{
 		Kernels: specs, Run: *run, Pkg: *pkg, Accel: *accel, CPUs: *cpus, Timeout: *timeout,
-		Parallel: parallel, Out: os.Stdout,
+		BootTimeout: *bootTimeout, Parallel: parallel, Out: os.Stdout,
 	})
 }
 

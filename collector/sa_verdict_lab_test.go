@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
@@ -8,15 +9,15 @@ import (
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
 
-// TestLabBooksAgreeWithVerdicts cross-checks the two independent sources of
+// TestLabSAAgreesWithVerdicts cross-checks the two independent sources of
 // this exporter for the same traffic: the kernel's SA counters summed per
 // peer (sa collector) and the eBPF verdict counts per peer
 // (internal/verdict). Both namespaces of a pair share one kernel, so the
 // verdicts for "encrypt towards B" are A's outbound SA traffic and "decrypt
 // from A" is B's inbound SA traffic.
-func TestLabBooksAgreeWithVerdicts(t *testing.T) {
+func TestLabSAAgreesWithVerdicts(t *testing.T) {
 	scenario.RequireVM(t)
-	v, err := verdict.Load(verdict.Options{Mode: verdict.ModeAuto, Logger: booksLogger()})
+	v, err := verdict.Load(verdict.Options{Mode: verdict.ModeAuto, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("loading verdict programs on %s: %v", scenario.Kernel(), err)
 	}
@@ -43,7 +44,7 @@ func TestLabBooksAgreeWithVerdicts(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := scenario.NewPair(t)
-			b := newBooks(t, p.A.Netns, p.B.Netns)
+			b := newStateCollectors(t, p.A.Netns, p.B.Netns)
 			e := p.ESP(t, c.opts)
 			before := read()
 			books0 := b.scrape(t)

@@ -18,11 +18,11 @@ import (
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
 
-// TestLabBooksExporter runs the real exporter binary in the VM's own
+// TestLabExporterNamespaces runs the real exporter binary in the VM's own
 // namespace, watching two named namespaces with SAs and traffic, and checks
 // its /metrics: every SA of the lab with ip's counters, under the netns
 // label of its namespace, and a clean lint.
-func TestLabBooksExporter(t *testing.T) {
+func TestLabExporterNamespaces(t *testing.T) {
 	scenario.RequireVM(t)
 	if lo, err := netlink.LinkByName("lo"); err == nil {
 		_ = netlink.LinkSetUp(lo)

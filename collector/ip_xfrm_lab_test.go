@@ -2,100 +2,16 @@ package collector
 
 import (
 	"bufio"
-	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
-	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
 
-// Helpers of the kernel-books lab tests: a scrape as a searchable set of
-// samples, and the kernel's own view from Debian's `ip -s xfrm state`.
-
-// samples maps "name{k=v,...}" (labels sorted) to a value.
-type samples map[string]float64
-
-func gatherSamples(t *testing.T, cs ...Collector) samples {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	for _, c := range cs {
-		reg.MustRegister(booksProm{t, c})
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := samples{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			s[sampleKey(mf.GetName(), m.GetLabel())] = sampleValue(m)
-		}
-	}
-	return s
-}
-
-func sampleKey(name string, labels []*dto.LabelPair) string {
-	var parts []string
-	for _, l := range labels {
-		parts = append(parts, l.GetName()+"="+l.GetValue())
-	}
-	return name + "{" + strings.Join(parts, ",") + "}"
-}
-
-func sampleValue(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	}
-	return 0
-}
-
-// find returns the one sample of name whose labels include all of want.
-func (s samples) find(t *testing.T, name string, want map[string]string) (float64, bool) {
-	t.Helper()
-	var found []string
-	for k := range s {
-		if !strings.HasPrefix(k, name+"{") {
-			continue
-		}
-		ok := true
-		for lk, lv := range want {
-			if !strings.Contains(k, "{"+lk+"="+lv+",") && !strings.Contains(k, ","+lk+"="+lv+",") &&
-				!strings.HasSuffix(k, ","+lk+"="+lv+"}") && !strings.HasSuffix(k, "{"+lk+"="+lv+"}") {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			found = append(found, k)
-		}
-	}
-	if len(found) > 1 {
-		t.Fatalf("%s %v matches %d samples: %v", name, want, len(found), found)
-	}
-	if len(found) == 0 {
-		return 0, false
-	}
-	return s[found[0]], true
-}
-
-// get is find that fails the test when the sample is absent.
-func (s samples) get(t *testing.T, name string, want map[string]string) float64 {
-	t.Helper()
-	v, ok := s.find(t, name, want)
-	if !ok {
-		t.Fatalf("no sample %s %v", name, want)
-	}
-	return v
-}
+// The kernel's own view of its SAs, from Debian's `ip -s xfrm state` in the
+// lab, and of its MIB, to check the collectors' series against.
 
 // ipState is one SA as `ip -s xfrm state` prints it.
 type ipState struct {
@@ -200,16 +116,6 @@ func compareWithIP(t *testing.T, s samples, n *scenario.Netns) int {
 	return len(states)
 }
 
-// labTargets lists the given scenario namespaces (and our own) the way the
-// collectors find them: through /run/netns.
-func labTargets(ns ...*scenario.Netns) func() ([]netnsTarget, error) {
-	var names []string
-	for _, n := range ns {
-		names = append(names, n.Name)
-	}
-	return func() ([]netnsTarget, error) { return netnsx.List("/run/netns", names) }
-}
-
 // mibDelta is the change of every ipsec_xfrm_stat_errors_total counter of
 // one namespace between two scrapes.
 func mibDelta(t *testing.T, before, after samples, netns string) scenario.Counters {
@@ -231,13 +137,3 @@ func counterOf(key string) string {
 	i := strings.Index(key, p)
 	return key[i+len(p) : i+len(p)+strings.IndexAny(key[i+len(p):], ",}")]
 }
-
-func labels(kv ...string) map[string]string {
-	m := map[string]string{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m[kv[i]] = kv[i+1]
-	}
-	return m
-}
-
-func spiHex(spi uint32) string { return fmt.Sprintf("0x%08x", spi) }
