@@ -138,8 +138,8 @@ var Overview = Dashboard{
 					"traffic that should be protected and is not (ipsec_wire_unprotected_packets_total), the 20 largest flows. Red, all of it: IpsecUnprotectedTrafficToPeer alerts on any.",
 				Unit: "pps", Min: f(0), FixedColor: bad,
 				Targets: []Target{{
-					Expr:   top(`sum by (instance, peer, direction) (` + rate("ipsec_wire_unprotected_packets_total", "") + `)`),
-					Legend: "{{instance}} {{direction}} {{peer}}",
+					Expr:   top(`sum by (instance, netns, peer, direction) (` + rate("ipsec_wire_unprotected_packets_total", "") + `)`),
+					Legend: "{{instance}} {{netns}} {{direction}} {{peer}}",
 				}},
 			},
 			{

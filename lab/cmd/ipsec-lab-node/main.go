@@ -101,7 +101,8 @@ func build(t *tb) *world {
 // scenario says what build made, for the host's banner.
 func (w *world) scenario() []string {
 	return append([]string{
-		"a gateway tunnel with bulk TCP every 10s, IPv6 transport (cbc+hmac), NAT-T, async crypto (pcrypt)",
+		"strongSwan tunnels, rekeyed every 3 min, with DPD: a gateway with bulk TCP every 10s, IPv6 transport, NAT-T;",
+		"async crypto (pcrypt) on a hand-made pair; the vici collector reads the gateway's charon",
 		"failures on purpose: a wrong key (integrity, IpsecDecryptFailures), no inbound SA, no outbound SA (IpsecEncryptFailures),",
 		"replays, SAs that reach their packet limit every 50 s",
 	}, w.alerts.scenario()...)
