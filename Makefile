@@ -36,7 +36,7 @@ test-vm:
 	$(GO) run ./lab/cmd/ipsec-lab test
 
 test-e2e:
-	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 15m
+	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 30m
 
 ## lab: boot the newest lab kernel with a two-node IPsec scenario and the
 ## exporter inside; metrics are forwarded to the host (see README), where

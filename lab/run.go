@@ -24,6 +24,9 @@ type RunOptions struct {
 	Accel                            string
 	CPUs                             int
 	Out                              io.Writer
+	// Root is the repository's root (default: the module of the working
+	// directory, as for `make lab`).
+	Root string
 }
 
 // statusInterval is how often the lab prints what the exporter counted.
@@ -45,9 +48,11 @@ func Run(ctx context.Context, o RunOptions) error {
 		return fmt.Errorf("port %d is taken on the host (choose another with -port): %w", o.Port, err)
 	}
 	ln.Close()
-	root, err := ModuleRoot()
-	if err != nil {
-		return err
+	root := o.Root
+	if root == "" {
+		if root, err = ModuleRoot(); err != nil {
+			return err
+		}
 	}
 	var mon *Monitoring
 	if o.PrometheusPort != 0 && o.AlertmanagerPort != 0 {
@@ -203,7 +208,7 @@ func announce(w io.Writer, b banner) {
 		l := b.mon.Links()
 		fmt.Fprintf(&s, "  Prometheus:   %s   (also %s, %s, %s)\n", l.Alerts, l.Targets, l.Rules, l.Graph)
 		fmt.Fprintf(&s, "                scrapes the lab every 10 s with the shipped rules at the lab's windows (examples/prometheus/rules-lab.yml);\n")
-		fmt.Fprintf(&s, "                %s fire within about two minutes of start.\n", labAlerts)
+		fmt.Fprintf(&s, "                %s fire within a minute of Prometheus' first samples.\n", labAlerts)
 		if l.AlertmanagerUI != "" {
 			fmt.Fprintf(&s, "  Alertmanager: %s\n", l.AlertmanagerUI)
 		} else {

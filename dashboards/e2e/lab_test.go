@@ -88,7 +88,7 @@ func bootLab(ctx context.Context, t *testing.T) *labVM {
 			fmt.Sprintf("tcp:%s-:%d", exporterAddr, vmExporterPort),
 			fmt.Sprintf("tcp:%s-:%d", ctlAddr, vmControlPort),
 		},
-		Timeout: 10 * time.Minute, BootTimeout: 90 * time.Second,
+		Timeout: 10 * time.Minute, // BootTimeout: IPSEC_LAB_BOOT_TIMEOUT or the lab default
 		OnLine: func(line string) { t.Log("vm: " + line) },
 	}
 	vmCtx, stopVM := context.WithCancel(ctx)

@@ -65,7 +65,11 @@ func build(t *tb) *world {
 	// The healthy tunnels are strongSwan's, rekeyed every few minutes (the
 	// lifetime, expiry and event panels move as in production), with DPD.
 	ss := scenario.StrongSwanKind
-	rekey := scenario.IKEOptions{ChildRekey: 3 * time.Minute, ChildLifetime: 4 * time.Minute, IKERekey: 15 * time.Minute, DPD: 10 * time.Second}
+	// The hard lifetime stays more than IpsecSANearHardExpiry's headroom (3
+	// minutes) past the rekey, as with the daemons' defaults, so that
+	// healthy tunnels never fire it: with 4 minutes every child SA fired
+	// it for the minute before its rekey.
+	rekey := scenario.IKEOptions{ChildRekey: 3 * time.Minute, ChildLifetime: 7 * time.Minute, IKERekey: 15 * time.Minute, DPD: 10 * time.Second}
 	// A gateway: client C behind A, tunnel A<->B.
 	gw := rekey
 	gw.Name = "gateway"
@@ -128,10 +132,14 @@ func (w *world) run() {
 	every("natt-ping", time.Second, func(t *tb) { w.natt.A.Ping(t, w.eNATT.BAddr, 1) })
 	every("async-ping", time.Second, func(t *tb) { w.async.A.Ping(t, w.eAsync.BAddr, 1) })
 	short := 200 * time.Millisecond
-	every("integrity-failure", 5*time.Second, func(t *tb) { w.wrong.A.PingTimeout(t, w.eWrong.BAddr, 1, short) })
+	// The wrong key and the missing outbound SA fail every packet of a
+	// ping a second, as a broken tunnel fails all its traffic: about
+	// 0.8/s, well above the alerts' minimum rate (0.1/s), so that the
+	// alerts fire soon after the first samples (a rate over the lab's 2m
+	// window reaches 0.1/s after 0.1*120/0.8 = 15 s of data).
+	every("integrity-failure", time.Second, func(t *tb) { w.wrong.A.PingTimeout(t, w.eWrong.BAddr, 1, short) })
 	every("no-inbound-state", 7*time.Second, func(t *tb) { w.noIn.A.PingTimeout(t, w.eNoIn.BAddr, 1, short) })
-	// Every 4 s: 0.25 failed packets/s, above IpsecEncryptFailures' minimum rate (0.1/s).
-	every("no-outbound-state", 4*time.Second, func(t *tb) {
+	every("no-outbound-state", time.Second, func(t *tb) {
 		t.quiet = true // sendto fails on purpose
 		w.noOut.A.PingTimeout(t, w.eNoOut.BAddr, 1, short)
 	})
