@@ -11,6 +11,16 @@ import (
 	"fmt"
 )
 
+// Instrument self-check sizes (TestLabBenchInstrument): benchreport checks
+// that insnprof charged exactly these.
+const (
+	InstrumentRuns  = 4000   // BPF_PROG_TEST_RUN repeats per straight-line program
+	InstrumentShort = 16     // mov instructions in the short program
+	InstrumentLong  = 1040   // and in the long one: 1,024 more x86 instructions per run
+	InstrumentReps  = 100000 // rep movsb iterations
+	InstrumentLocks = 50000  // lock xadd instructions
+)
+
 // Prefix starts every line a lab benchmark prints for the report.
 const Prefix = "BENCH "
 
@@ -24,6 +34,16 @@ const Prefix = "BENCH "
 //     collector's own duration), WallSeconds (the whole HTTP scrape),
 //     Mallocs, AllocBytes, Series
 //   - rss: Variant, RSSBytes, HWMBytes, Series
+//   - window: Workload, Variant, Round, Mark (the insnprof mark that ends
+//     it), Packets (on the wire between the two namespaces, both ways),
+//     Bytes (payload sent), Seconds (guest time: instructions under icount)
+//   - workload, variant: Workload or Variant, Text (what it is, for the
+//     report's tables); a workload's Normalise is "byte" where its packets
+//     are not a fixed unit (TCP without IPsec leaves as GSO super-packets
+//     whose number varies from round to round), else per packet
+//   - range: Mark (the window it is valid for; 0: every window of the run),
+//     Symbol, Category, Start, End (guest kernel addresses), Hook ("kind
+//     target" of a BPF program)
 type Record struct {
 	Kind        string  `json:"kind"`
 	Kernel      string  `json:"kernel"`
@@ -47,6 +67,15 @@ type Record struct {
 	Series      int     `json:"series,omitempty"`
 	RSSBytes    uint64  `json:"rss_bytes,omitempty"`
 	HWMBytes    uint64  `json:"hwm_bytes,omitempty"`
+	Workload    string  `json:"workload,omitempty"`
+	Mark        int     `json:"mark,omitempty"`
+	Symbol      string  `json:"symbol,omitempty"`
+	Category    string  `json:"category,omitempty"`
+	Start       uint64  `json:"start,omitempty"`
+	End         uint64  `json:"end,omitempty"`
+	Hook        string  `json:"hook,omitempty"`
+	Text        string  `json:"text,omitempty"`
+	Normalise   string  `json:"normalise,omitempty"`
 }
 
 // Line is the record as one output line: Prefix and JSON.

@@ -55,16 +55,8 @@ func TestLabBenchBPFCost(t *testing.T) {
 	floorHooks := map[string][]baseline.Hook{}
 	ours := func(mode string) func(t *testing.T) attached {
 		return func(t *testing.T) attached {
-			v, err := verdict.Load(verdict.Options{Mode: mode})
-			if err != nil {
-				t.Fatalf("loading ours in %s mode: %v", mode, err)
-			}
-			var hooks []baseline.Hook
-			for _, h := range v.Hooks() {
-				if h.Attached {
-					hooks = append(hooks, baseline.Hook{Kind: h.Kind, Target: h.Target})
-				}
-			}
+			v := loadVerdict(t, mode)
+			hooks := floorOf(attachedHooks(v))
 			floorHooks[mode] = hooks
 			return attached{stats: v.ProgramStats, hooks: hooks, close: func() { v.Close() }}
 		}

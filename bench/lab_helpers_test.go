@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -48,37 +47,9 @@ type progShape struct {
 	calls    string // the kernel functions it calls, with counts (static, not per run)
 }
 
-// kernelSymbols maps kernel text addresses to names (/proc/kallsyms, root).
-type kernelSymbols struct {
-	base  uint64 // __bpf_call_base: xlated helper calls are relative to it
-	names map[uint64]string
-}
-
-func readKernelSymbols(t *testing.T) kernelSymbols {
-	t.Helper()
-	b, err := os.ReadFile("/proc/kallsyms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ks := kernelSymbols{names: map[uint64]string{}}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 {
-			continue
-		}
-		addr, err := strconv.ParseUint(f[0], 16, 64)
-		if err != nil || addr == 0 {
-			continue
-		}
-		ks.names[addr] = f[2]
-		if f[2] == "__bpf_call_base" {
-			ks.base = addr
-		}
-	}
-	return ks
-}
-
-func shapeOf(info *ebpf.ProgramInfo, ks kernelSymbols) progShape {
+// shapeOf reads the loaded program's xlated code; helper calls are named
+// from the kernel's symbols (loadSymbols).
+func shapeOf(info *ebpf.ProgramInfo) progShape {
 	var s progShape
 	if insns, err := info.Instructions(); err == nil {
 		s.insns = len(insns)
@@ -87,8 +58,8 @@ func shapeOf(info *ebpf.ProgramInfo, ks kernelSymbols) progShape {
 			if !ins.IsBuiltinCall() {
 				continue
 			}
-			name := ks.names[ks.base+uint64(ins.Constant)]
-			if name == "" || ks.base == 0 {
+			name := symbolByAddr[callBase+uint64(ins.Constant)]
+			if name == "" || callBase == 0 {
 				name = fmt.Sprintf("helper_%d", ins.Constant)
 			}
 			calls[name]++
@@ -109,36 +80,13 @@ func shapeOf(info *ebpf.ProgramInfo, ks kernelSymbols) progShape {
 }
 
 // loadedShapes returns the shape of every program loaded in the kernel, by
-// its full name (the BTF name of its main function: the kernel truncates
-// program names to 15 characters).
+// its full name.
 func loadedShapes(t *testing.T) map[string]progShape {
 	t.Helper()
+	loadSymbols(t)
 	out := map[string]progShape{}
-	ks := readKernelSymbols(t)
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return out
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := p.Info()
-		p.Close()
-		if err != nil {
-			continue
-		}
-		name := info.Name
-		if fi, err := info.FuncInfos(); err == nil {
-			for _, f := range fi {
-				if f.Offset == 0 && f.Func != nil {
-					name = f.Func.Name
-				}
-			}
-		}
-		out[name] = shapeOf(info, ks)
+	for _, p := range loadedPrograms(t) {
+		out[p.name] = shapeOf(p.info)
 	}
+	return out
 }

@@ -77,9 +77,6 @@ func TestVerdictCollectorRealMaps(t *testing.T) {
 	if err := src.SetError("map_full", 7); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.SetError("stale_frame", 1); err != nil {
-		t.Fatal(err)
-	}
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), src, nil, nil)
 	c.statsSysctl = statsFile(t, "1")
 	want := `
@@ -128,18 +125,6 @@ ipsec_bpf_verdict_program_runs_total{program="fentry_xfrm_input"} 42
 		"ipsec_bpf_verdict_program_attached", "ipsec_bpf_verdict_programs_attached",
 		"ipsec_bpf_verdict_hook_mode", "ipsec_bpf_verdict_program_missed_total",
 		"ipsec_bpf_verdict_program_run_seconds_total", "ipsec_bpf_verdict_program_runs_total"); err != nil {
-		t.Error(err)
-	}
-	// The accounting errors: every kind, the overflow under its own name.
-	want = `
-# HELP ipsec_bpf_verdict_accounting_errors_total Inconsistencies the verdict programs detected in their own bookkeeping (stack_full, stale_frame, unmatched_exit, pending_miss); each may cost a verdict.
-# TYPE ipsec_bpf_verdict_accounting_errors_total counter
-ipsec_bpf_verdict_accounting_errors_total{kind="pending_miss"} 0
-ipsec_bpf_verdict_accounting_errors_total{kind="stack_full"} 0
-ipsec_bpf_verdict_accounting_errors_total{kind="stale_frame"} 1
-ipsec_bpf_verdict_accounting_errors_total{kind="unmatched_exit"} 0
-`
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_bpf_verdict_accounting_errors_total"); err != nil {
 		t.Error(err)
 	}
 }
@@ -340,4 +325,60 @@ func registryOf(c Collector) *prometheus.Registry {
 	r := prometheus.NewPedanticRegistry()
 	r.MustRegister(asPrometheus(c))
 	return r
+}
+
+// Failures whose peer is not known show as peer="unknown"; the known-peer
+// set holds the peers of verdicts that came from an SA, never those taken
+// from packets (a spoofed no_state source must not make itself known).
+func TestVerdictCollectorKnownPeers(t *testing.T) {
+	entries := append([]verdict.Entry{
+		{Direction: "decrypt", Result: "no_state", Packets: 9, Bytes: 900},
+		{Direction: "decrypt", Result: "no_state", Peer: netip.MustParseAddr("10.9.9.9"), Packets: 1, Bytes: 56},
+	}, testEntries...)
+	src := newTestMaps(t, 16, entries)
+	c := newVerdictCollector(slog.New(slog.DiscardHandler), src, nil, nil)
+	want := `
+# HELP ipsec_xfrm_packets_total ` + verdictPacketsHelp + `
+# TYPE ipsec_xfrm_packets_total counter
+ipsec_xfrm_packets_total{direction="decrypt",peer="10.0.0.2",result="ok"} 4
+ipsec_xfrm_packets_total{direction="decrypt",peer="10.9.9.9",result="no_state"} 1
+ipsec_xfrm_packets_total{direction="decrypt",peer="fd00::2",result="integrity"} 3
+ipsec_xfrm_packets_total{direction="decrypt",peer="unknown",result="no_state"} 9
+ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",result="ok"} 5
+# HELP ipsec_bpf_verdict_known_peers ` + `Addresses in the known-peer set: failures whose peer comes from the packet (no_state, header_error) are counted under peers of this set, all others under peer=\"unknown\".
+# TYPE ipsec_bpf_verdict_known_peers gauge
+ipsec_bpf_verdict_known_peers 2
+`
+	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want),
+		"ipsec_xfrm_packets_total", "ipsec_bpf_verdict_known_peers"); err != nil {
+		t.Error(err)
+	}
+	c.SetTrackedPeers([]netip.Addr{netip.MustParseAddr("::ffff:10.0.0.7")})
+	if _, err := registryOf(c).Gather(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := src.KnownPeers(); n != 3 {
+		t.Errorf("%d known peers after a tracker gave one more, want 3", n)
+	}
+}
+
+// --bpf.verdict-map-size is checked before any collector starts: 0 and
+// sizes the kernel would stall on preallocating are refused, naming the flag
+// and the bound.
+func TestVerdictMapSizeFlagCheck(t *testing.T) {
+	old := *bpfVerdictMapSize
+	t.Cleanup(func() { *bpfVerdictMapSize = old })
+	for _, tc := range []struct {
+		size uint32
+		ok   bool
+	}{{0, false}, {20000000, false}, {verdict.MaxMapSize + 1, false}, {1, true}, {verdict.DefaultMapSize, true}, {verdict.MaxMapSize, true}} {
+		*bpfVerdictMapSize = tc.size
+		err := CheckFlags()
+		if tc.ok && err != nil && strings.Contains(err.Error(), "bpf.verdict-map-size") {
+			t.Errorf("size %d refused: %v", tc.size, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "--bpf.verdict-map-size: must be between 1 and 262144")) {
+			t.Errorf("size %d: error %v, want one naming the flag and its bounds", tc.size, err)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -106,6 +107,16 @@ func init() {
 			timeout = viciDefaultTimeout
 		}
 		c := newViciCollector(logger, &vici.Client{Socket: *viciSocket, Timeout: timeout}, *viciMaxSAs)
+		// The configured connections' peers are always known peers of the
+		// node (internal/peers): plaintext to one whose tunnel died is
+		// unprotected traffic even after the daemon removed its SAs and
+		// policies.
+		tracker, err := knownPeers.acquire(logger)
+		if err != nil {
+			return nil, err
+		}
+		c.peers = func(addrs []netip.Addr) { tracker.SetConfigured("vici", addrs) }
+		c.release = func() error { return knownPeers.release() }
 		// The configured peers are known before the first scrape, so that
 		// plaintext to a peer whose tunnel never came up is flagged too.
 		if snap, err := c.client.Read(context.Background()); err == nil {
@@ -133,8 +144,19 @@ type viciCollector struct {
 	// tracker: they stay known while configured).
 	peers func([]netip.Addr)
 
+	release func() error // lets go of the tracker
+
 	mu          sync.Mutex
-	unreachable bool // logged once per outage
+	unreachable bool         // logged once per outage
+	published   []netip.Addr // what c.peers last got
+}
+
+// Close lets go of the known-peer tracker.
+func (c *viciCollector) Close() error {
+	if c.release == nil {
+		return nil
+	}
+	return c.release()
 }
 
 func newViciCollector(logger *slog.Logger, client viciReader, max int) *viciCollector {
@@ -194,7 +216,16 @@ func (c *viciCollector) publishPeers(snap *vici.Snapshot) {
 	for _, sa := range snap.IKESAs {
 		add(sa.Remote)
 	}
-	c.peers(addrs)
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	// Only a change is news for the tracker (it re-publishes the node's
+	// peers to the wire and verdict maps).
+	c.mu.Lock()
+	changed := !slices.Equal(addrs, c.published)
+	c.published = addrs
+	c.mu.Unlock()
+	if changed {
+		c.peers(addrs)
+	}
 }
 
 // connections sends the configured connections and how many of their IKE

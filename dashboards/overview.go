@@ -158,6 +158,45 @@ var Overview = Dashboard{
 				}},
 			},
 		}},
+		{Title: "IKE (strongSwan, vici collector)", Panels: []Panel{
+			{
+				Title: "Installed child SAs per configured connection (the 20 fewest)",
+				Description: "Child SAs in state INSTALLED per configured connection and child (ipsec_ike_connection_children_installed, --collector.vici). " +
+					"0 for a site-to-site connection is a tunnel down: IpsecTunnelDown. Road-warrior responders (remote %any) are 0 while no client is connected. Red at 0; the 20 with fewest.",
+				Unit: "none", Width: 8, Min: f(0), Thresholds: zeroIsBad, ColorByValue: true,
+				Targets: []Target{{Expr: bottom(`ipsec_ike_connection_children_installed{` + sel + `}`), Legend: "{{instance}} {{connection}}/{{child}}"}},
+			},
+			{
+				Title:       "IKE SAs by state",
+				Description: "IKE SAs per connection and state (ipsec_ike_sa_info): ESTABLISHED is up; CONNECTING for long means the peer does not answer or rejects the proposal or credentials.",
+				Unit:        "none", Width: 8, Min: f(0), Stack: true,
+				Targets: []Target{{Expr: top(`count by (instance, connection, state) (ipsec_ike_sa_info{` + sel + `})`), Legend: "{{instance}} {{connection}} {{state}}"}},
+			},
+			{
+				Title:       "Time to the next child SA rekey",
+				Description: "Seconds until the daemon rekeys each connection's child SAs (ipsec_ike_child_sa_rekey_timestamp_seconds); a value that goes negative means a rekey is overdue.",
+				Unit:        "s", Width: 8, Thresholds: steps(bad, 0.0, good), ColorByValue: true,
+				Targets: []Target{{Expr: bottom(`min by (instance, connection, child) (ipsec_ike_child_sa_rekey_timestamp_seconds{` + sel + `}) - time()`), Legend: "{{instance}} {{connection}}/{{child}}"}},
+			},
+			{
+				Title: "Bytes per configured connection",
+				Description: "The kernel's SA byte counters (ipsec_sa_bytes_total, sa collector) joined to the daemon's child SAs by SPI and direction " +
+					"(ipsec_ike_child_sa_info): the traffic of each configured connection, as the kernel counted it.",
+				Unit: "Bps", Width: 16, Min: f(0),
+				Targets: []Target{{
+					Expr: top(`sum by (instance, connection, direction) (` + rate("ipsec_sa_bytes_total", "") +
+						` * on (job, instance, spi, direction) group_left (connection) ipsec_ike_child_sa_info{` + sel + `})`),
+					Legend: "{{instance}} {{connection}} {{direction}}",
+				}},
+			},
+			{
+				Type:        "stat",
+				Title:       "IKE daemons answering",
+				Description: "Nodes whose strongSwan answers on its VICI socket (ipsec_ike_daemon_up) out of those with the vici collector; IpsecIKEDaemonUnreachable fires for one that does not.",
+				Unit:        "none", Width: 8, Thresholds: zeroIsBad,
+				Targets: []Target{{Expr: `sum(ipsec_ike_daemon_up{` + sel + `})`, Legend: "answering"}},
+			},
+		}},
 		{Title: "Exporter health", Panels: []Panel{
 			{
 				Type:        "stat",

@@ -8,8 +8,11 @@
 #      without the exporter, kernel-state collectors with 10k SAs/policies,
 #      exporter RSS;
 #   3. bench/cmd/benchreport: BENCHMARKS.md and bench/scrape.png.
-# Raw outputs stay in .build/bench/<time>/. Takes 15-30 minutes under
-# emulation. Needs root (BPF maps on the host, qemu) like `make test`.
+# The lab VMs run under insnprof (bench/qemu/insnprof.c, a QEMU TCG plugin
+# built here with gcc), which charges guest instructions to the hooks that
+# caused them; without gcc the bench runs without it and says so.
+# Raw outputs stay in .build/bench/<time>/. Needs root (BPF maps on the
+# host, qemu) like `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +42,23 @@ fi
 
 out=".build/bench/$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
+
+# insnprof needs gcc and TCG with the instruction-counted clock.
+plugin=""
+no_profile=""
+if [ "${BENCH_ICOUNT:-1}" != 1 ]; then
+	no_profile="BENCH_ICOUNT=0: no instruction counting"
+elif ! command -v gcc >/dev/null; then
+	no_profile="gcc not installed (apt-get install gcc)"
+elif ! gcc -O2 -g -Wall -Wextra -Werror -std=gnu11 -shared -fPIC -fvisibility=hidden \
+	-o "$out/insnprof.so" bench/qemu/insnprof.c 2>"$out/insnprof-build.txt"; then
+	no_profile="insnprof did not build (see $out/insnprof-build.txt)"
+else
+	plugin="$PWD/$out/insnprof.so"
+fi
+if [ -n "$no_profile" ]; then
+	echo "bench: running without insnprof: $no_profile" >&2
+fi
 count="${BENCH_COUNT:-5}"
 kernels="${BENCH_KERNELS:-6.1 6.12}"
 host_cmd="go test -run '^\$' -bench 'Verdict(Update|Scrape)' -benchmem -count $count ./collector"
@@ -50,19 +70,27 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 	echo "host: $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 	echo "load average (1/5/15 min) at start: $(load)"
 	echo "lab clock: $clock"
+	echo "insnprof: ${plugin:+loaded (bench/qemu/insnprof.c, gcc $(gcc -dumpfullversion), qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'))}${no_profile:+not loaded: $no_profile}"
 	echo "host benchmark command: $host_cmd"
-	echo "lab command: go run ./lab/cmd/ipsec-lab test -kernel K -smp $smp -pkg ./bench -run '^TestLabBench' -timeout 40m, K in $kernels"
+	echo "lab command: go run ./lab/cmd/ipsec-lab test -kernel K -smp $smp -pkg ./bench -run '^TestLabBench' -timeout 75m -boot-timeout 10m, K in $kernels"
 } >"$out/meta.txt"
 
 status=0
 echo "bench: host benchmarks ($out/host.txt)" >&2
 eval "$host_cmd" | tee "$out/host.txt" || status=1
 labs=()
+profiles=()
 for k in $kernels; do
 	echo "bench: lab benchmarks on $k ($out/lab-$k.txt)" >&2
-	go run ./lab/cmd/ipsec-lab test -kernel "$k" -smp "$smp" -pkg ./bench -run '^TestLabBench' -timeout 40m |
+	start=$(date +%s)
+	BENCH_PLUGIN="$plugin" BENCH_PLUGIN_OUT="$PWD/$out/insnprof-$k.txt" \
+		go run ./lab/cmd/ipsec-lab test -kernel "$k" -smp "$smp" -pkg ./bench -run '^TestLabBench' -timeout 75m -boot-timeout 10m |
 		tee "$out/lab-$k.txt" || status=1
+	echo "lab wall time $k: $(( $(date +%s) - start )) s" >>"$out/meta.txt"
 	labs+=("$out/lab-$k.txt")
+	if [ -n "$plugin" ] && [ -s "$out/insnprof-$k.txt" ]; then
+		profiles+=("$k=$out/insnprof-$k.txt")
+	fi
 done
 echo "load average (1/5/15 min) at end: $(load)" >>"$out/meta.txt"
 
@@ -70,7 +98,10 @@ go run ./bench/cmd/benchreport -meta "$out/meta.txt" -host "$out/host.txt" \
 	-lab "$(
 		IFS=,
 		echo "${labs[*]}"
-	)" -o BENCHMARKS.md -plot bench/scrape.png
+	)" -profile "$(
+		IFS=,
+		echo "${profiles[*]}"
+	)" -no-profile "$no_profile" -o BENCHMARKS.md -plot bench/scrape.png
 if [ "$status" != 0 ]; then
 	echo "bench: some measurements failed (see $out); BENCHMARKS.md has what ran" >&2
 fi

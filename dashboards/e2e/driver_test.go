@@ -37,6 +37,7 @@ const (
 //	POST /fault/leak?on=1|0       a policy hole on A: UDP to B's port 7777 leaves in clear
 //	POST /fault/expiry?on=1|0     A's outbound SA to B gets a hard time limit 2 minutes away, as when a rekey failed
 //	POST /fault/teardown?on=1|0   A's IPv4 SAs with B are deleted (policies stay), as when IKE gave up
+//	POST /fault/ike-down?on=1|0   the strongSwan peer C of A is killed (A's DPD clears the tunnel), and restarted
 //	POST /stop                    ends the test; the VM powers off
 func TestLabDriver(t *testing.T) {
 	scenario.RequireVM(t)
@@ -56,13 +57,19 @@ func TestLabDriver(t *testing.T) {
 	teardown := &teardownFault{node: pair.A, peer: esp.BA.Src}
 	hole := scenario.NewPolicyHole(t, pair.A, esp, leakPort)
 	leak := faultFunc(hole.SetOpen)
+	// A third node C, behind A's second link, with a tunnel negotiated by
+	// strongSwan on both (DPD on): the IKE view (vici collector) and its
+	// tunnel-down alert.
+	ikePeer := newIKEPeer(t, pair.A)
+	ikeDown := &ikeFault{t: t, ike: ikePeer}
 
 	exporter := exec.Command(scenario.IPBin(), "netns", "exec", pair.A.Name, scenario.ExporterBin(),
 		fmt.Sprintf("--web.listen-address=127.0.0.1:%d", vmExporterPort),
 		// Only A's own namespace, as on a real node; the scenario's
 		// namespaces would otherwise be read again by name.
 		"--collector.netns.dir=",
-		"--web.disable-exporter-metrics", "--log.level=info")
+		"--web.disable-exporter-metrics", "--log.level=info",
+		"--collector.vici", "--collector.vici.socket="+ikePeer.A.(*scenario.Charon).VICI)
 	exporter.Stdout, exporter.Stderr = os.Stdout, os.Stderr
 	if err := exporter.Start(); err != nil {
 		t.Fatalf("start exporter: %v", err)
@@ -86,6 +93,7 @@ func TestLabDriver(t *testing.T) {
 		for ctx.Err() == nil {
 			pair.A.PingTimeout(t, esp.BAddr, 5, 150*time.Millisecond)
 			pair.A.PingTimeout(t, espNATT.BAddr, 2, 100*time.Millisecond)
+			pair.A.PingTimeout(t, ikePeer.BAddr, 2, 100*time.Millisecond)
 			_, _ = udp.WriteTo([]byte("ipsec-lab datagram"), leakDst)
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -94,7 +102,7 @@ func TestLabDriver(t *testing.T) {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
-	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak, "expiry": expiry, "teardown": teardown} {
+	for name, f := range map[string]fault{"wrong-key": wrongKey, "leak": leak, "expiry": expiry, "teardown": teardown, "ike-down": ikeDown} {
 		mux.HandleFunc("POST /fault/"+name, func(w http.ResponseWriter, r *http.Request) {
 			on := r.URL.Query().Get("on") == "1"
 			if err := f.set(on); err != nil {
@@ -197,6 +205,43 @@ func setLifetimes(t *testing.T, n *scenario.Node) {
 			t.Fatalf("lifetimes of SA 0x%x: %v", st.Spi, err)
 		}
 	}
+}
+
+// newIKEPeer joins a new namespace C to A on A's second link (10.77.9.0/24)
+// and has strongSwan on both negotiate a transport tunnel with DPD.
+func newIKEPeer(t *testing.T, a *scenario.Node) *scenario.IKE {
+	t.Helper()
+	aSide := &scenario.Node{Netns: a.Netns, Link: "eth1", IPv4: netip.MustParseAddr("10.77.9.1")}
+	c := &scenario.Node{Netns: scenario.NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr("10.77.9.2")}
+	scenario.Connect(t, aSide, c, 24, 0)
+	p := &scenario.Pair{A: aSide, B: c}
+	return p.IKE(t, scenario.StrongSwanKind, scenario.StrongSwanKind, scenario.IKEOptions{Name: "lab-c", DPD: 2 * time.Second})
+}
+
+// ikeFault kills C's daemon (A's DPD then clears the tunnel, and its
+// configured connection has no child SA: IpsecTunnelDown), and restarts
+// it, A initiating again. A failure to restart fails the driver (and so
+// the end-to-end test).
+type ikeFault struct {
+	mu   sync.Mutex
+	t    *testing.T
+	ike  *scenario.IKE
+	down bool
+}
+
+func (f *ikeFault) set(on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if on == f.down {
+		return nil
+	}
+	if on {
+		f.ike.B.Kill(f.t)
+	} else {
+		f.ike.RestartB(f.t)
+	}
+	f.down = on
+	return nil
 }
 
 // leakPort is the UDP port the leak fault lets out in clear.

@@ -85,6 +85,8 @@ func fastSettings() rules.Settings {
 	s.BPFNotAttachedFor = "2s"
 	s.ExporterDownFor = "2s"
 	s.CollectorFailingFor = "2s"
+	s.TunnelDownFor = "2s"
+	s.IKEDaemonDownFor = "2s"
 	return s
 }
 
@@ -200,6 +202,19 @@ func TestEndToEnd(t *testing.T) {
 	upAt := time.Now()
 	hook.waitFor(ctx, t, "IpsecPeerSAsGone", "resolved", 90*time.Second)
 	t.Logf("IpsecPeerSAsGone resolved at the webhook %s after the SAs came back", time.Since(upAt).Round(time.Second))
+
+	// The IKE view: strongSwan's peer C is killed, A's DPD clears the
+	// tunnel and its configured connection has no child SA:
+	// IpsecTunnelDown must reach the webhook, and resolve once C is back and
+	// A initiated again.
+	vm.control(t, "/fault/ike-down?on=1")
+	ikeDownAt := time.Now()
+	hook.waitFor(ctx, t, "IpsecTunnelDown", "firing", 90*time.Second)
+	t.Logf("IpsecTunnelDown firing at the webhook %s after the IKE peer was killed", time.Since(ikeDownAt).Round(time.Second))
+	vm.control(t, "/fault/ike-down?on=0")
+	ikeUpAt := time.Now()
+	hook.waitFor(ctx, t, "IpsecTunnelDown", "resolved", 90*time.Second)
+	t.Logf("IpsecTunnelDown resolved at the webhook %s after the IKE peer came back", time.Since(ikeUpAt).Round(time.Second))
 
 	fired, err := prom.query(`count by (alertname) (max_over_time(ALERTS{alertstate="firing"}[15m]))`)
 	if err != nil {

@@ -76,6 +76,9 @@ func bootLab(ctx context.Context, t *testing.T) *labVM {
 			"cd /e2e && IPSEC_E2E_DRIVER=1 /e2e/e2e.test -test.v -test.run '^TestLabDriver$' -test.timeout 10m </dev/null >&3 2>&3\n"),
 		Files: map[string]string{lab.VMExporter: exporter, "/e2e/e2e.test": driver},
 	}
+	if err := ir.AddIKEDaemons(t.Logf); err != nil {
+		t.Fatal(err)
+	}
 	initrd := filepath.Join(work, "initrd.cpio")
 	if err := ir.Write(initrd, k); err != nil {
 		t.Fatal(err)

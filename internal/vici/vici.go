@@ -1,9 +1,10 @@
 // Package vici reads strongSwan's IKE state over its VICI socket (charon's
 // control protocol), with strongSwan's own Go library: the daemon's version,
 // its configured connections and its IKE and child SAs. It asks only the
-// read-only commands "version", "list-conns" and "list-sas"; none of their
-// answers carries a key or a pre-shared secret (credentials are only ever
-// written to charon, and this package never asks for them).
+// read-only commands "version", "list-conns", "get-conns", "list-sas" and
+// "stats"; none of their answers carries a key or a pre-shared secret
+// (credentials are only ever written to charon, and this package never asks
+// for them).
 package vici
 
 import (
@@ -92,21 +93,65 @@ type Client struct {
 var ErrUnreachable = errors.New("vici: daemon unreachable")
 
 // Read asks the daemon for its version, connections and SAs.
-func (c *Client) Read(ctx context.Context) (*Snapshot, error) {
+func (c *Client) Read(ctx context.Context) (snap *Snapshot, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	s, err := govici.NewSession(govici.WithSocketPath(c.Socket))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, err)
 	}
-	defer s.Close()
-	snap := &Snapshot{}
+	defer func() {
+		if cerr := s.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("vici: closing the session: %w", cerr)
+		}
+	}()
+	snap = &Snapshot{}
 	v, err := s.Call(ctx, "version", nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: version: %w", ErrUnreachable, err)
 	}
 	snap.Daemon, _ = v.Get("daemon").(string)
 	snap.Version, _ = v.Get("version").(string)
+	// govici can lose the last events of a streamed command (its wait
+	// selects between the event and the response channels at random), so
+	// each listing is checked against a count charon gives in one message
+	// (get-conns: the names; stats: the IKE SAs) and read again on a
+	// mismatch.
+	for attempt := 1; ; attempt++ {
+		if snap.Conns, err = listConns(ctx, s); err != nil {
+			return nil, err
+		}
+		names, err := s.Call(ctx, "get-conns", nil)
+		if err != nil {
+			return nil, fmt.Errorf("get-conns: %w", err)
+		}
+		want, _ := names.Get("conns").([]string)
+		if len(snap.Conns) == len(want) || attempt == 3 {
+			break
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		if snap.IKESAs, err = listSAs(ctx, s); err != nil {
+			return nil, err
+		}
+		stats, err := s.Call(ctx, "stats", nil)
+		if err != nil {
+			return nil, fmt.Errorf("stats: %w", err)
+		}
+		var total int
+		if ikesas, ok := stats.Get("ikesas").(*govici.Message); ok {
+			total, _ = strconv.Atoi(fmt.Sprint(ikesas.Get("total")))
+		}
+		if len(snap.IKESAs) == total || attempt == 3 {
+			break
+		}
+	}
+	sort.Slice(snap.Conns, func(i, j int) bool { return snap.Conns[i].Name < snap.Conns[j].Name })
+	return snap, nil
+}
+
+func listConns(ctx context.Context, s *govici.Session) ([]Conn, error) {
+	var out []Conn
 	for m, err := range s.CallStreaming(ctx, "list-conns", "list-conn", nil) {
 		if err != nil {
 			return nil, fmt.Errorf("list-conns: %w", err)
@@ -115,8 +160,13 @@ func (c *Client) Read(ctx context.Context) (*Snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		snap.Conns = append(snap.Conns, conns...)
+		out = append(out, conns...)
 	}
+	return out, nil
+}
+
+func listSAs(ctx context.Context, s *govici.Session) ([]IKESA, error) {
+	var out []IKESA
 	for m, err := range s.CallStreaming(ctx, "list-sas", "list-sa", nil) {
 		if err != nil {
 			return nil, fmt.Errorf("list-sas: %w", err)
@@ -125,10 +175,9 @@ func (c *Client) Read(ctx context.Context) (*Snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		snap.IKESAs = append(snap.IKESAs, sas...)
+		out = append(out, sas...)
 	}
-	sort.Slice(snap.Conns, func(i, j int) bool { return snap.Conns[i].Name < snap.Conns[j].Name })
-	return snap, nil
+	return out, nil
 }
 
 type connMsg struct {

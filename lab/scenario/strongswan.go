@@ -121,6 +121,11 @@ func swanctlConf(end ikeEnd, o IKEOptions) string {
 	}
 	if o.Encap {
 		conn = append(conn, "encap = yes")
+	} else {
+		// Without MOBIKE and with no NAT, charon stays on port 500 for the
+		// whole exchange: UDP 4500 may already be taken in the namespace (an
+		// ESP-in-UDP socket of a hand-made SA, as in the end-to-end driver).
+		conn = append(conn, "mobike = no")
 	}
 	return fmt.Sprintf(`connections {
 	%[1]s {

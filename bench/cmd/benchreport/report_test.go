@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ipsec-exporter/ipsec_exporter/bench"
+)
+
+// TestReport feeds the report a small lab run and checks the figures and
+// target verdicts it derives: what `make bench` writes must follow from
+// what was measured, normalised per packet within each round.
+func TestReport(t *testing.T) {
+	dir := t.TempDir()
+	var lab strings.Builder
+	lab.WriteString("ipsec-lab: kernel 6.12: 6.12.118+deb12-cloud-amd64 (linux-image-6.12.118+deb12-cloud-amd64-unsigned), accel tcg\n")
+	win := func(w, v string, round int, packets uint64, insns float64) bench.Record {
+		return bench.Record{Kind: "window", Kernel: "6.12", Workload: w, Variant: v, Round: round, Packets: packets, Seconds: insns / 1e9}
+	}
+	for _, r := range []bench.Record{
+		{Kind: "bpf_cost", Kernel: "6.12", Variant: "ours_fentry", Round: 1, Packets: 100, RunNs: 50000, Runs: 200},
+		{Kind: "bpf_cost", Kernel: "6.12", Variant: "ours_kprobe", Round: 1, Packets: 100, RunNs: 70000, Runs: 500},
+		{Kind: "workload", Kernel: "6.12", Workload: "tcp", Text: "bulk TCP"},
+		// Round 2 sends more packets: per packet, the same cost.
+		win("tcp", "none", 1, 1000, 40000e3), win("tcp", "verdict", 1, 1000, 40800e3),
+		win("tcp", "none", 2, 2000, 80000e3), win("tcp", "verdict", 2, 2000, 81600e3),
+		win("tcp", "exporter", 1, 1000, 41000e3), win("tcp", "exporter", 2, 2000, 82000e3),
+		win("tcp", "wire", 1, 1000, 40250e3), win("tcp", "wire", 2, 2000, 80500e3),
+		// GSO super-packets: the count varies, the bytes do not.
+		{Kind: "workload", Kernel: "6.12", Workload: "plain_tcp", Text: "plain TCP", Normalise: "byte"},
+		win("plain_tcp", "none", 1, 1000, 30000e3), win("plain_tcp", "exporter", 1, 1000, 30600e3),
+		win("plain_tcp", "wire", 1, 1100, 30200e3), win("plain_tcp", "tc_empty", 1, 1000, 30100e3),
+		{Kind: "kstate_scale", Kernel: "6.12", Variant: "getsa_dump", Collector: "sa", Objects: 50000, Round: 1, Seconds: 1},
+		{Kind: "kstate_scale", Kernel: "6.12", Variant: "scrape", Collector: "sa", Objects: 50000, Round: 1, Seconds: 1.4},
+		{Kind: "kstate_scale", Kernel: "6.12", Variant: "scrape", Collector: "default", Objects: 50000, Round: 1, Seconds: 3,
+			RSSBytes: 90 << 20},
+	} {
+		lab.WriteString(r.Line() + "\n")
+	}
+	labFile := filepath.Join(dir, "lab.txt")
+	if err := os.WriteFile(labFile, []byte(lab.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := newRun()
+	r.noPlugin = "test"
+	if err := r.readLab(labFile); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := reportTemplate.Execute(&b, r.page()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"| verdict program runs per good ESP packet, fentry mode | <= 2 (one per direction; <= 4 if justified) | 2.00 (met) |",
+		"| verdict program runs per good ESP packet, kprobe mode | <= 3 | 5.00 (**missed**) |",
+		"| verdict programs all in, per ESP packet | <= 25% of 0c5c223 (6.1 <= 1,056; 6.12 <= 941) | 800 = 21% (met) |",
+		"| verdict program bodies, per ESP packet (kernel accounting) | <= 600 | 500 (met) |",
+		"| wire program all in, per ESP packet | <= 300 | 250 (met) |",
+		"| wire program all in, per plaintext packet | <= 300 | 182 (met) |",
+		"| wire on a plaintext packet to a non-peer / an empty TC program | close to 1 | 1.82 (reported) |",
+		"| whole exporter (auto mode + wire): throughput loss, ESP | <= 2.0% | 2.4% (**missed**) |",
+		"| whole exporter (auto mode + wire): throughput loss, plain TCP, no IPsec | <= 1.0% | 2.0% (**missed**) |",
+		"| 50k-SA scrape / bare XFRM_MSG_GETSA dump, same run | <= 1.5 | 1.40 (met) |",
+		"| exporter RSS with 50k SAs | <= 80 MiB | 90.0 MiB (**missed**) |",
+		"| verdict program runs per packet of non-IPsec traffic | 0 (drops only) | – (not measured) |",
+		"Debian package `linux-image-6.12.118+deb12-cloud-amd64-unsigned`",
+		"**insnprof was not loaded** (test)",
+		"### tcp: bulk TCP",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", out)
+	}
+}
