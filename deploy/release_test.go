@@ -244,12 +244,3 @@ func gitOutput(t *testing.T, args ...string) string {
 	}
 	return strings.TrimSpace(string(out))
 }
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
