@@ -3,11 +3,13 @@ GO           ?= go
 CLANG        ?= clang-14
 GOLANGCI_LINT_VERSION ?= v2.6.2
 GOLANGCI_LINT ?= $(CURDIR)/.build/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+PROMU_VERSION ?= v0.20.0
+PROMU         ?= $(CURDIR)/.build/tools/promu-$(PROMU_VERSION)/promu
 PKGS          = ./...
 # Every Go module of the repository (each has its own go.mod).
-MODULES       = . dashboards examples/kubernetes
+MODULES       = . dashboards examples/kubernetes deploy/helm
 
-.PHONY: all build test test-host test-vm test-e2e lab generate lint vet fmt deps bench clean
+.PHONY: all build test test-host test-vm test-e2e lab release generate lint vet fmt deps bench clean
 
 all: build test
 
@@ -27,21 +29,40 @@ test-host:
 	$(GO) vet $(PKGS)
 	$(GO) test -race $(PKGS)
 	cd examples/kubernetes && $(GO) vet ./... && $(GO) test ./...
+	cd deploy/helm && $(GO) vet ./... && $(GO) test ./...
 	cd dashboards && $(GO) vet ./... && $(GO) test ./...
 
 test-vm:
 	$(GO) run ./lab/cmd/ipsec-lab test
 
 test-e2e:
-	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 15m
+	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 30m
 
 ## lab: boot the newest lab kernel with a two-node IPsec scenario and the
-## exporter inside; metrics are forwarded to the host (see README).
-## Prometheus (127.0.0.1:19090) and Alertmanager (127.0.0.1:19093) run on the
-## host against it with the bundled rules.
+## exporter inside; metrics are forwarded to the host (see README), where
+## Prometheus (127.0.0.1:19090) and Alertmanager (127.0.0.1:19093) run with
+## the lab's rules. Ctrl-C stops it all. LAB_FLAGS passes ipsec-lab run's
+## flags, e.g. LAB_FLAGS='-port 20871 -prometheus-port 29090 -alertmanager-port 29093'.
+## Built, not `go run`: go run exits 1 when Ctrl-C reaches it, and make
+## would report that as an error.
 lab: deps
-	bash scripts/lab-monitoring.sh & mon=$$!; trap 'kill $$mon 2>/dev/null' EXIT INT TERM; \
-	$(GO) run ./lab/cmd/ipsec-lab run
+	$(GO) build -o .build/ipsec-lab ./lab/cmd/ipsec-lab
+	exec .build/ipsec-lab run $(LAB_FLAGS)
+
+## release: .tarballs/ipsec_exporter-VERSION.linux-ARCH.tar.gz for every
+## platform of .promu.yml (binary, README, dashboards, rules, examples, docs)
+## and sha256sums.txt, reproducibly (SOURCE_DATE_EPOCH: the commit's time).
+RELEASE_OUT ?= .tarballs
+release: $(PROMU)
+	bash scripts/release.sh $(PROMU) $(RELEASE_OUT)
+
+# promu, pinned, built once through the Go module proxy. Not `go install
+# promu@version`: that asks the proxy for promu's version list, which it
+# refuses; a throwaway module resolves the same pinned version.
+$(PROMU):
+	d=$$(mktemp -d) && cd $$d && $(GO) mod init promu-build >/dev/null 2>&1 && \
+	$(GO) get github.com/prometheus/promu@$(PROMU_VERSION) && \
+	$(GO) build -o $@ github.com/prometheus/promu; status=$$?; rm -rf $$d; exit $$status
 
 ## bench: what watching IPsec costs; writes BENCHMARKS.md (15-30 min).
 bench:

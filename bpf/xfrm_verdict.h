@@ -6,11 +6,16 @@
  * count exactly the same way. bpf/README.md explains every kernel fact this
  * relies on.
  *
- * One invocation of a funnel function (xfrm_input for decrypt,
- * xfrm_output_resume for encrypt) is a frame on a small per-CPU stack. The
- * frame ends in exactly one of: DROPPED (kfree_skb of the frame's skb before
- * the OK marker), OK (the marker fired) or PENDING (async crypto took the skb:
- * nothing is emitted; the resumed invocation gives the verdict).
+ * A good packet costs one program run where the kernel counts it into the
+ * SA: xfrm_replay_overflow on encrypt, xfrm_replay_recheck on decrypt (the
+ * kernel adds skb->len to x->curlft right after either), where the ok is
+ * counted with the SA's peer and exactly those bytes. Everything that can
+ * still fail after that point is seen at the drop, which takes the ok back
+ * (a "retracted" counter user space subtracts). Failures are classified at
+ * the drop: on decrypt at xfrm_rcv_cb(..., err != 0), which xfrm_input calls
+ * on every failure right before it frees the skb, from the failure-only audit
+ * calls before it and the state of the skb and SA; on encrypt at kfree_skb
+ * of a transformed skb whose route is the SA's.
  */
 #ifndef XFRM_VERDICT_H
 #define XFRM_VERDICT_H
@@ -42,39 +47,29 @@ enum verdict_result {
 	RESULT_REJECTED = 9,
 	RESULT_SEQ_OVERFLOW = 10,
 	RESULT_OUTPUT_ERROR = 11,
-	RESULT_NONE = 255, /* no hint yet */
+	RESULT_RETRACTED = 12, /* internal: an ok taken back by a later drop */
+	RESULT_NONE = 255,     /* internal: no hint */
 };
 
 /* Indexes of verdict_errors: what went wrong in the accounting itself. */
 enum verdict_error {
-	ERR_MAP_FULL = 0,	 /* a new key did not fit into verdicts */
-	ERR_STACK_FULL = 1,	 /* more nested frames than STACK_DEPTH */
-	ERR_STALE_FRAME = 2,	 /* a frame was dropped without its exit */
-	ERR_UNMATCHED_EXIT = 3, /* an exit found no frame */
-	ERR_PENDING_MISS = 4,	 /* an encrypt resume found no pending entry */
-	ERR_MAX = 5,
+	ERR_MAP_FULL = 0, /* a new key did not fit into verdicts */
+	ERR_MAX = 1,
 };
-
-/* Frame flags. */
-#define F_RESUME 0x01	  /* async completion: crypto already ran */
-#define F_LOOKED_UP 0x02  /* decrypt: an SA was found for the SPI */
-#define F_CHECKED 0x04	  /* xfrm_state_check_expire passed */
-#define F_SEQUENCED 0x08  /* encrypt: replay_overflow passed, bytes final */
-#define F_ADVANCED 0x10	  /* decrypt: replay_advance ran, bytes final */
-#define F_DONE 0x20	  /* verdict emitted (OK); later drops are not ours */
-#define F_DROPPED 0x40	  /* kfree_skb of the frame's skb before F_DONE */
-#define F_CB_PENDING 0x80 /* kprobe mode: inside xfrm4/6_rcv_cb(err=0) */
-
-#define STACK_DEPTH 8 /* power of two: indexes are masked for the verifier */
 
 #define AF_INET 2
 #define AF_INET6 10
-#define EINVAL 22
-#define ENOMEM 12
-#define EEXIST 17
 #define EAGAIN 11
-#define EREMOTE 66
-#define EHOSTUNREACH 113
+#define IPPROTO_UDP 17
+#define IPPROTO_ESP 50
+#define IPPROTO_AH 51
+#define IPPROTO_COMP 108
+
+/* IPCB(skb)->flags / IP6CB(skb)->flags bit that xfrm_output sets on every
+ * skb it transforms (include/net/ip.h, include/linux/ipv6.h; unchanged
+ * since 2.6). #defines, so not in BTF. */
+#define IPSKB_XFRM_TRANSFORMED 4
+#define IP6SKB_XFRM_TRANSFORMED 1
 
 struct verdict_key {
 	__u8 direction; /* enum verdict_dir */
@@ -87,32 +82,6 @@ struct verdict_key {
 struct verdict_value {
 	__u64 packets;
 	__u64 bytes;
-};
-
-struct xv_frame {
-	__u64 skb;
-	__u64 bytes;
-	__u64 cand_x; /* kprobe mode: x of the running replay_overflow */
-	__u8 peer[16];
-	__s32 err_in;
-	__u8 dir;
-	__u8 family;
-	__u8 hint;
-	__u8 flags;
-};
-
-struct xv_stack {
-	__u32 depth;
-	__u32 pad;
-	struct xv_frame f[STACK_DEPTH];
-};
-
-/* kprobe mode only: the arguments of the running xfrm_lookup_with_ifid. */
-struct xv_lookup_args {
-	__u64 active;
-	__u8 family;
-	__u8 pad[7];
-	__u8 daddr[16];
 };
 
 /* The counters user space reads. max_entries is set at load time from
@@ -131,26 +100,100 @@ struct {
 	__type(value, __u64);
 } verdict_errors SEC(".maps");
 
+/* The node's known IPsec peers (addresses of its SAs and policies, and the
+ * peer-names file), filled by user space. A failure whose peer comes from
+ * the packet instead of an SA (decrypt no_state and header_error: the
+ * outer source, which anyone can spoof; encrypt no_state: the flow's
+ * destination) is counted under that peer only if it is known, else under
+ * the one "unknown" peer (family 0, address zero): spoofed sources cannot
+ * add keys. user space swaps in a whole new set at once (array of maps:
+ * the outer slot's update is atomic); no set yet means every such peer is
+ * unknown. IPv4 as IPv4-mapped IPv6. */
+#define KNOWN_PEERS_MAX 16384
+
+struct known_peer_key {
+	__u8 addr[16];
+};
+
+struct known_peer_set {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KNOWN_PEERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct known_peer_key);
+	__type(value, __u8);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct known_peer_set);
+} known_peers SEC(".maps");
+
+/* known_or_unknown returns family when peer is a known peer, else 0 with
+ * peer zeroed: the unknown peer. */
+static __always_inline __u8 known_or_unknown(__u8 family, __u8 *peer)
+{
+	__u32 zero = 0;
+	void *set = bpf_map_lookup_elem(&known_peers, &zero);
+	if (set && (family == 4 || family == 6)) {
+		struct known_peer_key k = {};
+		if (family == 4) {
+			k.addr[10] = 0xff;
+			k.addr[11] = 0xff;
+			__builtin_memcpy(&k.addr[12], peer, 4);
+		} else {
+			__builtin_memcpy(k.addr, peer, 16);
+		}
+		if (bpf_map_lookup_elem(set, &k))
+			return family;
+	}
+	__builtin_memset(peer, 0, 16);
+	return 0;
+}
+
+/* What one xfrm_input call on this CPU has seen so far. xfrm_input runs
+ * with bottom halves disabled (softirq, or BH-disabled crypto completion),
+ * so no other call interleaves on this CPU; every call that got this far
+ * ends in xfrm_rcv_cb, which consumes the state. */
+struct xv_decrypt {
+	__u64 ok_skb; /* counted ok at xfrm_replay_recheck */
+	__u64 ok_x;
+	__u64 ok_bytes;
+	__u64 hint_skb; /* a failure-only audit call named the reason */
+	__u64 hint_x;
+	__u64 rejected_skb; /* counted rejected at xfrm_rcv_cb(0) */
+	__u8 ok_peer[16];
+	__u8 ok_family;
+	__u8 hint;
+	__u8 pad[6];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct xv_stack);
-} frames SEC(".maps");
+	__type(value, struct xv_decrypt);
+} decrypt_state SEC(".maps");
 
-/* Encrypt packets on their way to the crypto step: what the kernel added to
- * the SA's lifetime counter, for the async completion, in a slot chosen by
- * the skb's address. An array, not a hash: the verifier inlines its lookup,
- * so the per-packet write costs no helper call, hashing or lock (the LRU hash
- * update it replaces was a quarter of the programs' run time per packet in
- * the lab, see BENCHMARKS.md). A packet
- * whose slot another one took meanwhile finds that one's skb there and counts
- * pending_miss, as an LRU eviction did. */
+/* Encrypt packets between their sequencing (where the ok is counted) and
+ * the crypto step's end, in a slot chosen by the skb's address: a failure
+ * after sequencing finds its ok here to take it back, also when async
+ * crypto (pcrypt) completes it on another CPU. An array, not a hash: the
+ * verifier inlines its lookup, so the write per packet costs no helper call,
+ * hashing or lock. The slot is not cleared on success: the sequence number
+ * tells a stale slot from this packet's. */
 #define PENDING_SLOTS 8192 /* power of two */
 
 struct xv_pending {
 	__u64 skb;
+	__u64 x;
 	__u64 bytes;
+	__u32 seq; /* XFRM_SKB_CB(skb)->seq.output.low the packet gets */
+	__u8 family;
+	__u8 done; /* the failure was counted */
+	__u8 pad[2];
+	__u8 peer[16];
 };
 
 struct {
@@ -160,122 +203,26 @@ struct {
 	__type(value, struct xv_pending);
 } pending_encrypt SEC(".maps");
 
+/* kprobe mode only: the flow of the running xfrm_resolve_and_create_bundle. */
+struct xv_bundle_args {
+	__u64 active;
+	__u8 family;
+	__u8 pad[7];
+	__u8 daddr[16];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct xv_lookup_args);
-} lookup_scratch SEC(".maps");
+	__type(value, struct xv_bundle_args);
+} bundle_scratch SEC(".maps");
 
 static __always_inline void count_error(__u32 kind)
 {
 	__u64 *v = bpf_map_lookup_elem(&verdict_errors, &kind);
 	if (v)
 		__sync_fetch_and_add(v, 1);
-}
-
-/* pending_slot is the pending_encrypt slot of the frame's skb (slab
- * objects: the low bits are alignment, fold higher ones in). The address is
- * read back from the frame: the verifier allows no arithmetic on the skb
- * pointer itself, only on the number stored in the map. */
-static __always_inline struct xv_pending *pending_slot(struct xv_frame *f)
-{
-	__u64 skb = *(volatile __u64 *)&f->skb;
-	__u32 idx = ((__u32)(skb >> 8) ^ (__u32)(skb >> 21)) & (PENDING_SLOTS - 1);
-	return bpf_map_lookup_elem(&pending_encrypt, &idx);
-}
-
-static __always_inline struct xv_stack *get_stack(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&frames, &zero);
-}
-
-static __always_inline struct xv_frame *top_frame(struct xv_stack *s)
-{
-	__u32 d = s->depth;
-	if (d == 0 || d > STACK_DEPTH)
-		return NULL;
-	return &s->f[(d - 1) & (STACK_DEPTH - 1)];
-}
-
-/* top_of returns the top frame when it is the given skb's frame in the given
- * direction. Every marker hook starts with it: the fast path for all the
- * packets that are not IPsec is one array lookup and one compare. */
-static __always_inline struct xv_frame *top_of(__u64 skb, __u8 dir)
-{
-	struct xv_stack *s = get_stack();
-	if (!s)
-		return NULL;
-	struct xv_frame *f = top_frame(s);
-	if (!f || f->skb != skb || f->dir != dir)
-		return NULL;
-	return f;
-}
-
-/* top_dir is top_of for hooks that do not see the skb (x-only markers,
- * kretprobes). The markers run inside the funnel call, so the top frame is
- * the packet they are about. */
-static __always_inline struct xv_frame *top_dir(__u8 dir)
-{
-	struct xv_stack *s = get_stack();
-	if (!s)
-		return NULL;
-	struct xv_frame *f = top_frame(s);
-	if (!f || f->dir != dir)
-		return NULL;
-	return f;
-}
-
-static __always_inline struct xv_frame *push_frame(__u64 skb, __u8 dir)
-{
-	struct xv_stack *s = get_stack();
-	if (!s)
-		return NULL;
-	if (s->depth >= STACK_DEPTH) {
-		/* Only lost exits (a frame whose fexit ran on another CPU, or
-		 * a detach mid-call) can fill the stack: start over. */
-		count_error(ERR_STACK_FULL);
-		s->depth = 0;
-	}
-	struct xv_frame *f = &s->f[s->depth & (STACK_DEPTH - 1)];
-	s->depth++;
-	__builtin_memset(f, 0, sizeof(*f));
-	f->skb = skb;
-	f->dir = dir;
-	f->hint = RESULT_NONE;
-	return f;
-}
-
-/* pop_frame removes the frame of this funnel exit and returns it (the memory
- * stays valid until the next push on this CPU, which cannot happen before
- * the caller is done). With match_skb == 0 (kretprobe: no arguments), the
- * top frame of the direction is taken. Frames above the match lost their
- * exit and are dropped. */
-static __always_inline struct xv_frame *pop_frame(__u64 skb, __u8 dir, bool match_skb)
-{
-	struct xv_stack *s = get_stack();
-	if (!s)
-		return NULL;
-	__u32 d = s->depth;
-	if (d == 0 || d > STACK_DEPTH) {
-		count_error(ERR_UNMATCHED_EXIT);
-		return NULL;
-	}
-	for (int i = 0; i < STACK_DEPTH; i++) {
-		if (i >= d)
-			break;
-		__u32 idx = (d - 1 - i) & (STACK_DEPTH - 1);
-		struct xv_frame *f = &s->f[idx];
-		if (f->dir == dir && (!match_skb || f->skb == skb)) {
-			if (i > 0)
-				count_error(ERR_STALE_FRAME);
-			s->depth = idx;
-			return f;
-		}
-	}
-	count_error(ERR_UNMATCHED_EXIT);
-	return NULL;
 }
 
 static __always_inline void emit(__u8 dir, __u8 family, const __u8 *peer, __u8 result, __u64 bytes)
@@ -295,336 +242,381 @@ static __always_inline void emit(__u8 dir, __u8 family, const __u8 *peer, __u8 r
 	counter_add_atomic(&v->packets, &v->bytes, 1, bytes);
 }
 
-static __always_inline void emit_frame(struct xv_frame *f, __u8 result)
+static __always_inline struct xv_decrypt *decrypt_state_get(void)
 {
-	emit(f->dir, f->family, f->peer, result, f->bytes);
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&decrypt_state, &zero);
+}
+
+/* address_of turns a kernel pointer into a number the program may compute
+ * with: the verifier forbids arithmetic on pointers, and a pointer stored in
+ * a map value (allowed with CAP_PERFMON, which tracing programs need anyway)
+ * reads back as a plain number. A per-CPU slot: nothing else runs between
+ * the store and the load on this CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} address_scratch SEC(".maps");
+
+static __always_inline __u64 address_of(const void *p)
+{
+	__u32 zero = 0;
+	__u64 *slot = bpf_map_lookup_elem(&address_scratch, &zero);
+	if (!slot)
+		return 0;
+	*(volatile __u64 *)slot = (__u64)p;
+	return *(volatile __u64 *)slot;
+}
+
+/* pending_slot is the pending_encrypt slot of an skb (slab objects: the
+ * low bits are alignment, fold higher ones in). */
+static __always_inline struct xv_pending *pending_slot(const struct sk_buff *skb)
+{
+	__u64 a = address_of(skb);
+	__u32 idx = ((__u32)(a >> 8) ^ (__u32)(a >> 21)) & (PENDING_SLOTS - 1);
+	return bpf_map_lookup_elem(&pending_encrypt, &idx);
 }
 
 /* XV_READ reads a field of a kernel object. btf (a constant at every call
- * site) says the pointer is a BTF-typed argument of an fentry/fexit program:
- * then it is one load, which the verifier guards, instead of a
- * bpf_probe_read_kernel call (the helper calls were a fifth of the
- * programs' run time per packet in the lab, see BENCHMARKS.md). kprobe
- * programs and pointers read from memory always take the helper. */
+ * site) says the pointer is a BTF-typed argument of an fentry/fexit/tp_btf
+ * program: then it is one load, which the verifier guards, instead of a
+ * bpf_probe_read_kernel call. kprobe programs and pointers read from memory
+ * always take the helper. */
 #define XV_READ(btf, p, field) ((btf) ? (p)->field : BPF_CORE_READ(p, field))
 
-/* The outer IP header is still at skb->network_header whenever xfrm_input is
- * entered, also on the async resume (esp_input_done2 moves only data and the
- * transport header). */
-static __always_inline void read_outer_source(struct sk_buff *skb, struct xv_frame *f, bool btf)
+/* The SA's addresses: id.daddr is where an outbound SA sends to,
+ * props.saddr where an inbound SA's packets come from; both are the peer. */
+static __always_inline __u8 sa_peer(struct xfrm_state *x, bool outbound, bool btf, __u8 *peer)
 {
-	unsigned char *head = XV_READ(btf, skb, head);
-	__u16 nh = XV_READ(btf, skb, network_header);
+	__u16 family = XV_READ(btf, x, props.family);
+	__u32 *p = (__u32 *)peer;
+	xfrm_address_t a;
+
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (btf)
+		a = outbound ? x->id.daddr : x->props.saddr;
+	else if (outbound)
+		bpf_core_read(&a, sizeof(a), &x->id.daddr);
+	else
+		bpf_core_read(&a, sizeof(a), &x->props.saddr);
+	if (family == AF_INET) {
+		/* The whole key is compared: the other 12 bytes must be zero,
+		 * also in a slot an IPv6 peer used before. */
+		p[0] = a.a4;
+		p[1] = 0;
+		p[2] = 0;
+		p[3] = 0;
+		return 4;
+	}
+	p[0] = a.a6[0];
+	p[1] = a.a6[1];
+	p[2] = a.a6[2];
+	p[3] = a.a6[3];
+	return 6;
+}
+
+/* ---- decrypt ------------------------------------------------------------ */
+
+/* xfrm_replay_recheck(x, skb, seq) runs after the crypto step, under
+ * x->lock; when it passes, xfrm_replay_advance and x->curlft.bytes +=
+ * skb->len follow without anything that can fail in between (6.1:660-665,
+ * 6.12 the same). So this is the SA's ok, with the SA's bytes. A recheck
+ * failure (xfrm_audit_state_replay) or a later drop in the same call takes
+ * it back. In a transport bundle each SA passes here once. */
+static __always_inline void on_replay_recheck(struct xfrm_state *x, struct sk_buff *skb, bool btf)
+{
+	struct xv_decrypt *s = decrypt_state_get();
+	if (!s)
+		return;
+	__u8 family = sa_peer(x, false, btf, s->ok_peer);
+	if (!family)
+		return;
+	s->ok_family = family;
+	s->ok_skb = (__u64)skb;
+	s->ok_x = (__u64)x;
+	s->ok_bytes = XV_READ(btf, skb, len);
+	emit(DIR_DECRYPT, family, s->ok_peer, RESULT_OK, s->ok_bytes);
+}
+
+/* The failure-only audit calls name the reason of the drop that follows in
+ * the same xfrm_input call (they return early inside when auditing is off,
+ * but are entered: CONFIG_AUDITSYSCALL=y on both Debian kernels). */
+static __always_inline void set_decrypt_hint(__u64 skb, __u64 x, __u8 result)
+{
+	struct xv_decrypt *s = decrypt_state_get();
+	if (!s)
+		return;
+	s->hint_skb = skb;
+	s->hint_x = x;
+	s->hint = result;
+}
+
+/* The outer IP header is still at skb->network_header when xfrm_input
+ * drops a packet before an SA took it (the SA's inner mode moves it). */
+static __always_inline __u8 packet_source(struct sk_buff *skb, __u8 *peer)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
 	__u8 vb = 0;
 
 	bpf_probe_read_kernel(&vb, 1, head + nh);
 	if ((vb >> 4) == 4) {
-		f->family = 4;
-		bpf_probe_read_kernel(f->peer, 4, head + nh + 12);
-	} else if ((vb >> 4) == 6) {
-		f->family = 6;
-		bpf_probe_read_kernel(f->peer, 16, head + nh + 8);
+		bpf_probe_read_kernel(peer, 4, head + nh + 12);
+		return 4;
 	}
+	if ((vb >> 4) == 6) {
+		bpf_probe_read_kernel(peer, 16, head + nh + 8);
+		return 6;
+	}
+	return 0;
 }
 
-static __always_inline void read_sa_peer(struct xfrm_state *x, struct xv_frame *f, bool btf)
+/* last_sa is the SA the failing xfrm_input call was processing: the last
+ * entry of the skb's secpath (xfrm_input adds it before any state check), or
+ * NULL when the packet failed before an SA was found (every such failure
+ * resets or never creates the secpath). */
+static __always_inline struct xfrm_state *last_sa(struct sk_buff *skb)
 {
-	if (!x)
-		return;
-	__u16 family = XV_READ(btf, x, props.family);
-	__u32 *peer = (__u32 *)f->peer;
-	if (family == AF_INET) {
-		f->family = 4;
-		if (btf)
-			peer[0] = x->id.daddr.a4;
-		else
-			bpf_core_read(f->peer, 4, &x->id.daddr);
-	} else if (family == AF_INET6) {
-		f->family = 6;
-		if (btf) {
-			peer[0] = x->id.daddr.a6[0];
-			peer[1] = x->id.daddr.a6[1];
-			peer[2] = x->id.daddr.a6[2];
-			peer[3] = x->id.daddr.a6[3];
-		} else {
-			bpf_core_read(f->peer, 16, &x->id.daddr);
-		}
-	}
-}
-
-/* skb_dst(skb)->xfrm: the SA the packet is about to be transformed with. */
-static __always_inline struct xfrm_state *skb_dst_xfrm(struct sk_buff *skb, bool btf)
-{
-	unsigned long refdst = XV_READ(btf, skb, _skb_refdst);
-	struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
-	if (!dst)
+	__u8 active = BPF_CORE_READ(skb, active_extensions);
+	int id = bpf_core_enum_value(enum skb_ext_id, SKB_EXT_SEC_PATH);
+	if (!(active & (1 << (id & 7))))
 		return NULL;
-	return BPF_CORE_READ(dst, xfrm);
+	struct skb_ext *ext = BPF_CORE_READ(skb, extensions);
+	__u8 off = 0;
+	bpf_probe_read_kernel(&off, 1, (void *)ext + bpf_core_field_offset(struct skb_ext, offset) + (id & 3));
+	struct sec_path *sp = (struct sec_path *)((void *)ext + (__u64)off * 8);
+	int len = BPF_CORE_READ(sp, len);
+	if (len <= 0 || len > 6)
+		return NULL;
+	struct xfrm_state *x = NULL;
+	bpf_probe_read_kernel(&x, sizeof(x), &sp->xvec[(len - 1) & 7]);
+	return x;
 }
 
-/* ---- decrypt ---------------------------------------------------------- */
-
-static __always_inline void on_input_enter(struct sk_buff *skb, int encap_type, bool btf)
+/* limits_reached: xfrm_state_check_expire found a hard limit; the limits
+ * stay readable after the timer deleted the SA. */
+static __always_inline bool limits_reached(struct xfrm_state *x)
 {
-	struct xv_frame *f = push_frame((__u64)skb, DIR_DECRYPT);
-	if (!f)
-		return;
-	if (encap_type == -1)
-		f->flags |= F_RESUME;
-	f->bytes = XV_READ(btf, skb, len);
-	read_outer_source(skb, f, btf);
+	__u64 bytes = BPF_CORE_READ(x, curlft.bytes), packets = BPF_CORE_READ(x, curlft.packets);
+	return bytes >= BPF_CORE_READ(x, lft.hard_byte_limit) || packets >= BPF_CORE_READ(x, lft.hard_packet_limit);
 }
 
-static __always_inline __u8 decrypt_reason(struct xv_frame *f)
+/* The reason of a decrypt drop that no audit call named, from the state of
+ * the SA and of the skb (bpf/README.md: the checks in xfrm_input's order). */
+static __always_inline __u8 decrypt_state_reason(struct sk_buff *skb, struct xfrm_state *x)
 {
-	if (f->hint != RESULT_NONE)
-		return f->hint;
-	if (f->flags & F_ADVANCED)
-		return RESULT_MODE_ERROR; /* inner mode / nested header after decrypt */
-	if (f->flags & (F_RESUME | F_CHECKED))
-		return RESULT_PROTO_ERROR; /* decrypt failed without -EBADMSG */
-	if (f->flags & F_LOOKED_UP)
-		return RESULT_INVALID_STATE; /* SA found, not VALID / encap mismatch / no dst */
-	return RESULT_HEADER_ERROR;	     /* before the SA lookup */
-}
-
-static __always_inline void on_input_exit(__u64 skb, bool match_skb)
-{
-	struct xv_frame *f = pop_frame(skb, DIR_DECRYPT, match_skb);
-	if (!f)
-		return;
-	if (f->flags & F_DONE)
-		return;
-	if (f->flags & F_DROPPED)
-		emit_frame(f, decrypt_reason(f));
-	/* else PENDING: the async completion re-enters xfrm_input(..., -1). */
-}
-
-static __always_inline void on_rcv_cb_exit(__u64 skb, int err, int ret)
-{
-	if (err != 0)
-		return;
-	struct xv_frame *f = top_of(skb, DIR_DECRYPT);
-	if (!f || (f->flags & (F_DONE | F_DROPPED)))
-		return;
-	if (ret == 0) {
-		emit_frame(f, RESULT_OK);
-		f->flags |= F_DONE;
-	} else {
-		f->hint = RESULT_REJECTED;
+	if (limits_reached(x))
+		return RESULT_EXPIRED;
+	if (BPF_CORE_READ(x, km.state) != XFRM_STATE_VALID)
+		return RESULT_INVALID_STATE;
+	if (!(BPF_CORE_READ(skb, _skb_refdst) & ~1UL))
+		return RESULT_INVALID_STATE; /* no route for the packet */
+	/* The SA expects ESP in UDP (or not) and the packet disagrees. */
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u8 vb = 0, outer_proto = 0;
+	bpf_probe_read_kernel(&vb, 1, head + nh);
+	if ((vb >> 4) == 4)
+		bpf_probe_read_kernel(&outer_proto, 1, head + nh + 9);
+	else
+		bpf_probe_read_kernel(&outer_proto, 1, head + nh + 6);
+	bool encap = BPF_CORE_READ(x, encap) != NULL;
+	if (encap != (outer_proto == IPPROTO_UDP))
+		return RESULT_INVALID_STATE;
+	/* Before and after a failed crypto step the packet still starts with
+	 * the SA's header; a successful one pulled it. The SPI is at offset 0
+	 * of ESP, 4 of AH; an IPComp SA's SPI is its 16-bit CPI, at offset 2. */
+	__u8 proto = BPF_CORE_READ(x, id.proto);
+	__u32 spi = BPF_CORE_READ(x, id.spi), at = 0;
+	unsigned char *data = BPF_CORE_READ(skb, data);
+	if (proto == IPPROTO_AH)
+		data += 4;
+	bpf_probe_read_kernel(&at, 4, data);
+	if (proto == IPPROTO_COMP) {
+		__u8 *a = (__u8 *)&at, *b = (__u8 *)&spi;
+		if (a[2] == b[2] && a[3] == b[3])
+			return RESULT_PROTO_ERROR;
+	} else if (at == spi) {
+		return RESULT_PROTO_ERROR;
 	}
+	return RESULT_MODE_ERROR;
 }
 
-static __always_inline void set_hint(__u8 dir, __u8 result)
+/* xfrm_rcv_cb(skb, family, proto, err): xfrm_input calls it once with err
+ * 0 after every SA of the call passed (a non-zero return is an xfrm
+ * interface refusing the packet: xfrm_input then drops it), and with err -1
+ * at its drop label, right before kfree_skb, for every failure. ret_known
+ * says ret is the callback's return (fexit); kprobes do not see it. */
+static __always_inline void on_rcv_cb(struct sk_buff *skb, int err, bool ret_known, int ret)
 {
-	struct xv_frame *f = top_dir(dir);
-	if (f && f->hint == RESULT_NONE && !(f->flags & F_DONE))
-		f->hint = result;
-}
-
-static __always_inline void on_replay_advance(void)
-{
-	struct xv_frame *f = top_dir(DIR_DECRYPT);
-	if (!f)
-		return;
-	/* The kernel adds skb->len to x->curlft.bytes right after this. */
-	struct sk_buff *skb = (struct sk_buff *)f->skb;
-	f->bytes = BPF_CORE_READ(skb, len);
-	f->flags |= F_ADVANCED;
-}
-
-/* A transport-mode bundle (e.g. ESP in ESP) is processed by one xfrm_input
- * call, one SA after the other. When the next SA's processing starts (its
- * lookup, its not-found audit or its replay check) after an earlier SA
- * advanced, that SA did all its work: its verdict is ok, and the frame
- * starts over for the next SA. One verdict per SA, as on output. */
-static __always_inline struct xv_frame *next_input_sa(void)
-{
-	struct xv_frame *f = top_dir(DIR_DECRYPT);
-	if (!f || (f->flags & F_DONE) || !(f->flags & F_ADVANCED))
-		return f;
-	emit_frame(f, RESULT_OK);
-	f->flags = 0;
-	f->hint = RESULT_NONE;
-	struct sk_buff *skb = (struct sk_buff *)f->skb;
-	f->bytes = BPF_CORE_READ(skb, len);
-	return f;
-}
-
-static __always_inline void on_state_found(void)
-{
-	struct xv_frame *f = next_input_sa();
-	if (f)
-		f->flags |= F_LOOKED_UP;
-}
-
-static __always_inline void on_state_notfound(void)
-{
-	next_input_sa();
-	set_hint(DIR_DECRYPT, RESULT_NO_STATE);
-}
-
-static __always_inline void on_replay_check_exit(int ret)
-{
-	next_input_sa();
-	if (ret != 0)
-		set_hint(DIR_DECRYPT, RESULT_REPLAY);
-}
-
-/* ---- both directions ---------------------------------------------------- */
-
-/* xfrm_output_one runs consecutive transport-mode SAs of a bundle in one
- * loop, without leaving through local_out in between. When the next SA's
- * checks start (its lifetime check or sequence number) after an earlier SA
- * got its sequence number, that SA did all its work: its verdict is ok, and
- * the frame starts over for the next SA. */
-static __always_inline void next_output_sa(struct xv_frame *f)
-{
-	if (!(f->flags & F_SEQUENCED) || (f->flags & F_DONE))
-		return;
-	emit_frame(f, RESULT_OK);
-	f->flags = 0;
-	f->hint = RESULT_NONE;
-	f->err_in = 1;
-	struct sk_buff *skb = (struct sk_buff *)f->skb;
-	f->bytes = BPF_CORE_READ(skb, len);
-}
-
-static __always_inline void on_check_expire_exit(int ret)
-{
-	struct xv_stack *s = get_stack();
+	struct xv_decrypt *s = decrypt_state_get();
 	if (!s)
 		return;
-	struct xv_frame *f = top_frame(s);
-	if (!f || (f->flags & F_DONE))
+	__u64 self = (__u64)skb;
+	if (err == 0) {
+		if (ret_known && ret != 0 && s->ok_skb == self) {
+			emit(DIR_DECRYPT, s->ok_family, s->ok_peer, RESULT_RETRACTED, s->ok_bytes);
+			emit(DIR_DECRYPT, s->ok_family, s->ok_peer, RESULT_REJECTED, BPF_CORE_READ(skb, len));
+			s->rejected_skb = self;
+		}
+		s->ok_skb = 0;
+		s->hint_skb = 0;
 		return;
-	if (f->dir == DIR_ENCRYPT)
-		next_output_sa(f);
-	if (ret == 0)
-		f->flags |= F_CHECKED;
-	else if (f->hint == RESULT_NONE)
-		f->hint = RESULT_EXPIRED;
-}
-
-static __always_inline void on_kfree_skb(__u64 skb)
-{
-	struct xv_stack *s = get_stack();
-	if (!s || s->depth == 0)
+	}
+	if (s->rejected_skb == self) { /* counted at rcv_cb(0) */
+		s->rejected_skb = 0;
 		return;
-	struct xv_frame *f = top_frame(s);
-	if (!f || f->skb != skb || (f->flags & F_DONE))
-		return;
-	f->flags |= F_DROPPED;
+	}
+	__u8 peer[16] = {}, family = 0, result;
+	struct xfrm_state *x;
+	if (s->hint_skb == self) {
+		result = s->hint;
+		x = (struct xfrm_state *)s->hint_x;
+	} else {
+		x = last_sa(skb);
+		if (!x)
+			result = RESULT_HEADER_ERROR;
+		else if (s->ok_skb == self && s->ok_x == (__u64)x)
+			result = RESULT_MODE_ERROR; /* after recheck: inner mode, nested header */
+		else
+			result = decrypt_state_reason(skb, x);
+	}
+	/* The ok of the failing SA is taken back; an earlier SA of a bundle
+	 * that passed keeps its ok, as the kernel keeps its counters. */
+	if (s->ok_skb == self && s->ok_x == (__u64)x)
+		emit(DIR_DECRYPT, s->ok_family, s->ok_peer, RESULT_RETRACTED, s->ok_bytes);
+	if (x)
+		family = sa_peer(x, false, false, peer);
+	else
+		family = known_or_unknown(packet_source(skb, peer), peer);
+	emit(DIR_DECRYPT, family, peer, result, BPF_CORE_READ(skb, len));
+	s->ok_skb = 0;
+	s->hint_skb = 0;
 }
 
 /* ---- encrypt ------------------------------------------------------------ */
 
-static __always_inline void on_output_enter(struct sk_buff *skb, int err, bool btf)
+/* The sequence number xfrm_replay_overflow is about to give the packet
+ * (XFRM_SKB_CB(skb)->seq.output.low = ++oseq in every replay mode; the
+ * state is stable under x->lock, which the caller holds). */
+static __always_inline __u32 next_output_seq(struct xfrm_state *x, bool btf)
 {
-	struct xv_frame *f = push_frame((__u64)skb, DIR_ENCRYPT);
-	if (!f)
-		return;
-	f->err_in = err;
-	f->bytes = XV_READ(btf, skb, len);
-	read_sa_peer(skb_dst_xfrm(skb, btf), f, false); /* the SA pointer comes from memory */
-	if (err > 0)
-		return;
-	/* Async completion (or packet offload, which has no pending entry). */
-	f->flags |= F_RESUME;
-	struct xv_pending *p = pending_slot(f);
-	if (p && p->skb == f->skb) {
-		f->bytes = p->bytes;
-		f->flags |= F_SEQUENCED;
-		p->skb = 0;
-	} else {
-		count_error(ERR_PENDING_MISS);
-	}
+	if (XV_READ(btf, x, repl_mode) == bpf_core_enum_value(enum xfrm_replay_mode, XFRM_REPLAY_MODE_LEGACY))
+		return XV_READ(btf, x, replay.oseq) + 1;
+	return BPF_CORE_READ(x, replay_esn, oseq) + 1;
 }
 
-static __always_inline void on_replay_overflow_exit(struct xv_frame *f, struct xfrm_state *x, struct sk_buff *skb, int ret,
-						    bool btf)
+/* xfrm_replay_overflow(x, skb): its only caller, xfrm_output_one, adds
+ * skb->len to x->curlft.bytes when it returns 0, once per SA per packet or
+ * GSO segment, for sync and async crypto. The ok is counted here; a drop
+ * after this point (also the sequence overflow this call may find) takes it
+ * back. */
+static __always_inline void on_replay_overflow(struct xfrm_state *x, struct sk_buff *skb, bool btf)
 {
-	next_output_sa(f);
-	if (ret != 0) {
-		if (f->hint == RESULT_NONE)
-			f->hint = RESULT_SEQ_OVERFLOW;
+	struct xv_pending *p = pending_slot(skb);
+	if (!p)
 		return;
-	}
-	/* The kernel adds skb->len to x->curlft.bytes right after this. */
-	f->bytes = XV_READ(btf, skb, len);
-	f->flags |= F_SEQUENCED;
-	read_sa_peer(x, f, btf);
-	/* Remember the bytes for an async completion now, before the crypto
-	 * step: pcrypt may complete on another CPU before this call returns.
-	 * A stale entry is harmless: the next packet with this skb address
-	 * passes here first and overwrites it. */
-	struct xv_pending *p = pending_slot(f);
-	if (p) {
-		p->bytes = f->bytes;
-		p->skb = f->skb;
-	}
+	__u8 family = sa_peer(x, true, btf, p->peer);
+	if (!family)
+		return;
+	p->family = family;
+	p->skb = (__u64)skb;
+	p->x = (__u64)x;
+	p->bytes = XV_READ(btf, skb, len);
+	p->seq = next_output_seq(x, btf);
+	p->done = 0;
+	emit(DIR_ENCRYPT, family, p->peer, RESULT_OK, p->bytes);
 }
 
-/* The encrypted packet leaves through skb_dst(skb)->ops->local_out: the SA
- * did its work. In a bundle (tunnel in tunnel) the same call continues with
- * the next SA, which skb_dst(skb) now points to. */
-static __always_inline void on_local_out(struct sk_buff *skb, bool btf)
+/* transformed: xfrm_output marked the skb (IPCB/IP6CB flags, by the
+ * family of the SA's outer header); packets before it (the plaintext pass)
+ * and after the stack took it again on receive (ip_rcv clears IPCB) are not. */
+static __always_inline bool transformed(struct sk_buff *skb, __u16 family)
 {
-	struct xv_frame *f = top_of((__u64)skb, DIR_ENCRYPT);
-	if (!f || (f->flags & (F_DONE | F_DROPPED)))
-		return;
-	emit_frame(f, RESULT_OK);
-	struct xfrm_state *next = skb_dst_xfrm(skb, btf);
-	if (!next) {
-		f->flags |= F_DONE;
-		return;
+	__u16 flags = 0;
+	if (family == AF_INET) {
+		bpf_probe_read_kernel(&flags, 2, (void *)skb + bpf_core_field_offset(struct sk_buff, cb) +
+							     bpf_core_field_offset(struct inet_skb_parm, flags));
+		return flags & IPSKB_XFRM_TRANSFORMED;
 	}
-	f->flags = 0;
-	f->hint = RESULT_NONE;
-	f->err_in = 1;
-	f->bytes = XV_READ(btf, skb, len);
-	read_sa_peer(next, f, false); /* the SA pointer comes from memory */
+	bpf_probe_read_kernel(&flags, 2, (void *)skb + bpf_core_field_offset(struct sk_buff, cb) +
+						     bpf_core_field_offset(struct inet6_skb_parm, flags));
+	return flags & IP6SKB_XFRM_TRANSFORMED;
 }
 
-static __always_inline __u8 encrypt_reason(struct xv_frame *f, int ret)
+static __always_inline __u16 gso_size(struct sk_buff *skb)
 {
-	if (f->hint != RESULT_NONE)
-		return f->hint;
-	if ((f->flags & F_RESUME) && f->err_in < 0)
-		return RESULT_PROTO_ERROR; /* async crypto error */
-	if (f->flags & (F_SEQUENCED | F_CHECKED)) {
-		if (ret == -EHOSTUNREACH)
-			return RESULT_OUTPUT_ERROR; /* no dst / dst_pop failed */
-		return RESULT_PROTO_ERROR;	    /* type->output failed, +1 = crypto backlog full */
-	}
-	if (ret == -EINVAL)
-		return RESULT_INVALID_STATE;
-	if (ret == -ENOMEM)
-		return RESULT_OUTPUT_ERROR; /* xfrm_skb_check_space */
-	return RESULT_MODE_ERROR;	    /* outer mode output, e.g. -EMSGSIZE */
+	struct skb_shared_info *sh = (struct skb_shared_info *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
+	return BPF_CORE_READ(sh, gso_size);
 }
 
-static __always_inline void on_output_exit(__u64 skb, int ret, bool match_skb)
+/* The encrypt side of a drop (kfree_skb with reason "not specified", which
+ * is what every failure of xfrm_output and xfrm_output_one uses):
+ * - the packet's pending slot holds it with its sequence number, and its
+ *   route is still the SA's (or gone): it failed at or after sequencing:
+ *   seq_overflow when the number wrapped to 0 (xfrm_replay_overflow
+ *   refuses it), else crypto error, sync or async (proto_error) or no route
+ *   (output_error); its ok is taken back;
+ * - else its route is an SA's: it failed before sequencing: expired,
+ *   invalid_state or mode_error by the SA's state.
+ * A GSO skb is not one: xfrm_output_gso frees the original after
+ * segmenting it, and each segment is sequenced on its own. */
+static __always_inline void on_kfree_skb(struct sk_buff *skb, int reason)
 {
-	struct xv_frame *f = pop_frame(skb, DIR_ENCRYPT, match_skb);
-	if (!f || (f->flags & F_DONE))
+	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
 		return;
-	if (f->flags & F_DROPPED) {
-		emit_frame(f, encrypt_reason(f, ret));
+	struct dst_entry *dst = (struct dst_entry *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	struct xfrm_state *x = dst ? BPF_CORE_READ(dst, xfrm) : NULL;
+	struct xv_pending *p = pending_slot(skb);
+	if (!p)
 		return;
+	if (p->skb == (__u64)skb && (!dst || x == (struct xfrm_state *)p->x)) {
+		__u32 seq = 0;
+		bpf_probe_read_kernel(&seq, 4,
+				      (void *)skb + bpf_core_field_offset(struct sk_buff, cb) +
+					      bpf_core_field_offset(struct xfrm_skb_cb, seq.output.low));
+		if (seq == p->seq) {
+			if (p->done || !transformed(skb, p->family == 4 ? AF_INET : AF_INET6))
+				return;
+			p->done = 1;
+			emit(DIR_ENCRYPT, p->family, p->peer, RESULT_RETRACTED, p->bytes);
+			__u8 result = RESULT_OUTPUT_ERROR;
+			if (seq == 0)
+				result = RESULT_SEQ_OVERFLOW;
+			else if (dst)
+				result = RESULT_PROTO_ERROR;
+			emit(DIR_ENCRYPT, p->family, p->peer, result, BPF_CORE_READ(skb, len));
+			return;
+		}
 	}
-	/* PENDING: esp_output_done calls xfrm_output_resume(skb, err) later,
-	 * which finds the bytes in pending_encrypt. */
+	if (!x || gso_size(skb))
+		return;
+	__u16 family = BPF_CORE_READ(x, props.family);
+	if (!transformed(skb, family))
+		return;
+	__u8 result = RESULT_MODE_ERROR;
+	if (limits_reached(x))
+		result = RESULT_EXPIRED;
+	else if (BPF_CORE_READ(x, km.state) != XFRM_STATE_VALID)
+		result = RESULT_INVALID_STATE;
+	__u8 peer[16] = {};
+	__u8 fam = sa_peer(x, true, false, peer);
+	emit(DIR_ENCRYPT, fam, peer, result, BPF_CORE_READ(skb, len));
 }
 
-/* Output without state: xfrm_lookup found a policy that needs an SA and no
- * SA (larval drop); the kernel counts XfrmOutNoStates once per lookup and
- * sends the packet to a blackhole route. No SA means no SA peer: the packet's
- * destination is the peer. */
-static __always_inline void on_lookup_exit(__u8 family, const __u8 *daddr, long ret)
+/* Output without state: xfrm_resolve_and_create_bundle found policies that
+ * need SAs and no SA (-EAGAIN): xfrm_lookup_with_ifid counts XfrmOutNoStates
+ * for it (larval drop) and the packet goes to a blackhole route. Only route
+ * lookups that match an IPsec policy get here. No SA means no SA peer: the
+ * flow's destination is the peer. */
+static __always_inline void on_bundle_failed(__u8 family, __u8 *daddr, long ret)
 {
-	if (ret != -EREMOTE && ret != -EAGAIN)
+	if (ret != -EAGAIN)
 		return;
+	family = known_or_unknown(family, daddr);
 	emit(DIR_ENCRYPT, family, daddr, RESULT_NO_STATE, 0);
 }
 

@@ -23,6 +23,13 @@ func (a adapter) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// registryOf is a pedantic registry holding c alone.
+func registryOf(t testing.TB, c Collector) *prometheus.Registry {
+	r := prometheus.NewPedanticRegistry()
+	r.MustRegister(adapt(t, c))
+	return r
+}
+
 // countFDs counts this process's open file descriptors.
 func countFDs(t testing.TB) int {
 	t.Helper()

@@ -47,7 +47,7 @@ func TestLabExporterNamespaces(t *testing.T) {
 	})
 	scrape := func() string {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(60 * time.Second) // start-up under emulation on a busy host takes seconds
 		for {
 			resp, err := http.Get("http://" + addr + "/metrics")
 			if err == nil {
@@ -59,7 +59,7 @@ func TestLabExporterNamespaces(t *testing.T) {
 				return string(body)
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("exporter not answering: %v", err)
+				t.Fatalf("exporter not answering after 60s: %v", err)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

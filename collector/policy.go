@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,6 +72,9 @@ type policyCollector struct {
 	read       func(netnsx.Namespace) (policyNamespace, error)
 	max        int
 	release    func() error
+
+	mu   sync.Mutex        // scrapes may overlap
+	rows firstN[policyRow] // the policies given series, reused from scrape to scrape
 }
 
 // Close lets go of the namespace watcher.
@@ -111,18 +115,20 @@ func comparePolicyRows(a, b *policyRow) int {
 
 func (c *policyCollector) Update(ch chan<- prometheus.Metric) error {
 	var errs []error
-	rows := newFirstN(c.max, comparePolicyRows)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rows := &c.rows
+	rows.n, rows.cmp = c.max, comparePolicyRows
+	rows.reset()
 	for order, ns := range c.namespaces() {
-		mine, err := c.readNamespace(ch, order, ns)
+		err := c.readNamespace(ch, order, ns, rows)
 		if gone(err) {
 			c.logger.Debug("namespace gone before it was read", "netns", ns.Name, "err", err)
 			continue
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("netns %q: %w", ns.Name, err))
-			continue
 		}
-		rows.merge(mine)
 	}
 	for _, r := range rows.sorted() {
 		emitPolicy(ch, r.netns, &r.p)
@@ -134,20 +140,27 @@ func (c *policyCollector) Update(ch chan<- prometheus.Metric) error {
 	return errors.Join(errs...)
 }
 
-// readNamespace sends a namespace's policy counts and returns the first of
-// its policies (as many as the cap could take).
-func (c *policyCollector) readNamespace(ch chan<- prometheus.Metric, order int, ns netnsx.Namespace) (*firstN[policyRow], error) {
+// readNamespace sends a namespace's policy counts and offers its policies
+// to the cap. (Those of a namespace whose dump fails half-way may keep their
+// rows: what they show is still true.)
+func (c *policyCollector) readNamespace(ch chan<- prometheus.Metric, order int, ns netnsx.Namespace, rows *firstN[policyRow]) error {
 	snap, err := c.read(ns)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer snap.Close()
-	mine := newFirstN(c.max, comparePolicyRows)
+	row := policyRow{order: order, netns: ns.Name} // one, reused: offer copies it
 	if err := snap.Each(func(p *xfrmnl.Policy) error {
-		mine.offer(&policyRow{order: order, netns: ns.Name, p: *p})
+		row.p.Index = p.Index
+		if rows.full() && comparePolicyRows(&row, rows.last()) >= 0 {
+			rows.dropped++ // nothing copied for a policy beyond the cap
+			return nil
+		}
+		row.p = *p
+		rows.offer(&row)
 		return nil
 	}); err != nil {
-		return nil, err
+		return err
 	}
 	spd := snap.SPD
 	for _, d := range []struct {
@@ -157,7 +170,7 @@ func (c *policyCollector) readNamespace(ch chan<- prometheus.Metric, order int, 
 		ch <- newConstMetric(policiesDesc, prometheus.GaugeValue, float64(d.main), ns.Name, d.dir)
 		ch <- newConstMetric(socketPoliciesDesc, prometheus.GaugeValue, float64(d.socket), ns.Name, d.dir)
 	}
-	return mine, nil
+	return nil
 }
 
 func emitPolicy(ch chan<- prometheus.Metric, netns string, p *xfrmnl.Policy) {

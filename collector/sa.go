@@ -2,6 +2,7 @@ package collector
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -168,6 +169,7 @@ type saCollector struct {
 
 	mu    sync.Mutex // scrapes may overlap; the peer books are shared
 	peers *peerBooks
+	rows  firstN[saRow] // the SAs given per-SA series, reused from scrape to scrape
 }
 
 // Close lets go of the event listeners.
@@ -179,7 +181,8 @@ func (c *saCollector) Close() error {
 }
 
 func newSACollector(logger *slog.Logger, namespaces func() []netnsx.Namespace, read func(netnsx.Namespace) (saNamespace, error), perSA bool, max int) *saCollector {
-	return &saCollector{logger: logger, namespaces: namespaces, read: read, now: time.Now, perSA: perSA, max: max, peers: newPeerBooks()}
+	return &saCollector{logger: logger, namespaces: namespaces, read: read, now: time.Now, perSA: perSA, max: max,
+		peers: newPeerBooks(), rows: firstN[saRow]{n: max, cmp: compareRows}}
 }
 
 // readSAs opens the namespace's SA dump after reading its SAD info and its
@@ -281,17 +284,31 @@ func totalsOf(sa *xfrmnl.SA) saTotals {
 
 // saRow is one SA that may get per-SA series.
 type saRow struct {
+	key  rowKey
 	sa   xfrmnl.SA
 	peer peerKey
 }
 
-// newRows keeps the SAs that get per-SA series (--collector.sa.max-series).
-func (c *saCollector) newRows() *firstN[saRow] { return newFirstN(c.max, compareRows) }
+// rowKey is the order in which the per-SA cap keeps SAs, stable from scrape
+// to scrape: the namespace's place (the exporter's own first, then by name),
+// the destination, the SPI and the protocol, as integers. The kernel dumps
+// SAs newest first, so under the cap an SA replaces a kept one again and
+// again; each comparison must be cheap.
+type rowKey struct {
+	netns      int
+	dstHi, dst uint64
+	spiProto   uint64
+}
 
-// compareRows is the order in which the per-SA cap keeps SAs, stable from
-// scrape to scrape.
+func keyOf(netns int, sa *xfrmnl.SA) rowKey {
+	d := sa.Dst.As16()
+	return rowKey{netns: netns, dstHi: binary.BigEndian.Uint64(d[:8]), dst: binary.BigEndian.Uint64(d[8:]),
+		spiProto: uint64(sa.SPI)<<8 | uint64(sa.Proto)}
+}
+
 func compareRows(a, b *saRow) int {
-	return cmp.Or(cmp.Compare(a.peer.netns, b.peer.netns), a.sa.Dst.Compare(b.sa.Dst), cmp.Compare(a.sa.SPI, b.sa.SPI), cmp.Compare(a.sa.Proto, b.sa.Proto))
+	x, y := &a.key, &b.key
+	return cmp.Or(cmp.Compare(x.netns, y.netns), cmp.Compare(x.dstHi, y.dstHi), cmp.Compare(x.dst, y.dst), cmp.Compare(x.spiProto, y.spiProto))
 }
 
 // Update reads every namespace, updates the per-peer books and sends the
@@ -300,14 +317,15 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
-	rows := c.newRows()
+	c.rows.reset()
+	rows := &c.rows
 	var finals []finalSA
 	var errs []error
 	unreadable := map[netnsx.ID]bool{}
 	read := 0
 	c.peers.begin()
-	for _, ns := range c.namespaces() {
-		f, err := c.readNamespace(ch, ns, rows)
+	for order, ns := range c.namespaces() {
+		f, err := c.readNamespace(ch, order, ns, rows)
 		switch {
 		case gone(err):
 			c.logger.Debug("namespace gone before it was read", "netns", ns.Name, "err", err)
@@ -338,7 +356,7 @@ func (c *saCollector) Update(ch chan<- prometheus.Metric) error {
 // the SAs its listener saw removed. Those are taken after the dump: an SA
 // removed in between is in both, and the books hold its final counters
 // back until it is gone.
-func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Namespace, rows *firstN[saRow]) ([]finalSA, error) {
+func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, order int, ns netnsx.Namespace, rows *firstN[saRow]) ([]finalSA, error) {
 	snap, err := c.read(ns)
 	if err != nil {
 		return nil, err
@@ -346,7 +364,7 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 	defer snap.Close()
 	var byDir [dirOut + 1]int
 	larval := 0
-	mine := c.newRows()
+	var row saRow // one, reused: offer copies it
 	err = snap.Each(func(sa *xfrmnl.SA) error {
 		if isLarval(sa) {
 			larval++
@@ -357,17 +375,21 @@ func (c *saCollector) readNamespace(ch chan<- prometheus.Metric, ns netnsx.Names
 		// SAs seen before a dump fails half-way are still true; the
 		// ones not seen are kept as they were (unreadable).
 		c.peers.see(identOf(ns.ID, sa), peer, totalsOf(sa))
-		if c.perSA {
-			mine.offer(&saRow{sa: *sa, peer: peer})
-		} else {
-			mine.dropped++
+		// The SAs of a namespace whose dump fails half-way may keep
+		// their rows: what they show is still true.
+		row.key = keyOf(order, sa)
+		switch {
+		case !c.perSA, rows.full() && compareRows(&row, rows.last()) >= 0:
+			rows.dropped++ // nothing copied for an SA beyond the cap
+		default:
+			row.sa, row.peer = *sa, peer
+			rows.offer(&row)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	rows.merge(mine)
 	var finals []finalSA
 	if c.finals != nil {
 		for _, sa := range c.finals(ns.ID) {

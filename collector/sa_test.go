@@ -101,9 +101,7 @@ func localOf(addrs ...string) addrSet {
 
 func scrapeText(t *testing.T, c Collector) string {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(adapt(t, c))
-	mfs, err := reg.Gather()
+	mfs, err := registryOf(t, c).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,15 +167,9 @@ func TestSACollector(t *testing.T) {
 			t.Errorf("unexpected %s...", absent)
 		}
 	}
-	if problems, err := testutil.GatherAndLint(gathererOf(t, c)); err != nil || len(problems) > 0 {
+	if problems, err := testutil.GatherAndLint(registryOf(t, c)); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
 	}
-}
-
-func gathererOf(t *testing.T, c Collector) prometheus.Gatherer {
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(adapt(t, c))
-	return reg
 }
 
 // TestSACollectorCap: capped or turned off, per-SA series go and are

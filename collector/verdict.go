@@ -5,14 +5,18 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
+	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 )
 
@@ -52,10 +56,16 @@ var (
 		"Counter keys in the verdict map.", nil, nil)
 	bpfMapMaxEntriesDesc = prometheus.NewDesc("ipsec_bpf_verdict_map_max_entries",
 		"Capacity of the verdict map (--bpf.verdict-map-size).", nil, nil)
+	bpfKnownPeersDesc = prometheus.NewDesc("ipsec_bpf_verdict_known_peers",
+		"Addresses in the known-peer set: failures whose peer comes from the packet (no_state, header_error) are counted under peers of this set, all others under peer=\"unknown\".",
+		nil, nil)
+	bpfKnownPeersOverflowDesc = prometheus.NewDesc("ipsec_bpf_verdict_known_peers_overflow_total",
+		"Addresses left out of the known-peer set because it was full (16384); their packet-derived failures count as unknown.",
+		nil, nil)
 	bpfMapOverflowDesc = prometheus.NewDesc("ipsec_bpf_verdict_map_overflow_total",
 		"Verdicts not counted because their key was new and the verdict map was full.", nil, nil)
 	bpfAccountingErrorsDesc = prometheus.NewDesc("ipsec_bpf_verdict_accounting_errors_total",
-		"Inconsistencies the verdict programs detected in their own bookkeeping (stack_full, stale_frame, unmatched_exit, pending_miss); each may cost a verdict.",
+		"Inconsistencies the verdict programs detected in their own bookkeeping, by kind (none but the overflow today); each may cost a verdict.",
 		[]string{"kind"}, nil)
 	bpfProgramMissedDesc = prometheus.NewDesc("ipsec_bpf_verdict_program_missed_total",
 		"Runs of a verdict program the kernel skipped (BPF recursion, or a kprobe hit inside another kprobe handler); each may cost a verdict.",
@@ -69,22 +79,24 @@ var (
 )
 
 func init() {
+	// The default also before parsing (kingpin sets it at Parse): tests
+	// that run CheckFlags without parsing see a valid value.
+	*bpfVerdictMapSize = verdict.DefaultMapSize
+	RegisterFlagCheck("bpf.verdict-map-size", func() error {
+		if n := *bpfVerdictMapSize; n < verdict.MinMapSize || n > verdict.MaxMapSize {
+			return fmt.Errorf("must be between %d and %d counter keys, got %d", verdict.MinMapSize, verdict.MaxMapSize, n)
+		}
+		return nil
+	})
 	registerCollector("verdict", true, func(logger *slog.Logger) (Collector, error) {
-		// Peer names come from the shared peer tracker (collector/peers.go),
-		// the one reader of the peer-names file.
-		var names peerNamer
-		release := func() {}
-		path, err := peersNamesPath()
+		// The node's known peers and the peer names come from the shared
+		// peer tracker (collector/peers.go), the one reader of the node's
+		// SAs and policies for this purpose and of the peer-names file.
+		tp, err := knownPeers.acquire(logger)
 		if err != nil {
 			return nil, err
 		}
-		if path != "" {
-			tracker, err := knownPeers.acquire(logger)
-			if err != nil {
-				return nil, err
-			}
-			names, release = tracker, func() { _ = knownPeers.release() }
-		}
+		release := func() { _ = knownPeers.release() }
 		v, err := verdict.Load(verdict.Options{
 			Mode: *bpfHookMode, MapSize: *bpfVerdictMapSize, Strict: *bpfStrict, Logger: logger,
 		})
@@ -93,12 +105,15 @@ func init() {
 				release()
 				return nil, fmt.Errorf("loading verdict BPF programs (--bpf.strict): %w", err)
 			}
-			c := newVerdictCollector(logger, nil, err, names)
+			c := newVerdictCollector(logger, nil, err, tp)
 			c.release = release
 			return c, nil
 		}
-		c := newVerdictCollector(logger, v, nil, names)
-		c.release = release
+		c := newVerdictCollector(logger, v, nil, tp)
+		// The first call is synchronous: the set is in the programs' map
+		// before the factory returns; later ones come once per change.
+		cancel := tp.Subscribe(func(s peers.Set) { c.SetTrackedPeers(s.All()) })
+		c.release = func() { cancel(); release() }
 		return c, nil
 	})
 }
@@ -113,6 +128,8 @@ type verdictSource interface {
 	Hooks() []verdict.Hook
 	Missed() map[string]uint64
 	ProgramStats() map[string]*ebpf.ProgramStats
+	SetKnownPeers([]netip.Addr) error
+	KnownPeers() (size int, leftOut uint64)
 	Close() error
 }
 
@@ -125,9 +142,77 @@ type verdictCollector struct {
 	logger      *slog.Logger
 	src         verdictSource // nil when the programs could not be loaded
 	loadErr     string        // reason class when src is nil
-	peers       peerNamer     // nil without --peers.names-file
+	peers       peerNamer     // the shared tracker; nil in tests
 	release     func()        // of the shared peer tracker, when held
 	statsSysctl string
+
+	knownMu sync.Mutex
+	tracked []netip.Addr        // the peers the tracker last gave (SetTrackedPeers)
+	seen    map[netip.Addr]bool // SA-derived and named peers of the last scrape
+	known   map[netip.Addr]bool // the set last installed
+}
+
+// unknownPeer is the peer label of failures whose peer came from the packet
+// and is not a known peer (spoofed sources, scans): one aggregate series.
+const unknownPeer = "unknown"
+
+// packetPeerResults are the results whose peer the programs take from the
+// packet rather than from an SA.
+var packetPeerResults = []string{"no_state", "header_error"}
+
+// SetTrackedPeers gives the collector the node's known IPsec peers (the
+// addresses of its SAs and policies, and the configured ones) from the
+// tracker; they are installed at once, so that a new peer's failures are
+// counted under its own address from its first packet on.
+func (c *verdictCollector) SetTrackedPeers(peers []netip.Addr) {
+	c.knownMu.Lock()
+	defer c.knownMu.Unlock()
+	c.tracked = append([]netip.Addr(nil), peers...)
+	if err := c.installKnownLocked(); err != nil {
+		c.logger.Warn("known-peer set not updated: failures from new peers without an SA count as unknown", "err", err)
+	}
+}
+
+// updateKnownPeers adds, at a scrape, the peers of the verdicts that came
+// from an SA (an SA exists or existed for them) and the peer-names file's
+// addresses to the known-peer set, installing it when it changed.
+func (c *verdictCollector) updateKnownPeers(entries []verdict.Entry, names map[netip.Addr]string) error {
+	c.knownMu.Lock()
+	defer c.knownMu.Unlock()
+	seen := map[netip.Addr]bool{}
+	for _, e := range entries {
+		if e.Peer.IsValid() && !slices.Contains(packetPeerResults, e.Result) {
+			seen[e.Peer] = true
+		}
+	}
+	for a := range names {
+		seen[a.Unmap()] = true
+	}
+	c.seen = seen
+	return c.installKnownLocked()
+}
+
+// installKnownLocked installs the union of what the tracker gave and what
+// the scrapes saw, when it differs from the set installed last.
+func (c *verdictCollector) installKnownLocked() error {
+	if c.src == nil {
+		return nil
+	}
+	want := maps.Clone(c.seen)
+	if want == nil {
+		want = map[netip.Addr]bool{}
+	}
+	for _, a := range c.tracked {
+		want[a.Unmap()] = true
+	}
+	if c.known != nil && maps.Equal(want, c.known) {
+		return nil
+	}
+	if err := c.src.SetKnownPeers(slices.Collect(maps.Keys(want))); err != nil {
+		return err
+	}
+	c.known = want
+	return nil
 }
 
 // newVerdictCollector builds the collector around loaded programs, or, when
@@ -174,8 +259,12 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if c.peers != nil {
 		names = c.peers.Names()
 	}
+	if err := c.updateKnownPeers(entries, names); err != nil {
+		c.logger.Warn("known-peer set not updated: failures from new peers without an SA count as unknown", "err", err)
+	}
 	peers := make([]string, len(entries))
 	for i, e := range entries {
+		peers[i] = unknownPeer
 		if e.Peer.IsValid() {
 			peers[i] = e.Peer.String()
 		}
@@ -209,6 +298,9 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	}
 	ch <- newConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
 	ch <- newConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
+	size, leftOut := c.src.KnownPeers()
+	ch <- newConstMetric(bpfKnownPeersDesc, prometheus.GaugeValue, float64(size))
+	ch <- newConstMetric(bpfKnownPeersOverflowDesc, prometheus.CounterValue, float64(leftOut))
 
 	errs, err := c.src.Errors()
 	if err != nil {
@@ -238,8 +330,8 @@ func bpfVerdictDescs(named bool) (packets, bytes *prometheus.Desc) {
 }
 
 const (
-	verdictPacketsHelp = "Packets the kernel tried to encrypt or decrypt, by direction, peer (outer source on decrypt, SA destination on encrypt) and result (ok or the failure reason; see bpf/README.md)."
-	verdictBytesHelp   = "Bytes of those packets: for ok, what the kernel added to the SA's byte counter; for failures, the packet length when the kernel took it up (0 for encrypt no_state)."
+	verdictPacketsHelp = "Packets the kernel tried to encrypt or decrypt, by direction, peer (the SA's remote address; for failures without an SA the packet's source on decrypt, its destination on encrypt) and result (ok or the failure reason; see bpf/README.md)."
+	verdictBytesHelp   = "Bytes of those packets: for ok, what the kernel added to the SA's byte counter; for failures, the packet's length at the failing step (0 for encrypt no_state)."
 )
 
 var (

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
@@ -77,9 +76,6 @@ func TestVerdictCollectorRealMaps(t *testing.T) {
 	if err := src.SetError("map_full", 7); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.SetError("stale_frame", 1); err != nil {
-		t.Fatal(err)
-	}
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), src, nil, nil)
 	c.statsSysctl = statsFile(t, "1")
 	want := `
@@ -122,7 +118,7 @@ ipsec_bpf_verdict_program_run_seconds_total{program="fentry_xfrm_input"} 1.5
 # TYPE ipsec_bpf_verdict_program_runs_total counter
 ipsec_bpf_verdict_program_runs_total{program="fentry_xfrm_input"} 42
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want),
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want),
 		"ipsec_xfrm_packets_total", "ipsec_xfrm_bytes_total", "ipsec_bpf_verdict_map_entries",
 		"ipsec_bpf_verdict_map_max_entries", "ipsec_bpf_verdict_map_overflow_total",
 		"ipsec_bpf_verdict_program_attached", "ipsec_bpf_verdict_programs_attached",
@@ -130,24 +126,12 @@ ipsec_bpf_verdict_program_runs_total{program="fentry_xfrm_input"} 42
 		"ipsec_bpf_verdict_program_run_seconds_total", "ipsec_bpf_verdict_program_runs_total"); err != nil {
 		t.Error(err)
 	}
-	// The accounting errors: every kind, the overflow under its own name.
-	want = `
-# HELP ipsec_bpf_verdict_accounting_errors_total Inconsistencies the verdict programs detected in their own bookkeeping (stack_full, stale_frame, unmatched_exit, pending_miss); each may cost a verdict.
-# TYPE ipsec_bpf_verdict_accounting_errors_total counter
-ipsec_bpf_verdict_accounting_errors_total{kind="pending_miss"} 0
-ipsec_bpf_verdict_accounting_errors_total{kind="stack_full"} 0
-ipsec_bpf_verdict_accounting_errors_total{kind="stale_frame"} 1
-ipsec_bpf_verdict_accounting_errors_total{kind="unmatched_exit"} 0
-`
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_bpf_verdict_accounting_errors_total"); err != nil {
-		t.Error(err)
-	}
 }
 
 func TestVerdictCollectorNoRunStatsWithoutSysctl(t *testing.T) {
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 4, nil), nil, nil)
 	c.statsSysctl = statsFile(t, "0")
-	n, err := testutil.GatherAndCount(registryOf(c), "ipsec_bpf_verdict_program_runs_total", "ipsec_bpf_verdict_program_run_seconds_total")
+	n, err := testutil.GatherAndCount(registryOf(t, c), "ipsec_bpf_verdict_program_runs_total", "ipsec_bpf_verdict_program_run_seconds_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +157,7 @@ ipsec_bpf_verdict_programs_attached 0
 # TYPE ipsec_bpf_verdict_hook_mode gauge
 ipsec_bpf_verdict_hook_mode{mode="none"} 1
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want)); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
 	if n := strings.Count(logs.String(), "verdict BPF programs not loaded"); n != 1 {
@@ -204,7 +188,7 @@ func TestVerdictFactoryOnThisHost(t *testing.T) {
 	if vc.loadErr == "load_failed" || vc.loadErr == "unknown" {
 		t.Errorf("load failure on this host not classified: reason %q", vc.loadErr)
 	}
-	n, err := testutil.GatherAndCount(registryOf(vc), "ipsec_bpf_verdict_load_error_info")
+	n, err := testutil.GatherAndCount(registryOf(t, vc), "ipsec_bpf_verdict_load_error_info")
 	if err != nil || n != 1 {
 		t.Errorf("ipsec_bpf_verdict_load_error_info: %d series (%v), want 1", n, err)
 	}
@@ -243,7 +227,7 @@ ipsec_xfrm_packets_total{direction="decrypt",peer="10.0.0.2",peer_name="node-b",
 ipsec_xfrm_packets_total{direction="decrypt",peer="fd00::2",peer_name="",result="integrity"} 3
 ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",result="ok"} 5
 `
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Error(err)
 	}
 	// Rewritten in the other format: picked up at the next scrape.
@@ -255,7 +239,7 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 		t.Fatal(err)
 	}
 	want = strings.NewReplacer(`"node-b"`, `"node-b2"`, `peer_name=""`, `peer_name="node-c"`).Replace(want)
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Errorf("after rewriting the peer names file: %v", err)
 	}
 	// A broken rewrite keeps the last good names.
@@ -266,7 +250,7 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 	if err := os.Chtimes(path, later, later); err != nil {
 		t.Fatal(err)
 	}
-	if err := testutil.CollectAndCompare(asPrometheus(c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want), "ipsec_xfrm_packets_total"); err != nil {
 		t.Errorf("after breaking the peer names file: %v", err)
 	}
 }
@@ -281,7 +265,7 @@ func TestVerdictMetricsPromtool(t *testing.T) {
 	c.statsSysctl = statsFile(t, "1")
 	degraded := newVerdictCollector(slog.New(slog.DiscardHandler), nil, errors.New("x"), nil)
 	for name, col := range map[string]*verdictCollector{"loaded": c, "degraded": degraded} {
-		families, err := registryOf(col).Gather()
+		families, err := registryOf(t, col).Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,42 +286,73 @@ func TestVerdictMetricsPromtool(t *testing.T) {
 // Scrapes must not leak file descriptors (map iteration, batch cursors).
 func TestVerdictCollectorNoFDLeak(t *testing.T) {
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 16, testEntries), nil, nil)
-	reg := registryOf(c)
-	count := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Skip("no /proc/self/fd")
-		}
-		return len(ents)
-	}
+	reg := registryOf(t, c)
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}
-	before := count()
+	before := countFDs(t)
 	for range 200 {
 		if _, err := reg.Gather(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if after := count(); after > before {
+	if after := countFDs(t); after > before {
 		t.Errorf("open fds grew from %d to %d over 200 scrapes", before, after)
 	}
 }
 
-// asPrometheus adapts a Collector for testutil.
-type promAdapter struct{ c Collector }
-
-func (a promAdapter) Describe(chan<- *prometheus.Desc) {}
-func (a promAdapter) Collect(ch chan<- prometheus.Metric) {
-	if err := a.c.Update(ch); err != nil {
-		panic(err)
+// Failures whose peer is not known show as peer="unknown"; the known-peer
+// set holds the peers of verdicts that came from an SA, never those taken
+// from packets (a spoofed no_state source must not make itself known).
+func TestVerdictCollectorKnownPeers(t *testing.T) {
+	entries := append([]verdict.Entry{
+		{Direction: "decrypt", Result: "no_state", Packets: 9, Bytes: 900},
+		{Direction: "decrypt", Result: "no_state", Peer: netip.MustParseAddr("10.9.9.9"), Packets: 1, Bytes: 56},
+	}, testEntries...)
+	src := newTestMaps(t, 16, entries)
+	c := newVerdictCollector(slog.New(slog.DiscardHandler), src, nil, nil)
+	want := `
+# HELP ipsec_xfrm_packets_total ` + verdictPacketsHelp + `
+# TYPE ipsec_xfrm_packets_total counter
+ipsec_xfrm_packets_total{direction="decrypt",peer="10.0.0.2",result="ok"} 4
+ipsec_xfrm_packets_total{direction="decrypt",peer="10.9.9.9",result="no_state"} 1
+ipsec_xfrm_packets_total{direction="decrypt",peer="fd00::2",result="integrity"} 3
+ipsec_xfrm_packets_total{direction="decrypt",peer="unknown",result="no_state"} 9
+ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",result="ok"} 5
+# HELP ipsec_bpf_verdict_known_peers ` + `Addresses in the known-peer set: failures whose peer comes from the packet (no_state, header_error) are counted under peers of this set, all others under peer=\"unknown\".
+# TYPE ipsec_bpf_verdict_known_peers gauge
+ipsec_bpf_verdict_known_peers 2
+`
+	if err := testutil.CollectAndCompare(adapt(t, c), strings.NewReader(want),
+		"ipsec_xfrm_packets_total", "ipsec_bpf_verdict_known_peers"); err != nil {
+		t.Error(err)
+	}
+	c.SetTrackedPeers([]netip.Addr{netip.MustParseAddr("::ffff:10.0.0.7")})
+	if _, err := registryOf(t, c).Gather(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := src.KnownPeers(); n != 3 {
+		t.Errorf("%d known peers after a tracker gave one more, want 3", n)
 	}
 }
 
-func asPrometheus(c Collector) prometheus.Collector { return promAdapter{c} }
-
-func registryOf(c Collector) *prometheus.Registry {
-	r := prometheus.NewPedanticRegistry()
-	r.MustRegister(asPrometheus(c))
-	return r
+// --bpf.verdict-map-size is checked before any collector starts: 0 and
+// sizes the kernel would stall on preallocating are refused, naming the flag
+// and the bound.
+func TestVerdictMapSizeFlagCheck(t *testing.T) {
+	old := *bpfVerdictMapSize
+	t.Cleanup(func() { *bpfVerdictMapSize = old })
+	for _, tc := range []struct {
+		size uint32
+		ok   bool
+	}{{0, false}, {20000000, false}, {verdict.MaxMapSize + 1, false}, {1, true}, {verdict.DefaultMapSize, true}, {verdict.MaxMapSize, true}} {
+		*bpfVerdictMapSize = tc.size
+		err := CheckFlags()
+		if tc.ok && err != nil && strings.Contains(err.Error(), "bpf.verdict-map-size") {
+			t.Errorf("size %d refused: %v", tc.size, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "--bpf.verdict-map-size: must be between 1 and 262144")) {
+			t.Errorf("size %d: error %v, want one naming the flag and its bounds", tc.size, err)
+		}
+	}
 }

@@ -219,7 +219,17 @@ type grafanaPanel struct {
 	Datasource  map[string]string `json:"datasource"`
 	FieldConfig struct {
 		Defaults struct {
-			Unit string `json:"unit"`
+			Unit       string `json:"unit"`
+			Thresholds *struct {
+				Mode  string `json:"mode"`
+				Steps []struct {
+					Color string   `json:"color"`
+					Value *float64 `json:"value"`
+				} `json:"steps"`
+			} `json:"thresholds"`
+			Color struct {
+				Mode string `json:"mode"`
+			} `json:"color"`
 		} `json:"defaults"`
 	} `json:"fieldConfig"`
 	Targets []grafanaTarget `json:"targets"`

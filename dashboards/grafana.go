@@ -24,8 +24,29 @@ type Dashboard struct {
 	UID         string // our own, stable across imports
 	Title       string
 	Description string
-	Rows        []Row
+	// Filters are variables after the common ones (datasource, job, node,
+	// instance), each a label the panels' selectors match on.
+	Filters []Filter
+	Rows    []Row
 }
+
+// Filter is a multi-value variable over one label's values.
+type Filter struct {
+	Name, Label string
+	// Metric is the series whose label values the variable offers.
+	Metric string
+}
+
+// maxSeries bounds what one panel draws: a query over labels with unbounded
+// values (instance, peer, netns, spi, interface) keeps its top (or bottom)
+// maxSeries series. TestSeriesBounded checks every query.
+const maxSeries = 20
+
+// top keeps the maxSeries largest series of expr at each step.
+func top(expr string) string { return fmt.Sprintf("topk(%d, %s)", maxSeries, expr) }
+
+// bottom keeps the maxSeries smallest.
+func bottom(expr string) string { return fmt.Sprintf("bottomk(%d, %s)", maxSeries, expr) }
 
 // Row is a titled row of panels, laid out left to right, wrapping at 24.
 type Row struct {
@@ -44,6 +65,51 @@ type Panel struct {
 	Min, Max    *float64
 	Stack       bool
 	Targets     []Target
+	// Thresholds give values their colour: a stat's value and a table's
+	// cells always, a time series' lines with ColorByValue, and bands
+	// behind it with ShowThresholds. Without them Grafana colours every
+	// value green (red from 80), so every stat and table sets its own.
+	Thresholds []Step
+	// ShowThresholds draws Thresholds behind a time series: "line+area",
+	// "area", "line" or "dashed".
+	ShowThresholds string
+	// ColorByValue colours a time series' lines by Thresholds (a peer at 0
+	// SAs red) instead of one palette colour per series.
+	ColorByValue bool
+	// FixedColor gives every series one colour (plaintext to peers: red).
+	FixedColor string
+	// SeriesColors colour the series whose display name matches a regexp.
+	SeriesColors []SeriesColor
+}
+
+// Step is one threshold: values from From up (the first step has no From:
+// it starts at minus infinity) are shown in Color.
+type Step struct {
+	From  *float64
+	Color string
+}
+
+// SeriesColor is a fixed colour for the series whose name matches Regexp.
+type SeriesColor struct {
+	Regexp, Color string
+}
+
+// Colours with a meaning; Grafana's named colours.
+const (
+	good    = "green"
+	warning = "orange"
+	bad     = "red"
+	neutral = "blue"
+)
+
+// steps builds thresholds: a base colour, then (value, colour) pairs in
+// ascending order.
+func steps(base string, more ...any) []Step {
+	out := []Step{{Color: base}}
+	for i := 0; i+1 < len(more); i += 2 {
+		out = append(out, Step{From: f(more[i].(float64)), Color: more[i+1].(string)})
+	}
+	return out
 }
 
 // Target is one PromQL query of a panel.
@@ -115,7 +181,7 @@ func (d Dashboard) JSON() ([]byte, error) {
 			"includeVars": true,
 			"keepTime":    true,
 		}},
-		"templating": map[string]any{"list": variables()},
+		"templating": map[string]any{"list": variables(d.Filters)},
 		"panels":     panels,
 	}
 	b, err := json.MarshalIndent(model, "", "  ")
@@ -130,7 +196,18 @@ func (p Panel) model(id, x, y, w, h int) map[string]any {
 	if typ == "" {
 		typ = "timeseries"
 	}
-	defaults := map[string]any{"unit": p.Unit}
+	defaults := map[string]any{"unit": p.Unit, "color": p.colorMode()}
+	if len(p.Thresholds) > 0 {
+		var st []any
+		for _, step := range p.Thresholds {
+			var from any // JSON null: the base step
+			if step.From != nil {
+				from = *step.From
+			}
+			st = append(st, map[string]any{"color": step.Color, "value": from})
+		}
+		defaults["thresholds"] = map[string]any{"mode": "absolute", "steps": st}
+	}
 	if p.Min != nil {
 		defaults["min"] = *p.Min
 	}
@@ -141,6 +218,13 @@ func (p Panel) model(id, x, y, w, h int) map[string]any {
 	switch typ {
 	case "timeseries":
 		custom := map[string]any{"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never", "spanNulls": false}
+		custom["thresholdsStyle"] = map[string]any{"mode": "off"}
+		if p.ShowThresholds != "" {
+			custom["thresholdsStyle"] = map[string]any{"mode": p.ShowThresholds}
+		}
+		if p.ColorByValue {
+			custom["gradientMode"] = "scheme"
+		}
 		if p.Stack {
 			custom["stacking"] = map[string]any{"mode": "normal", "group": "A"}
 			custom["fillOpacity"] = 30
@@ -161,6 +245,18 @@ func (p Panel) model(id, x, y, w, h int) map[string]any {
 		}
 	case "table":
 		options = map[string]any{"showHeader": true, "cellHeight": "sm", "footer": map[string]any{"show": false}}
+		// Cells of the value column in their threshold's colour.
+		defaults["custom"] = map[string]any{"cellOptions": map[string]any{"type": "color-background"}}
+	}
+	var overrides []any
+	for _, c := range p.SeriesColors {
+		overrides = append(overrides, map[string]any{
+			"matcher":    map[string]any{"id": "byRegexp", "options": c.Regexp},
+			"properties": []any{map[string]any{"id": "color", "value": map[string]any{"mode": "fixed", "fixedColor": c.Color}}},
+		})
+	}
+	if overrides == nil {
+		overrides = []any{}
 	}
 	var targets []any
 	for i, t := range p.Targets {
@@ -184,7 +280,7 @@ func (p Panel) model(id, x, y, w, h int) map[string]any {
 		"description": p.Description,
 		"datasource":  datasourceRef,
 		"gridPos":     map[string]int{"h": h, "w": w, "x": x, "y": y},
-		"fieldConfig": map[string]any{"defaults": defaults, "overrides": []any{}},
+		"fieldConfig": map[string]any{"defaults": defaults, "overrides": overrides},
 		"options":     options,
 		"targets":     targets,
 	}
@@ -199,10 +295,23 @@ func (p Panel) model(id, x, y, w, h int) map[string]any {
 	return panel
 }
 
+// colorMode is how Grafana picks colours: by the thresholds for stats,
+// tables and ColorByValue, one fixed colour, or the palette (one colour per
+// series).
+func (p Panel) colorMode() map[string]any {
+	switch {
+	case p.FixedColor != "":
+		return map[string]any{"mode": "fixed", "fixedColor": p.FixedColor}
+	case p.ColorByValue || p.Type == "stat" || p.Type == "table":
+		return map[string]any{"mode": "thresholds"}
+	}
+	return map[string]any{"mode": "palette-classic"}
+}
+
 // variables are the same on every dashboard: the datasource, then job, node
 // and instance, each narrowing the next. node is the label the Kubernetes
 // example adds; where it does not exist, "All" (.*) matches every series.
-func variables() []any {
+func variables(filters []Filter) []any {
 	query := func(name, label, q string, all bool) map[string]any {
 		v := map[string]any{
 			"name":       name,
@@ -226,7 +335,7 @@ func variables() []any {
 		}
 		return v
 	}
-	return []any{
+	vars := []any{
 		map[string]any{
 			"name":    "datasource",
 			"label":   "Data source",
@@ -242,4 +351,8 @@ func variables() []any {
 		query("node", "Node", `label_values(ipsec_exporter_build_info{job=~"$job"}, node)`, true),
 		query("instance", "Instance", `label_values(ipsec_exporter_build_info{job=~"$job", node=~"$node"}, instance)`, true),
 	}
+	for _, f := range filters {
+		vars = append(vars, query(f.Name, f.Label, fmt.Sprintf("label_values(%s{%s}, %s)", f.Metric, sel, f.Name), true))
+	}
+	return vars
 }

@@ -91,6 +91,9 @@ func checkAgainstScrape(t *testing.T, where string, vs *parser.VectorSelector, s
 			t.Errorf("%s: %s has no label %q in the lab scrape", where, vs.Name, m.Name)
 			continue
 		}
+		if strings.HasPrefix(m.Value, "$") {
+			continue // a dashboard variable: any value the label has
+		}
 		if m.Type == labels.MatchNotEqual && !seen[m.Value] && definedValues(m.Name)[m.Value] {
 			continue
 		}
@@ -207,5 +210,48 @@ func TestLabScrapeLints(t *testing.T) {
 	cmd.Stdin = f
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics %s: %v\n%s", labScrape, err, out)
+	}
+}
+
+// TestFiltersNarrowEveryPanel: on a dashboard with filter variables
+// (namespace, peer), every selector of a metric that has the filter's label
+// in the lab scrape matches it on the variable, so choosing a peer narrows
+// every panel it can; and each variable's own query reads a metric that
+// has the label.
+func TestFiltersNarrowEveryPanel(t *testing.T) {
+	scrape := loadScrape(t, labScrape)
+	hasLabel := func(metric, label string) bool {
+		for _, m := range scrape[metric].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, d := range all {
+		for _, f := range d.Filters {
+			if !hasLabel(f.Metric, f.Name) {
+				t.Errorf("%s: variable %s reads %s, which has no label %s in the lab scrape", d.File, f.Name, f.Metric, f.Name)
+			}
+		}
+		for _, row := range d.Rows {
+			for _, p := range row.Panels {
+				for _, target := range p.Targets {
+					expr, err := promql.ParseExpr(expandForParsing(target.Expr))
+					if err != nil {
+						t.Fatalf("%s %q: %v", d.File, p.Title, err)
+					}
+					for _, vs := range selectors(expr) {
+						for _, f := range d.Filters {
+							if hasLabel(vs.Name, f.Name) && !hasVariableMatcher(vs, f.Name) {
+								t.Errorf("%s %q: %s has label %s but does not match it on $%s", d.File, p.Title, vs.Name, f.Name, f.Name)
+							}
+						}
+					}
+				}
+			}
+		}
 	}
 }

@@ -213,7 +213,9 @@ func (e *exporter) client(timeout time.Duration) *http.Client {
 // and body.
 func (e *exporter) scrape(t *testing.T) (int, string) {
 	t.Helper()
-	resp, err := e.client(60 * time.Second).Get("http://" + e.addr + "/metrics")
+	client := e.client(60 * time.Second)
+	defer client.CloseIdleConnections() // a one-off scrape leaves no connection behind
+	resp, err := client.Get("http://" + e.addr + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape: %v\n%s", err, e.output.String())
 	}

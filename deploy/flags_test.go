@@ -1,6 +1,9 @@
 package deploy_test
 
 import (
+	"io"
+	"net"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -25,6 +28,11 @@ func TestBadFlagValues(t *testing.T) {
 		{"web.telemetry-path", "", `must be an absolute URL path starting with "/"`},
 		{"web.max-requests", "abc", `invalid value "abc"`},
 		{"web.max-requests", "-1", "must be 0 (no limit) or more"},
+		{"web.max-connections", "0", "must be 1 or more, got 0"},
+		{"web.read-timeout", "0s", "must be 1s or more, got 0s"},
+		{"web.write-timeout", "abc", `invalid value "abc"`},
+		{"web.idle-timeout", "500ms", "must be 1s or more, got 500ms"},
+		{"web.listen-address", "10871", `must be [host]:port or vsock://:port, got "10871"`},
 		{"collector.sa.max-series", "-5", "must be 0 (no limit) or between 1 and 1000000, got -5"},
 		{"collector.events.socket-buffer", "100", "must be 0 (the system default) or between 65536 and 1073741824 bytes"},
 		{"collector.vici.timeout", "-1s", "must be between 0 (the default, 5s) and 1m, got -1s"},
@@ -78,4 +86,59 @@ func numericFlags(t *testing.T) []string {
 		t.Fatalf("no numeric flag found in --help:\n%s", out)
 	}
 	return flags
+}
+
+// TestTelemetryPath: the metrics page is served at exactly the path given,
+// whatever characters it has (a path with "{" used to panic Go's ServeMux
+// pattern parser after the collectors had started), and the landing page at
+// "/" links to it.
+func TestTelemetryPath(t *testing.T) {
+	ns := newTestNetns(t)
+	const path = "/ipsec{metrics"
+	e := startExporterIn(t, ns, "--collector.netns.dir=", "--web.telemetry-path="+path)
+	e.waitListening(t)
+	client := e.client(60 * time.Second)
+	for target, want := range map[string]int{
+		"/ipsec%7Bmetrics": http.StatusOK, "/metrics": http.StatusNotFound,
+		"/ipsec%7Bmetrics/": http.StatusNotFound, "/": http.StatusOK,
+	} {
+		resp, err := client.Get("http://" + e.addr + target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: status %d, want %d", target, resp.StatusCode, want)
+		}
+		if target == "/ipsec%7Bmetrics" && !strings.Contains(string(body), "ipsec_exporter_build_info") {
+			t.Errorf("GET %s: no metrics", target)
+		}
+		if target == "/" && !strings.Contains(string(body), path) {
+			t.Errorf("the landing page does not link to %s", path)
+		}
+	}
+}
+
+// TestBusyPort: an address the exporter cannot listen on stops it before
+// any collector starts, naming the address.
+func TestBusyPort(t *testing.T) {
+	ns := newTestNetns(t)
+	var l net.Listener
+	if err := ns.do(func() (err error) { l, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e := startExporterIn(t, ns, "--collector.wire.attach-mode=tc", "--collector.netns.dir=",
+		"--web.listen-address="+l.Addr().String())
+	code := e.waitExit(t, 60*time.Second)
+	out := e.output.String()
+	if code == 0 || !strings.Contains(out, l.Addr().String()) || !strings.Contains(out, "address already in use") {
+		t.Errorf("exit status %d; the message does not name the busy address %s:\n%s", code, l.Addr(), out)
+	}
+	for _, started := range []string{"wire program attached", "enabled collectors", "panic"} {
+		if strings.Contains(out, started) {
+			t.Errorf("%q in the output: collectors started before the listener was open:\n%s", started, out)
+		}
+	}
 }

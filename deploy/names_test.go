@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -61,6 +62,9 @@ func TestInvalidUTF8Names(t *testing.T) {
 			t.Errorf("scrape %d: ipsec_scrape_label_values_repaired_total %q, want more than %v", i, v, repairs)
 		}
 		repairs = n
+		if i == 0 {
+			promtoolCheck(t, body)
+		}
 	}
 	select {
 	case <-e.exited:
@@ -79,4 +83,20 @@ func parseFloat(t *testing.T, s string) float64 {
 		t.Errorf("not a number: %q", s)
 	}
 	return v
+}
+
+// promtoolCheck runs `promtool check metrics` on an exposition: it must
+// parse, and follow Prometheus' naming conventions.
+func promtoolCheck(t *testing.T, exposition string) {
+	t.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Log("promtool not installed (make deps): exposition not checked")
+		return
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(exposition)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
 }

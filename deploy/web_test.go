@@ -37,6 +37,7 @@ const (
 type tlsSetup struct {
 	configPath string
 	client     *http.Client
+	tls        *tls.Config // the client's: trusts the certificate
 }
 
 func newTLSSetup(t *testing.T) tlsSetup {
@@ -81,11 +82,12 @@ func newTLSSetup(t *testing.T) tlsSetup {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
+	tlsConfig := &tls.Config{RootCAs: pool}
 	client := &http.Client{
 		Timeout:   30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		Transport: &http.Transport{TLSClientConfig: tlsConfig},
 	}
-	return tlsSetup{configPath: configPath, client: client}
+	return tlsSetup{configPath: configPath, client: client, tls: tlsConfig}
 }
 
 func writePEM(t *testing.T, path, blockType string, der []byte) {

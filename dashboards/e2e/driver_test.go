@@ -51,12 +51,12 @@ func TestLabDriver(t *testing.T) {
 	// A second tunnel, IPv6 in UDP (NAT-T), so that every wire class and
 	// both address families show up.
 	espNATT := pair.ESP(t, scenario.ESPOptions{IPv6: true, NATT: true})
-	installed := time.Now()
 	setLifetimes(t, pair.A)
 	wrongKey := newKeyFault(t, pair.A, esp.BA)
-	expiry := &expiryFault{node: pair.A, sa: esp.AB, installed: installed}
+	expiry := &expiryFault{node: pair.A, sa: esp.AB}
 	teardown := &teardownFault{node: pair.A, peer: esp.BA.Src}
-	leak := newLeakFault(t, pair.A, esp)
+	hole := scenario.NewPolicyHole(t, pair.A, esp, leakPort)
+	leak := faultFunc(hole.SetOpen)
 	// A third node C, behind A's second link, with a tunnel negotiated by
 	// strongSwan on both (DPD on): the IKE view (vici collector) and its
 	// tunnel-down alert.
@@ -88,8 +88,7 @@ func TestLabDriver(t *testing.T) {
 		// About 25 pings a second each way, and a few datagrams to the port
 		// the leak fault opens: enough for every rate to move within a few
 		// 1 s scrapes, little enough for an emulated CPU.
-		udp := udpSender(t, pair.A)
-		defer udp.Close()
+		udp := scenario.UDPSender(t, pair.A.Netns, "udp4")
 		leakDst := &net.UDPAddr{IP: esp.BAddr.AsSlice(), Port: leakPort}
 		for ctx.Err() == nil {
 			pair.A.PingTimeout(t, esp.BAddr, 5, 150*time.Millisecond)
@@ -136,34 +135,21 @@ func TestLabDriver(t *testing.T) {
 const softSeconds, hardSeconds = 3000, 3600
 
 // expiryFault brings an SA's hard time limit to 2 minutes from now (the
-// soft one just before), as if the rekey due at the soft limit had failed,
-// and back to the normal lifetimes.
+// soft one a minute earlier), as if the rekey due at the soft limit had
+// failed, and back to the normal lifetimes.
 type expiryFault struct {
-	mu        sync.Mutex
-	node      *scenario.Node
-	sa        scenario.SA
-	installed time.Time // when the SA was added: limits count from there
+	mu   sync.Mutex
+	node *scenario.Node
+	sa   scenario.SA
 }
 
 func (f *expiryFault) set(on bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	states, err := f.node.NL.XfrmStateList(netlink.FAMILY_ALL)
-	if err != nil {
-		return err
+	if on {
+		return scenario.ExpireIn(f.node.Netns, f.sa, time.Minute, 2*time.Minute)
 	}
-	for _, st := range states {
-		if uint32(st.Spi) != f.sa.SPI {
-			continue
-		}
-		st.Limits.TimeSoft, st.Limits.TimeHard = softSeconds, hardSeconds
-		if on {
-			age := uint64(time.Since(f.installed).Seconds())
-			st.Limits.TimeSoft, st.Limits.TimeHard = age+60, age+120
-		}
-		return f.node.NL.XfrmStateUpdate(&st)
-	}
-	return fmt.Errorf("SA 0x%x not found", f.sa.SPI)
+	return scenario.SetTimeLimits(f.node.Netns, f.sa, softSeconds, hardSeconds)
 }
 
 // teardownFault deletes every SA a node has with a peer and puts them
@@ -263,6 +249,11 @@ const leakPort = 7777
 
 type fault interface{ set(on bool) error }
 
+// faultFunc makes a fault of a function that switches it.
+type faultFunc func(on bool) error
+
+func (f faultFunc) set(on bool) error { return f(on) }
+
 // proxy accepts on listen in the current (root) namespace and relays each
 // connection to target dialled inside n.
 func proxy(t *testing.T, listen string, n *scenario.Node, target string) {
@@ -293,77 +284,6 @@ func proxy(t *testing.T, listen string, n *scenario.Node, target string) {
 			}()
 		}
 	}()
-}
-
-// udpSender is an unconnected UDP socket in n. Unconnected, so every
-// datagram gets a fresh route and policy lookup: a connected socket would
-// keep the plaintext route it cached while the leak fault's hole was open.
-func udpSender(t *testing.T, n *scenario.Node) net.PacketConn {
-	t.Helper()
-	var c net.PacketConn
-	if err := n.Do(func() (err error) {
-		c, err = net.ListenPacket("udp4", ":0")
-		return err
-	}); err != nil {
-		t.Fatalf("udp socket: %v", err)
-	}
-	return c
-}
-
-// leakFault opens a hole in A's policies: an "allow" policy for UDP to
-// B's leakPort that wins over the ESP policy, as a too narrow or
-// mis-prioritised IKE configuration would. A's own out policies are moved
-// behind it (priority 10) once, at setup; the hole comes and goes.
-type leakFault struct {
-	mu   sync.Mutex
-	node *scenario.Node
-	hole netlink.XfrmPolicy
-	on   bool
-}
-
-func newLeakFault(t *testing.T, n *scenario.Node, esp *scenario.ESP) *leakFault {
-	t.Helper()
-	pols, err := n.NL.XfrmPolicyList(netlink.FAMILY_ALL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pol := range pols {
-		if pol.Dir == netlink.XFRM_DIR_OUT {
-			pol.Priority = 10
-			if err := n.NL.XfrmPolicyUpdate(&pol); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return &leakFault{node: n, hole: netlink.XfrmPolicy{
-		Src:      &net.IPNet{IP: esp.AAddr.AsSlice(), Mask: net.CIDRMask(esp.AAddr.BitLen(), esp.AAddr.BitLen())},
-		Dst:      &net.IPNet{IP: esp.BAddr.AsSlice(), Mask: net.CIDRMask(esp.BAddr.BitLen(), esp.BAddr.BitLen())},
-		Proto:    netlink.Proto(17),
-		DstPort:  leakPort,
-		Dir:      netlink.XFRM_DIR_OUT,
-		Priority: 1,
-		Action:   netlink.XFRM_POLICY_ALLOW,
-	}}
-}
-
-func (f *leakFault) set(on bool) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if on == f.on {
-		return nil
-	}
-	hole := f.hole
-	var err error
-	if on {
-		err = f.node.NL.XfrmPolicyAdd(&hole)
-	} else {
-		err = f.node.NL.XfrmPolicyDel(&hole)
-	}
-	if err != nil {
-		return fmt.Errorf("policy hole: %w", err)
-	}
-	f.on = on
-	return nil
 }
 
 // upHostLink gives the VM's user-mode network interface qemu's default

@@ -37,9 +37,9 @@ var (
 	update = flag.Bool("update", false, "rewrite ../testdata/lab-scrape.prom from the lab's scrape")
 	// -prometheus checks the dashboards against a running Prometheus that
 	// scrapes the exporter as job "ipsec" with our rules, e.g. the one
-	// scripts/lab-monitoring.sh starts next to `make lab`.
+	// `make lab` starts.
 	existing = flag.String("prometheus", "", "URL of a running Prometheus to run every dashboard query against (TestQueriesAgainstPrometheus)")
-	rangeArg = flag.String("rate-interval", "20s", "what $__rate_interval stands for with -prometheus (4 scrape intervals)")
+	rangeArg = flag.String("rate-interval", "40s", "what $__rate_interval stands for with -prometheus (4 scrape intervals of make lab's Prometheus)")
 )
 
 // TestQueriesAgainstPrometheus runs every dashboard query and recording
@@ -70,6 +70,7 @@ const (
 // durations; thresholds stay as shipped.
 func fastSettings() rules.Settings {
 	s := rules.Default
+	s.Name = "e2e fastSettings"
 	s.Selector = `job="` + jobName + `"`
 	s.EvaluationInterval = evalInterval
 	s.RateWindow = rateWindow

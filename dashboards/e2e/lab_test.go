@@ -91,8 +91,8 @@ func bootLab(ctx context.Context, t *testing.T) *labVM {
 			fmt.Sprintf("tcp:%s-:%d", exporterAddr, vmExporterPort),
 			fmt.Sprintf("tcp:%s-:%d", ctlAddr, vmControlPort),
 		},
-		Timeout: 10 * time.Minute, BootTimeout: 90 * time.Second,
-		OnLine: func(line string) { t.Log("vm: " + line) },
+		Timeout: 10 * time.Minute, // BootTimeout: IPSEC_LAB_BOOT_TIMEOUT or the lab default
+		OnLine:  func(line string) { t.Log("vm: " + line) },
 	}
 	vmCtx, stopVM := context.WithCancel(ctx)
 	done := make(chan lab.Outcome, 1)

@@ -6,32 +6,66 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
-var update = flag.Bool("update", false, "rewrite examples/prometheus/rules.yml from the template and settings")
+var update = flag.Bool("update", false, "rewrite examples/prometheus/rules.yml and rules-lab.yml from the template and settings")
 
 // shipped is the rules file users take, relative to this package.
 const shipped = "../../examples/prometheus/rules.yml"
 
-// TestShippedRulesMatchTemplate keeps the committed rules.yml and its source
-// (template + Default settings) from drifting apart.
+// labRules is what the Prometheus of `make lab` loads
+// (examples/prometheus/prometheus-lab.yml).
+const labRules = "../../examples/prometheus/rules-lab.yml"
+
+// rendered are the committed rules files and the settings each is rendered with.
+var rendered = []struct {
+	file     string
+	settings Settings
+}{{shipped, Default}, {labRules, Lab}}
+
+// TestShippedRulesMatchTemplate keeps the committed rules files and their
+// source (template + settings) from drifting apart.
 func TestShippedRulesMatchTemplate(t *testing.T) {
-	want, err := Render(Default)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if *update {
-		if err := os.WriteFile(shipped, want, 0o644); err != nil {
+	for _, r := range rendered {
+		want, err := Render(r.settings)
+		if err != nil {
 			t.Fatal(err)
 		}
+		if *update {
+			if err := os.WriteFile(r.file, want, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := os.ReadFile(r.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from the template rendered with %s: run `go test ./rules -update` in dashboards/", r.file, r.settings.Name)
+		}
 	}
-	got, err := os.ReadFile(shipped)
-	if err != nil {
-		t.Fatal(err)
+}
+
+// TestLabSettingsKeepThresholds: the lab's rules differ from the shipped
+// ones only in windows, for: durations and their name, so an alert that
+// fires in `make lab` is the shipped alert, only sooner.
+func TestLabSettingsKeepThresholds(t *testing.T) {
+	def, lab := reflect.ValueOf(Default), reflect.ValueOf(Lab)
+	for i := range def.NumField() {
+		f := def.Type().Field(i)
+		if f.Type.Kind() == reflect.String {
+			continue // windows, durations, selectors and names
+		}
+		if !reflect.DeepEqual(def.Field(i).Interface(), lab.Field(i).Interface()) {
+			t.Errorf("Lab.%s = %v, Default.%s = %v: the lab may shorten windows, not move thresholds", f.Name, lab.Field(i), f.Name, def.Field(i))
+		}
 	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("%s differs from the template rendered with Default settings: run `go test ./rules -update` in dashboards/", shipped)
+	for _, name := range []string{"Selector", "InstanceLabels", "RunbookURL"} {
+		if def.FieldByName(name).String() != lab.FieldByName(name).String() {
+			t.Errorf("Lab.%s differs from Default.%s", name, name)
+		}
 	}
 }
 
@@ -40,7 +74,7 @@ func TestShippedRulesMatchTemplate(t *testing.T) {
 // configuration, and `test rules` on every unit test file.
 func TestPromtool(t *testing.T) {
 	promtool := lookPromtool(t)
-	out, err := exec.Command(promtool, "check", "rules", shipped).CombinedOutput()
+	out, err := exec.Command(promtool, "check", "rules", shipped, labRules).CombinedOutput()
 	if err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}

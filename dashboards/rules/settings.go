@@ -10,6 +10,8 @@ package rules
 // the committed rules.yml; change them there (and re-run
 // `go test ./rules -update` in dashboards/) rather than editing the YAML.
 type Settings struct {
+	// Name says in the rendered file's header which settings made it.
+	Name string
 	// Selector picks the exporter's series in every rule: the label matchers
 	// of the scrape job that scrapes ipsec_exporter.
 	Selector string
@@ -93,6 +95,7 @@ type Settings struct {
 
 // Default is what examples/prometheus/rules.yml is rendered from.
 var Default = Settings{
+	Name:               "rules.Default",
 	Selector:           `job="ipsec"`,
 	InstanceLabels:     "job, node, instance",
 	RateWindow:         "5m",
@@ -129,3 +132,29 @@ var Default = Settings{
 
 	RunbookURL: "https://github.com/ipsec-exporter/ipsec_exporter/blob/main/docs/runbook.md",
 }
+
+// Lab is what examples/prometheus/rules-lab.yml is rendered from: the
+// Prometheus that `make lab` starts (prometheus-lab.yml, a 10 s scrape
+// interval) uses it so that the lab's provoked faults fire their alerts
+// within about two minutes of `make lab` instead of ten. Only windows and
+// for: durations differ from Default; every threshold is the shipped one
+// (TestLabSettingsKeepThresholds), so what fires in the lab fires the same
+// way in production, only later.
+var Lab = func() Settings {
+	s := Default
+	s.Name = "rules.Lab"
+	// Twelve scrapes of the lab's 10 s interval: under emulation on a busy
+	// machine a scrape can take several seconds, and a window with fewer
+	// than two samples empties the rates the alerts read.
+	s.RateWindow = "2m"
+	// The four alerts the lab's faults are there to fire.
+	s.DecryptFailureFor = "30s"
+	s.EncryptFailureFor = "30s"
+	s.UnprotectedFor = "30s"
+	s.SAExpiryFor = "30s"
+	// The others keep their shipped windows: IpsecExporterDown would fire
+	// while the VM boots, IpsecPeerSAsGone and IpsecRekeyStorm on the lab's
+	// expiry cycle, which deletes a pair's SAs and brings new ones every
+	// 50 s on purpose.
+	return s
+}()

@@ -1,10 +1,8 @@
 package kubernetes
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +14,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
 // wantCaps are the capabilities the exporter needs (kernels >= 5.11), as
@@ -27,42 +22,6 @@ import (
 var wantCaps = []corev1.Capability{"BPF", "PERFMON", "NET_ADMIN"}
 
 const defaultPort = 10871
-
-// decoder decodes strictly: an unknown or misspelled field, or a field
-// given twice, is an error, as with `kubectl apply --validate=strict`.
-func decoder() runtime.Decoder {
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{
-		corev1.AddToScheme, appsv1.AddToScheme, monitoringv1.AddToScheme,
-	} {
-		if err := add(scheme); err != nil {
-			panic(err)
-		}
-	}
-	return serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
-}
-
-func decodeAll(data []byte) ([]runtime.Object, error) {
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	var objs []runtime.Object
-	for {
-		doc, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
-		obj, _, err := decoder().Decode(doc, nil, nil)
-		if err != nil {
-			return nil, err
-		}
-		objs = append(objs, obj)
-	}
-}
 
 // manifests holds every object of every *.yaml file here.
 type manifests struct {
@@ -87,7 +46,7 @@ func load(t *testing.T) manifests {
 			t.Fatal(err)
 		}
 		m.raw[f] = data
-		objs, err := decodeAll(data)
+		objs, err := DecodeAll(data)
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
@@ -130,7 +89,7 @@ func TestStrictDecodingCatchesTypos(t *testing.T) {
 		if bytes.Equal(broken, m.raw[file]) {
 			t.Fatalf("%s has no %q to break", file, from)
 		}
-		if _, err := decodeAll(broken); err == nil {
+		if _, err := DecodeAll(broken); err == nil {
 			t.Errorf("%s with %q misspelled %q decoded without error", file, from, to)
 		}
 	}
@@ -233,10 +192,13 @@ func TestDaemonSet(t *testing.T) {
 	if _, ok := c.Resources.Limits[corev1.ResourceMemory]; !ok {
 		t.Error("no memory limit")
 	}
-	// Without SYS_ADMIN the exporter cannot enter named namespaces
-	// (deploy/caps_lab_test.go measures it): the DaemonSet must not ask it to.
-	if !slices.Contains(c.Args, "--collector.netns.dir=") {
-		t.Errorf("args %v lack --collector.netns.dir= (own namespace only), which the capabilities require", c.Args)
+	// The defaults work under the three capabilities (a namespace it may
+	// not enter is skipped and counted: deploy/caps_lab_test.go), so the
+	// DaemonSet does not override them.
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "--collector.netns.") {
+			t.Errorf("args override %s: the default works under the DaemonSet's capabilities", a)
+		}
 	}
 	if len(c.Ports) != 1 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != defaultPort {
 		t.Errorf("ports = %+v, want one named metrics on %d", c.Ports, defaultPort)

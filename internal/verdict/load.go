@@ -56,11 +56,16 @@ var ErrRequiredHook = errors.New("required hook not attached")
 
 // required targets: without them no verdict is possible. A mode is only
 // chosen by auto when all of these attach.
-var required = []string{"xfrm_input", "xfrm_output_resume", "kfree_skb"}
+var required = []string{"xfrm_replay_recheck", "xfrm_rcv_cb", "xfrm_replay_overflow", "kfree_skb"}
+
+// countsOK are the targets whose programs count the ok: they attach last
+// and detach first, so that no ok is counted whose later drop the drop
+// programs would not see.
+var countsOK = []string{"xfrm_replay_recheck", "xfrm_replay_overflow"}
 
 // alternatives: one target of each group is enough (the kernel has one or
 // the other); the missing one is not a failure.
-var alternatives = [][]string{{"xfrm_state_lookup", "xfrm_input_state_lookup"}}
+var alternatives [][]string
 
 // Load loads the verdict maps and programs and attaches the programs. It
 // returns an error when nothing can count (maps or the required hooks fail),
@@ -177,7 +182,8 @@ func (v *Verdicts) Close() error {
 }
 
 func (v *Verdicts) detach() {
-	// Entries first, so that no frame is pushed without its exit.
+	// The ok counters first (attached last), so that no ok is counted
+	// whose drop goes unseen.
 	for i := len(v.links) - 1; i >= 0; i-- {
 		_ = v.links[i].Close()
 	}
@@ -207,9 +213,8 @@ var modeKinds = map[string][]string{
 	ModeKprobe: {"kprobe", "kretprobe", "raw_tracepoint"},
 }
 
-// hooksFor lists the mode's programs in attach order: markers, then exits,
-// then the entries that push frames, so that every pushed frame already has
-// its exit and its markers.
+// hooksFor lists the mode's programs in attach order: the programs that
+// classify drops first, then those that count the ok.
 func hooksFor(spec *ebpf.CollectionSpec, mode string) []*Hook {
 	var hooks []*Hook
 	for name, p := range spec.Programs {
@@ -220,11 +225,7 @@ func hooksFor(spec *ebpf.CollectionSpec, mode string) []*Hook {
 		hooks = append(hooks, &Hook{Program: name, Kind: kind, Target: target})
 	}
 	rank := func(h *Hook) int {
-		funnel := h.Target == "xfrm_input" || h.Target == "xfrm_output_resume"
-		switch {
-		case funnel && (h.Kind == "fentry" || h.Kind == "kprobe"):
-			return 2
-		case funnel:
+		if slices.Contains(countsOK, h.Target) {
 			return 1
 		}
 		return 0

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -39,17 +40,15 @@ var (
 		xfrmVerdictVerdictResultRESULT_SEQ_OVERFLOW:  "seq_overflow",
 		xfrmVerdictVerdictResultRESULT_OUTPUT_ERROR:  "output_error",
 	}
-	// internalResults are numbers of the C side that are not results.
+	// internalResults are numbers of the C side that are not exported
+	// results: retracted is subtracted from ok (Read), none is no hint.
 	internalResults = map[xfrmVerdictVerdictResult]string{
-		xfrmVerdictVerdictResultRESULT_NONE: "none",
+		xfrmVerdictVerdictResultRESULT_RETRACTED: "retracted",
+		xfrmVerdictVerdictResultRESULT_NONE:      "none",
 	}
 	// errorNames index the verdict_errors array.
 	errorNames = map[xfrmVerdictVerdictError]string{
-		xfrmVerdictVerdictErrorERR_MAP_FULL:       "map_full",
-		xfrmVerdictVerdictErrorERR_STACK_FULL:     "stack_full",
-		xfrmVerdictVerdictErrorERR_STALE_FRAME:    "stale_frame",
-		xfrmVerdictVerdictErrorERR_UNMATCHED_EXIT: "unmatched_exit",
-		xfrmVerdictVerdictErrorERR_PENDING_MISS:   "pending_miss",
+		xfrmVerdictVerdictErrorERR_MAP_FULL: "map_full",
 	}
 )
 
@@ -88,11 +87,38 @@ type Entry struct {
 type Maps struct {
 	objs     xfrmVerdictMaps
 	verdicts *bpfmap.Reader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue]
-	lastLen  int // keys at the last read: the next read's capacity
+	peerSet  *ebpf.MapSpec // the known-peer set's spec: each replacement is a new map of it
+
+	peersMu   sync.Mutex
+	peers     int    // addresses in the current known-peer set
+	peersLeft uint64 // addresses left out of replacements because the set was full (a counter)
+
+	mu       sync.Mutex
+	lastLen  int                      // keys at the last read: the next read's capacity
+	exported map[okKey]verdictCounter // the ok last returned per key (never goes down)
 }
+
+// okKey is a verdict key without its result: where an ok and its
+// retractions meet.
+type okKey struct {
+	direction string
+	peer      netip.Addr
+}
+
+type verdictCounter struct{ packets, bytes uint64 }
 
 // DefaultMapSize is the default number of {direction, peer, result} keys.
 const DefaultMapSize = 16384
+
+// The bounds of the counter map's size. The kernel preallocates every key's
+// value on every possible CPU when the map is created (16 bytes each plus
+// the key and hash overhead, ~100 bytes per key and CPU): 262144 keys are
+// about 25 MiB per CPU, and start-up stalls while the kernel allocates far
+// more. 0 keys is no map at all.
+const (
+	MinMapSize = 1
+	MaxMapSize = 262144
+)
 
 // NewMaps creates the maps of the verdict object, with room for mapSize
 // counter keys.
@@ -108,8 +134,8 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
 	if err := bpfmap.RemoveMemlock(); err != nil {
 		return nil, err
 	}
-	if mapSize == 0 {
-		return nil, errors.New("verdict map size must be positive")
+	if mapSize < MinMapSize || mapSize > MaxMapSize {
+		return nil, fmt.Errorf("verdict map size %d out of bounds [%d, %d]", mapSize, MinMapSize, MaxMapSize)
 	}
 	spec = spec.Copy()
 	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = mapSize
@@ -118,7 +144,60 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
 		return nil, fmt.Errorf("creating BPF maps: %w", err)
 	}
 	m.verdicts = bpfmap.NewReader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue](m.objs.Verdicts)
+	m.peerSet = spec.Maps[xfrmVerdictMapKnownPeers].InnerMap.Copy()
 	return m, nil
+}
+
+// KnownPeersMax is the capacity of the known-peer set (KNOWN_PEERS_MAX in
+// bpf/xfrm_verdict.h).
+const KnownPeersMax = 16384
+
+// SetKnownPeers makes peers the node's known IPsec peers: a failure whose
+// peer comes from the packet (decrypt no_state and header_error, encrypt
+// no_state) is counted under its own peer only when that peer is in the
+// set, else under the unknown peer (bpf/README.md, "Peers"). The whole set
+// is replaced at once: the programs see the old set or the new one, never a
+// mix. Addresses beyond KnownPeersMax are left out and counted
+// (KnownPeers).
+func (m *Maps) SetKnownPeers(peers []netip.Addr) (err error) {
+	set, err := ebpf.NewMap(m.peerSet)
+	if err != nil {
+		return fmt.Errorf("creating a known-peer set: %w", err)
+	}
+	// known_peers holds its own reference to the installed set.
+	defer func() { err = errors.Join(err, set.Close()) }()
+	seen := map[netip.Addr]bool{}
+	var left uint64
+	for _, p := range peers {
+		p = p.Unmap()
+		if !p.IsValid() || seen[p] {
+			continue
+		}
+		if len(seen) == KnownPeersMax {
+			left++
+			continue
+		}
+		seen[p] = true
+		k := xfrmVerdictKnownPeerKey{Addr: netip.AddrFrom16(p.As16()).As16()}
+		if err := set.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("adding known peer %s: %w", p, err)
+		}
+	}
+	if err := m.objs.KnownPeers.Put(uint32(0), set); err != nil {
+		return fmt.Errorf("installing the known-peer set: %w", err)
+	}
+	m.peersMu.Lock()
+	m.peers, m.peersLeft = len(seen), m.peersLeft+left
+	m.peersMu.Unlock()
+	return nil
+}
+
+// KnownPeers returns the size of the current known-peer set and how many
+// addresses all replacements so far left out because it was full.
+func (m *Maps) KnownPeers() (size int, leftOut uint64) {
+	m.peersMu.Lock()
+	defer m.peersMu.Unlock()
+	return m.peers, m.peersLeft
 }
 
 // replacements are the maps every program of the object shares.
@@ -126,9 +205,11 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		xfrmVerdictMapVerdicts:       m.objs.Verdicts,
 		xfrmVerdictMapVerdictErrors:  m.objs.VerdictErrors,
-		xfrmVerdictMapFrames:         m.objs.Frames,
+		xfrmVerdictMapDecryptState:   m.objs.DecryptState,
 		xfrmVerdictMapPendingEncrypt: m.objs.PendingEncrypt,
-		xfrmVerdictMapLookupScratch:  m.objs.LookupScratch,
+		xfrmVerdictMapBundleScratch:  m.objs.BundleScratch,
+		xfrmVerdictMapAddressScratch: m.objs.AddressScratch,
+		xfrmVerdictMapKnownPeers:     m.objs.KnownPeers,
 	}
 }
 
@@ -138,14 +219,58 @@ func (m *Maps) MaxEntries() uint32 { return m.objs.Verdicts.MaxEntries() }
 // Close releases the maps.
 func (m *Maps) Close() error { return m.objs.Close() }
 
-// Read returns every counter, summed over CPUs.
+// Read returns every counter, summed over CPUs. The programs count an ok
+// where the kernel counts the packet into its SA, and a "retracted" ok when
+// a later step drops the packet; ok is what passed: ok minus retracted. A
+// read that falls between an ok and its retraction returns the ok, and the
+// next reads keep ok where it was until the packets that follow make up
+// the difference, so the counter never goes down (bpf/README.md,
+// "Counting").
 func (m *Maps) Read() ([]Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	raw, err := m.raw()
+	if err != nil {
+		return nil, err
+	}
+	retracted := map[okKey]Entry{}
+	entries := make([]Entry, 0, len(raw))
+	for _, e := range raw {
+		if e.Result == internalResults[xfrmVerdictVerdictResultRESULT_RETRACTED] {
+			retracted[okKey{e.Direction, e.Peer}] = e
+		} else {
+			entries = append(entries, e)
+		}
+	}
+	if m.exported == nil {
+		m.exported = map[okKey]verdictCounter{}
+	}
+	for i, e := range entries {
+		if e.Result != resultNames[xfrmVerdictVerdictResultRESULT_OK] {
+			continue
+		}
+		key := okKey{e.Direction, e.Peer}
+		r, last := retracted[key], m.exported[key]
+		entries[i].Packets = max(last.packets, e.Packets-min(r.Packets, e.Packets))
+		entries[i].Bytes = max(last.bytes, e.Bytes-min(r.Bytes, e.Bytes))
+		m.exported[key] = verdictCounter{entries[i].Packets, entries[i].Bytes}
+	}
+	return entries, nil
+}
+
+// raw returns every key as the programs wrote it, internal results
+// included, summed over CPUs.
+func (m *Maps) raw() ([]Entry, error) {
 	entries := make([]Entry, 0, m.lastLen)
 	err := m.verdicts.Each(func(k xfrmVerdictVerdictKey, perCPU []xfrmVerdictVerdictValue) {
+		result := xfrmVerdictVerdictResult(k.Result)
 		e := Entry{
 			Direction: nameOf(directionNames, xfrmVerdictVerdictDir(k.Direction)),
-			Result:    nameOf(resultNames, xfrmVerdictVerdictResult(k.Result)),
+			Result:    nameOf(resultNames, result),
 			Peer:      peerAddr(k.Family, k.Peer),
+		}
+		if name, ok := internalResults[result]; ok {
+			e.Result = name
 		}
 		for _, v := range perCPU {
 			e.Packets += v.Packets

@@ -2,6 +2,7 @@ package verdict
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"slices"
@@ -117,6 +118,56 @@ func TestMapsReadNamesCNumbers(t *testing.T) {
 	}
 }
 
+// ok is what passed: the programs' ok minus its retractions, and it never
+// goes down, also when a read falls between an ok and its retraction.
+func TestMapsReadSubtractsRetracted(t *testing.T) {
+	m := newTestMaps(t, 8)
+	dirs, results := cEnum(t, "verdict_dir"), cEnum(t, "verdict_result")
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := netip.MustParseAddr("10.0.0.2")
+	put := func(result string, packets, bytes uint64) {
+		k := xfrmVerdictVerdictKey{Direction: uint8(dirs["DIR_ENCRYPT"]), Result: uint8(results[result]), Family: 4}
+		copy(k.Peer[:], peer.AsSlice())
+		v := make([]xfrmVerdictVerdictValue, ncpu)
+		v[0] = xfrmVerdictVerdictValue{Packets: packets, Bytes: bytes}
+		if err := m.objs.Verdicts.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() []Entry {
+		got, err := m.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sortEntries(got)
+		return got
+	}
+	ok := func(packets, bytes uint64) Entry {
+		return Entry{Direction: "encrypt", Result: "ok", Peer: peer, Packets: packets, Bytes: bytes}
+	}
+	put("RESULT_OK", 10, 1000)
+	put("RESULT_RETRACTED", 2, 200)
+	put("RESULT_PROTO_ERROR", 2, 220)
+	want := []Entry{ok(8, 800), {Direction: "encrypt", Result: "proto_error", Peer: peer, Packets: 2, Bytes: 220}}
+	sortEntries(want)
+	if got := read(); !slices.Equal(got, want) {
+		t.Errorf("Read = %+v, want %+v", got, want)
+	}
+	// A retraction whose ok was read before: ok stays at 8 until the
+	// next packets make up for it.
+	put("RESULT_RETRACTED", 3, 300)
+	if got := read(); got[0] != ok(8, 800) {
+		t.Errorf("after a late retraction ok = %+v, want it kept at 8 packets 800 bytes", got[0])
+	}
+	put("RESULT_OK", 12, 1200)
+	if got := read(); got[0] != ok(9, 900) {
+		t.Errorf("after two more ok ok = %+v, want 9 packets 900 bytes", got[0])
+	}
+}
+
 func TestMapsManyKeysAcrossBatches(t *testing.T) {
 	m := newTestMaps(t, 1000)
 	var in []Entry
@@ -152,7 +203,7 @@ func TestErrorsCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if errs["map_full"] != 7 || errs["stack_full"] != 0 || len(errs) != len(ErrorKinds()) {
+	if errs["map_full"] != 7 || len(errs) != len(ErrorKinds()) {
 		t.Errorf("Errors = %v", errs)
 	}
 }
@@ -185,4 +236,68 @@ func newTestMaps(t *testing.T, size uint32) *Maps {
 	}
 	t.Cleanup(func() { _ = m.Close() })
 	return m
+}
+
+// installedPeers reads the set the programs consult through known_peers.
+func installedPeers(t *testing.T, m *Maps) map[netip.Addr]bool {
+	t.Helper()
+	var id ebpf.MapID
+	if err := m.objs.KnownPeers.Lookup(uint32(0), &id); err != nil {
+		t.Fatalf("known_peers[0]: %v", err)
+	}
+	set, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	out := map[netip.Addr]bool{}
+	var k xfrmVerdictKnownPeerKey
+	var v uint8
+	it := set.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.AddrFrom16(k.Addr)] = true
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestSetKnownPeersReplacesTheSet(t *testing.T) {
+	m := newTestMaps(t, 8)
+	a, b, c := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.3")
+	if err := m.SetKnownPeers([]netip.Addr{a, b, a}); err != nil {
+		t.Fatal(err)
+	}
+	// IPv4 as IPv4-mapped IPv6, as the programs look it up.
+	want := map[netip.Addr]bool{netip.AddrFrom16(a.As16()): true, b: true}
+	if got := installedPeers(t, m); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("installed set %v, want %v", got, want)
+	}
+	if err := m.SetKnownPeers([]netip.Addr{c}); err != nil {
+		t.Fatal(err)
+	}
+	if got := installedPeers(t, m); len(got) != 1 || !got[netip.AddrFrom16(c.As16())] {
+		t.Errorf("after replacing with %s: installed %v", c, got)
+	}
+	if n, left := m.KnownPeers(); n != 1 || left != 0 {
+		t.Errorf("KnownPeers = %d, %d left out; want 1, 0", n, left)
+	}
+}
+
+func TestSetKnownPeersCountsWhatDoesNotFit(t *testing.T) {
+	m := newTestMaps(t, 8)
+	peers := make([]netip.Addr, KnownPeersMax+3)
+	for i := range peers {
+		peers[i] = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+	}
+	if err := m.SetKnownPeers(peers); err != nil {
+		t.Fatal(err)
+	}
+	if n, left := m.KnownPeers(); n != KnownPeersMax || left != 3 {
+		t.Errorf("KnownPeers = %d, %d left out; want %d, 3", n, left, KnownPeersMax)
+	}
+	if got := len(installedPeers(t, m)); got != KnownPeersMax {
+		t.Errorf("%d peers installed, want %d", got, KnownPeersMax)
+	}
 }

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xfrmVerdictKnownPeerKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
 type xfrmVerdictVerdictDir uint32
 
 const (
@@ -23,12 +28,8 @@ const (
 type xfrmVerdictVerdictError uint32
 
 const (
-	xfrmVerdictVerdictErrorERR_MAP_FULL       xfrmVerdictVerdictError = 0
-	xfrmVerdictVerdictErrorERR_STACK_FULL     xfrmVerdictVerdictError = 1
-	xfrmVerdictVerdictErrorERR_STALE_FRAME    xfrmVerdictVerdictError = 2
-	xfrmVerdictVerdictErrorERR_UNMATCHED_EXIT xfrmVerdictVerdictError = 3
-	xfrmVerdictVerdictErrorERR_PENDING_MISS   xfrmVerdictVerdictError = 4
-	xfrmVerdictVerdictErrorERR_MAX            xfrmVerdictVerdictError = 5
+	xfrmVerdictVerdictErrorERR_MAP_FULL xfrmVerdictVerdictError = 0
+	xfrmVerdictVerdictErrorERR_MAX      xfrmVerdictVerdictError = 1
 )
 
 type xfrmVerdictVerdictKey struct {
@@ -55,6 +56,7 @@ const (
 	xfrmVerdictVerdictResultRESULT_REJECTED      xfrmVerdictVerdictResult = 9
 	xfrmVerdictVerdictResultRESULT_SEQ_OVERFLOW  xfrmVerdictVerdictResult = 10
 	xfrmVerdictVerdictResultRESULT_OUTPUT_ERROR  xfrmVerdictVerdictResult = 11
+	xfrmVerdictVerdictResultRESULT_RETRACTED     xfrmVerdictVerdictResult = 12
 	xfrmVerdictVerdictResultRESULT_NONE          xfrmVerdictVerdictResult = 255
 )
 
@@ -64,7 +66,7 @@ type xfrmVerdictVerdictValue struct {
 	Bytes   uint64
 }
 
-type xfrmVerdictXvLookupArgs struct {
+type xfrmVerdictXvBundleArgs struct {
 	_      structs.HostLayout
 	Active uint64
 	Family uint8
@@ -72,84 +74,64 @@ type xfrmVerdictXvLookupArgs struct {
 	Daddr  [16]uint8
 }
 
-type xfrmVerdictXvPending struct {
-	_     structs.HostLayout
-	Skb   uint64
-	Bytes uint64
+type xfrmVerdictXvDecrypt struct {
+	_           structs.HostLayout
+	OkSkb       uint64
+	OkX         uint64
+	OkBytes     uint64
+	HintSkb     uint64
+	HintX       uint64
+	RejectedSkb uint64
+	OkPeer      [16]uint8
+	OkFamily    uint8
+	Hint        uint8
+	Pad         [6]uint8
 }
 
-type xfrmVerdictXvStack struct {
-	_     structs.HostLayout
-	Depth uint32
-	Pad   uint32
-	F     [8]struct {
-		_      structs.HostLayout
-		Skb    uint64
-		Bytes  uint64
-		CandX  uint64
-		Peer   [16]uint8
-		ErrIn  int32
-		Dir    uint8
-		Family uint8
-		Hint   uint8
-		Flags  uint8
-	}
+type xfrmVerdictXvPending struct {
+	_      structs.HostLayout
+	Skb    uint64
+	X      uint64
+	Bytes  uint64
+	Seq    uint32
+	Family uint8
+	Done   uint8
+	Pad    [2]uint8
+	Peer   [16]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xfrmVerdictMapFrames                         = "frames"
-	xfrmVerdictMapLookupScratch                  = "lookup_scratch"
-	xfrmVerdictMapPendingEncrypt                 = "pending_encrypt"
-	xfrmVerdictMapVerdictErrors                  = "verdict_errors"
-	xfrmVerdictMapVerdicts                       = "verdicts"
-	xfrmVerdictProgFentryIp6LocalOut             = "fentry___ip6_local_out"
-	xfrmVerdictProgFentryIpLocalOut              = "fentry___ip_local_out"
-	xfrmVerdictProgFentryXfrmAuditStateIcvfail   = "fentry_xfrm_audit_state_icvfail"
-	xfrmVerdictProgFentryXfrmAuditStateNotfound  = "fentry_xfrm_audit_state_notfound"
-	xfrmVerdictProgFentryXfrmInput               = "fentry_xfrm_input"
-	xfrmVerdictProgFentryXfrmOutputResume        = "fentry_xfrm_output_resume"
-	xfrmVerdictProgFentryXfrmReplayAdvance       = "fentry_xfrm_replay_advance"
-	xfrmVerdictProgFexitXfrm4RcvCb               = "fexit_xfrm4_rcv_cb"
-	xfrmVerdictProgFexitXfrm6RcvCb               = "fexit_xfrm6_rcv_cb"
-	xfrmVerdictProgFexitXfrmInput                = "fexit_xfrm_input"
-	xfrmVerdictProgFexitXfrmInputStateLookup     = "fexit_xfrm_input_state_lookup"
-	xfrmVerdictProgFexitXfrmLookupWithIfid       = "fexit_xfrm_lookup_with_ifid"
-	xfrmVerdictProgFexitXfrmOutputResume         = "fexit_xfrm_output_resume"
-	xfrmVerdictProgFexitXfrmReplayCheck          = "fexit_xfrm_replay_check"
-	xfrmVerdictProgFexitXfrmReplayOverflow       = "fexit_xfrm_replay_overflow"
-	xfrmVerdictProgFexitXfrmReplayRecheck        = "fexit_xfrm_replay_recheck"
-	xfrmVerdictProgFexitXfrmStateCheckExpire     = "fexit_xfrm_state_check_expire"
-	xfrmVerdictProgFexitXfrmStateLookup          = "fexit_xfrm_state_lookup"
-	xfrmVerdictProgKprobeIp6LocalOut             = "kprobe___ip6_local_out"
-	xfrmVerdictProgKprobeIpLocalOut              = "kprobe___ip_local_out"
-	xfrmVerdictProgKprobeXfrm4RcvCb              = "kprobe_xfrm4_rcv_cb"
-	xfrmVerdictProgKprobeXfrm6RcvCb              = "kprobe_xfrm6_rcv_cb"
-	xfrmVerdictProgKprobeXfrmAuditStateIcvfail   = "kprobe_xfrm_audit_state_icvfail"
-	xfrmVerdictProgKprobeXfrmAuditStateNotfound  = "kprobe_xfrm_audit_state_notfound"
-	xfrmVerdictProgKprobeXfrmInput               = "kprobe_xfrm_input"
-	xfrmVerdictProgKprobeXfrmLookupWithIfid      = "kprobe_xfrm_lookup_with_ifid"
-	xfrmVerdictProgKprobeXfrmOutputResume        = "kprobe_xfrm_output_resume"
-	xfrmVerdictProgKprobeXfrmReplayAdvance       = "kprobe_xfrm_replay_advance"
-	xfrmVerdictProgKprobeXfrmReplayOverflow      = "kprobe_xfrm_replay_overflow"
-	xfrmVerdictProgKretprobeXfrm4RcvCb           = "kretprobe_xfrm4_rcv_cb"
-	xfrmVerdictProgKretprobeXfrm6RcvCb           = "kretprobe_xfrm6_rcv_cb"
-	xfrmVerdictProgKretprobeXfrmInput            = "kretprobe_xfrm_input"
-	xfrmVerdictProgKretprobeXfrmInputStateLookup = "kretprobe_xfrm_input_state_lookup"
-	xfrmVerdictProgKretprobeXfrmLookupWithIfid   = "kretprobe_xfrm_lookup_with_ifid"
-	xfrmVerdictProgKretprobeXfrmOutputResume     = "kretprobe_xfrm_output_resume"
-	xfrmVerdictProgKretprobeXfrmReplayCheck      = "kretprobe_xfrm_replay_check"
-	xfrmVerdictProgKretprobeXfrmReplayOverflow   = "kretprobe_xfrm_replay_overflow"
-	xfrmVerdictProgKretprobeXfrmReplayRecheck    = "kretprobe_xfrm_replay_recheck"
-	xfrmVerdictProgKretprobeXfrmStateCheckExpire = "kretprobe_xfrm_state_check_expire"
-	xfrmVerdictProgKretprobeXfrmStateLookup      = "kretprobe_xfrm_state_lookup"
-	xfrmVerdictProgRawTracepointKfreeSkb         = "raw_tracepoint_kfree_skb"
-	xfrmVerdictProgTpBtfKfreeSkb                 = "tp_btf_kfree_skb"
-	xfrmVerdictVarUnusedVerdictDir               = "unused_verdict_dir"
-	xfrmVerdictVarUnusedVerdictError             = "unused_verdict_error"
-	xfrmVerdictVarUnusedVerdictResult            = "unused_verdict_result"
+	xfrmVerdictMapAddressScratch                       = "address_scratch"
+	xfrmVerdictMapBundleScratch                        = "bundle_scratch"
+	xfrmVerdictMapDecryptState                         = "decrypt_state"
+	xfrmVerdictMapKnownPeers                           = "known_peers"
+	xfrmVerdictMapPendingEncrypt                       = "pending_encrypt"
+	xfrmVerdictMapVerdictErrors                        = "verdict_errors"
+	xfrmVerdictMapVerdicts                             = "verdicts"
+	xfrmVerdictProgFentryXfrmAuditStateIcvfail         = "fentry_xfrm_audit_state_icvfail"
+	xfrmVerdictProgFentryXfrmAuditStateNotfound        = "fentry_xfrm_audit_state_notfound"
+	xfrmVerdictProgFentryXfrmAuditStateReplay          = "fentry_xfrm_audit_state_replay"
+	xfrmVerdictProgFentryXfrmReplayOverflow            = "fentry_xfrm_replay_overflow"
+	xfrmVerdictProgFentryXfrmReplayRecheck             = "fentry_xfrm_replay_recheck"
+	xfrmVerdictProgFexitXfrmRcvCb                      = "fexit_xfrm_rcv_cb"
+	xfrmVerdictProgFexitXfrmResolveAndCreateBundle     = "fexit_xfrm_resolve_and_create_bundle"
+	xfrmVerdictProgKprobeXfrmAuditStateIcvfail         = "kprobe_xfrm_audit_state_icvfail"
+	xfrmVerdictProgKprobeXfrmAuditStateNotfound        = "kprobe_xfrm_audit_state_notfound"
+	xfrmVerdictProgKprobeXfrmAuditStateReplay          = "kprobe_xfrm_audit_state_replay"
+	xfrmVerdictProgKprobeXfrmRcvCb                     = "kprobe_xfrm_rcv_cb"
+	xfrmVerdictProgKprobeXfrmReplayOverflow            = "kprobe_xfrm_replay_overflow"
+	xfrmVerdictProgKprobeXfrmReplayRecheck             = "kprobe_xfrm_replay_recheck"
+	xfrmVerdictProgKprobeXfrmResolveAndCreateBundle    = "kprobe_xfrm_resolve_and_create_bundle"
+	xfrmVerdictProgKretprobeXfrmResolveAndCreateBundle = "kretprobe_xfrm_resolve_and_create_bundle"
+	xfrmVerdictProgRawTracepointKfreeSkb               = "raw_tracepoint_kfree_skb"
+	xfrmVerdictProgTpBtfKfreeSkb                       = "tp_btf_kfree_skb"
+	xfrmVerdictVarUnusedKnownPeerKey                   = "unused_known_peer_key"
+	xfrmVerdictVarUnusedVerdictDir                     = "unused_verdict_dir"
+	xfrmVerdictVarUnusedVerdictError                   = "unused_verdict_error"
+	xfrmVerdictVarUnusedVerdictResult                  = "unused_verdict_result"
 )
 
 // loadXfrmVerdict returns the embedded CollectionSpec for xfrmVerdict.
@@ -194,56 +176,33 @@ type xfrmVerdictSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xfrmVerdictProgramSpecs struct {
-	FentryIp6LocalOut             *ebpf.ProgramSpec `ebpf:"fentry___ip6_local_out"`
-	FentryIpLocalOut              *ebpf.ProgramSpec `ebpf:"fentry___ip_local_out"`
-	FentryXfrmAuditStateIcvfail   *ebpf.ProgramSpec `ebpf:"fentry_xfrm_audit_state_icvfail"`
-	FentryXfrmAuditStateNotfound  *ebpf.ProgramSpec `ebpf:"fentry_xfrm_audit_state_notfound"`
-	FentryXfrmInput               *ebpf.ProgramSpec `ebpf:"fentry_xfrm_input"`
-	FentryXfrmOutputResume        *ebpf.ProgramSpec `ebpf:"fentry_xfrm_output_resume"`
-	FentryXfrmReplayAdvance       *ebpf.ProgramSpec `ebpf:"fentry_xfrm_replay_advance"`
-	FexitXfrm4RcvCb               *ebpf.ProgramSpec `ebpf:"fexit_xfrm4_rcv_cb"`
-	FexitXfrm6RcvCb               *ebpf.ProgramSpec `ebpf:"fexit_xfrm6_rcv_cb"`
-	FexitXfrmInput                *ebpf.ProgramSpec `ebpf:"fexit_xfrm_input"`
-	FexitXfrmInputStateLookup     *ebpf.ProgramSpec `ebpf:"fexit_xfrm_input_state_lookup"`
-	FexitXfrmLookupWithIfid       *ebpf.ProgramSpec `ebpf:"fexit_xfrm_lookup_with_ifid"`
-	FexitXfrmOutputResume         *ebpf.ProgramSpec `ebpf:"fexit_xfrm_output_resume"`
-	FexitXfrmReplayCheck          *ebpf.ProgramSpec `ebpf:"fexit_xfrm_replay_check"`
-	FexitXfrmReplayOverflow       *ebpf.ProgramSpec `ebpf:"fexit_xfrm_replay_overflow"`
-	FexitXfrmReplayRecheck        *ebpf.ProgramSpec `ebpf:"fexit_xfrm_replay_recheck"`
-	FexitXfrmStateCheckExpire     *ebpf.ProgramSpec `ebpf:"fexit_xfrm_state_check_expire"`
-	FexitXfrmStateLookup          *ebpf.ProgramSpec `ebpf:"fexit_xfrm_state_lookup"`
-	KprobeIp6LocalOut             *ebpf.ProgramSpec `ebpf:"kprobe___ip6_local_out"`
-	KprobeIpLocalOut              *ebpf.ProgramSpec `ebpf:"kprobe___ip_local_out"`
-	KprobeXfrm4RcvCb              *ebpf.ProgramSpec `ebpf:"kprobe_xfrm4_rcv_cb"`
-	KprobeXfrm6RcvCb              *ebpf.ProgramSpec `ebpf:"kprobe_xfrm6_rcv_cb"`
-	KprobeXfrmAuditStateIcvfail   *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_audit_state_icvfail"`
-	KprobeXfrmAuditStateNotfound  *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_audit_state_notfound"`
-	KprobeXfrmInput               *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_input"`
-	KprobeXfrmLookupWithIfid      *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_lookup_with_ifid"`
-	KprobeXfrmOutputResume        *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_output_resume"`
-	KprobeXfrmReplayAdvance       *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_replay_advance"`
-	KprobeXfrmReplayOverflow      *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_replay_overflow"`
-	KretprobeXfrm4RcvCb           *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm4_rcv_cb"`
-	KretprobeXfrm6RcvCb           *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm6_rcv_cb"`
-	KretprobeXfrmInput            *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_input"`
-	KretprobeXfrmInputStateLookup *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_input_state_lookup"`
-	KretprobeXfrmLookupWithIfid   *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_lookup_with_ifid"`
-	KretprobeXfrmOutputResume     *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_output_resume"`
-	KretprobeXfrmReplayCheck      *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_replay_check"`
-	KretprobeXfrmReplayOverflow   *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_replay_overflow"`
-	KretprobeXfrmReplayRecheck    *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_replay_recheck"`
-	KretprobeXfrmStateCheckExpire *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_state_check_expire"`
-	KretprobeXfrmStateLookup      *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_state_lookup"`
-	RawTracepointKfreeSkb         *ebpf.ProgramSpec `ebpf:"raw_tracepoint_kfree_skb"`
-	TpBtfKfreeSkb                 *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
+	FentryXfrmAuditStateIcvfail         *ebpf.ProgramSpec `ebpf:"fentry_xfrm_audit_state_icvfail"`
+	FentryXfrmAuditStateNotfound        *ebpf.ProgramSpec `ebpf:"fentry_xfrm_audit_state_notfound"`
+	FentryXfrmAuditStateReplay          *ebpf.ProgramSpec `ebpf:"fentry_xfrm_audit_state_replay"`
+	FentryXfrmReplayOverflow            *ebpf.ProgramSpec `ebpf:"fentry_xfrm_replay_overflow"`
+	FentryXfrmReplayRecheck             *ebpf.ProgramSpec `ebpf:"fentry_xfrm_replay_recheck"`
+	FexitXfrmRcvCb                      *ebpf.ProgramSpec `ebpf:"fexit_xfrm_rcv_cb"`
+	FexitXfrmResolveAndCreateBundle     *ebpf.ProgramSpec `ebpf:"fexit_xfrm_resolve_and_create_bundle"`
+	KprobeXfrmAuditStateIcvfail         *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_audit_state_icvfail"`
+	KprobeXfrmAuditStateNotfound        *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_audit_state_notfound"`
+	KprobeXfrmAuditStateReplay          *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_audit_state_replay"`
+	KprobeXfrmRcvCb                     *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_rcv_cb"`
+	KprobeXfrmReplayOverflow            *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_replay_overflow"`
+	KprobeXfrmReplayRecheck             *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_replay_recheck"`
+	KprobeXfrmResolveAndCreateBundle    *ebpf.ProgramSpec `ebpf:"kprobe_xfrm_resolve_and_create_bundle"`
+	KretprobeXfrmResolveAndCreateBundle *ebpf.ProgramSpec `ebpf:"kretprobe_xfrm_resolve_and_create_bundle"`
+	RawTracepointKfreeSkb               *ebpf.ProgramSpec `ebpf:"raw_tracepoint_kfree_skb"`
+	TpBtfKfreeSkb                       *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
 }
 
 // xfrmVerdictMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xfrmVerdictMapSpecs struct {
-	Frames         *ebpf.MapSpec `ebpf:"frames"`
-	LookupScratch  *ebpf.MapSpec `ebpf:"lookup_scratch"`
+	AddressScratch *ebpf.MapSpec `ebpf:"address_scratch"`
+	BundleScratch  *ebpf.MapSpec `ebpf:"bundle_scratch"`
+	DecryptState   *ebpf.MapSpec `ebpf:"decrypt_state"`
+	KnownPeers     *ebpf.MapSpec `ebpf:"known_peers"`
 	PendingEncrypt *ebpf.MapSpec `ebpf:"pending_encrypt"`
 	VerdictErrors  *ebpf.MapSpec `ebpf:"verdict_errors"`
 	Verdicts       *ebpf.MapSpec `ebpf:"verdicts"`
@@ -253,6 +212,7 @@ type xfrmVerdictMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xfrmVerdictVariableSpecs struct {
+	UnusedKnownPeerKey  *ebpf.VariableSpec `ebpf:"unused_known_peer_key"`
 	UnusedVerdictDir    *ebpf.VariableSpec `ebpf:"unused_verdict_dir"`
 	UnusedVerdictError  *ebpf.VariableSpec `ebpf:"unused_verdict_error"`
 	UnusedVerdictResult *ebpf.VariableSpec `ebpf:"unused_verdict_result"`
@@ -278,8 +238,10 @@ func (o *xfrmVerdictObjects) Close() error {
 //
 // It can be passed to loadXfrmVerdictObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xfrmVerdictMaps struct {
-	Frames         *ebpf.Map `ebpf:"frames"`
-	LookupScratch  *ebpf.Map `ebpf:"lookup_scratch"`
+	AddressScratch *ebpf.Map `ebpf:"address_scratch"`
+	BundleScratch  *ebpf.Map `ebpf:"bundle_scratch"`
+	DecryptState   *ebpf.Map `ebpf:"decrypt_state"`
+	KnownPeers     *ebpf.Map `ebpf:"known_peers"`
 	PendingEncrypt *ebpf.Map `ebpf:"pending_encrypt"`
 	VerdictErrors  *ebpf.Map `ebpf:"verdict_errors"`
 	Verdicts       *ebpf.Map `ebpf:"verdicts"`
@@ -287,8 +249,10 @@ type xfrmVerdictMaps struct {
 
 func (m *xfrmVerdictMaps) Close() error {
 	return _XfrmVerdictClose(
-		m.Frames,
-		m.LookupScratch,
+		m.AddressScratch,
+		m.BundleScratch,
+		m.DecryptState,
+		m.KnownPeers,
 		m.PendingEncrypt,
 		m.VerdictErrors,
 		m.Verdicts,
@@ -299,6 +263,7 @@ func (m *xfrmVerdictMaps) Close() error {
 //
 // It can be passed to loadXfrmVerdictObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xfrmVerdictVariables struct {
+	UnusedKnownPeerKey  *ebpf.Variable `ebpf:"unused_known_peer_key"`
 	UnusedVerdictDir    *ebpf.Variable `ebpf:"unused_verdict_dir"`
 	UnusedVerdictError  *ebpf.Variable `ebpf:"unused_verdict_error"`
 	UnusedVerdictResult *ebpf.Variable `ebpf:"unused_verdict_result"`
@@ -308,92 +273,42 @@ type xfrmVerdictVariables struct {
 //
 // It can be passed to loadXfrmVerdictObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xfrmVerdictPrograms struct {
-	FentryIp6LocalOut             *ebpf.Program `ebpf:"fentry___ip6_local_out"`
-	FentryIpLocalOut              *ebpf.Program `ebpf:"fentry___ip_local_out"`
-	FentryXfrmAuditStateIcvfail   *ebpf.Program `ebpf:"fentry_xfrm_audit_state_icvfail"`
-	FentryXfrmAuditStateNotfound  *ebpf.Program `ebpf:"fentry_xfrm_audit_state_notfound"`
-	FentryXfrmInput               *ebpf.Program `ebpf:"fentry_xfrm_input"`
-	FentryXfrmOutputResume        *ebpf.Program `ebpf:"fentry_xfrm_output_resume"`
-	FentryXfrmReplayAdvance       *ebpf.Program `ebpf:"fentry_xfrm_replay_advance"`
-	FexitXfrm4RcvCb               *ebpf.Program `ebpf:"fexit_xfrm4_rcv_cb"`
-	FexitXfrm6RcvCb               *ebpf.Program `ebpf:"fexit_xfrm6_rcv_cb"`
-	FexitXfrmInput                *ebpf.Program `ebpf:"fexit_xfrm_input"`
-	FexitXfrmInputStateLookup     *ebpf.Program `ebpf:"fexit_xfrm_input_state_lookup"`
-	FexitXfrmLookupWithIfid       *ebpf.Program `ebpf:"fexit_xfrm_lookup_with_ifid"`
-	FexitXfrmOutputResume         *ebpf.Program `ebpf:"fexit_xfrm_output_resume"`
-	FexitXfrmReplayCheck          *ebpf.Program `ebpf:"fexit_xfrm_replay_check"`
-	FexitXfrmReplayOverflow       *ebpf.Program `ebpf:"fexit_xfrm_replay_overflow"`
-	FexitXfrmReplayRecheck        *ebpf.Program `ebpf:"fexit_xfrm_replay_recheck"`
-	FexitXfrmStateCheckExpire     *ebpf.Program `ebpf:"fexit_xfrm_state_check_expire"`
-	FexitXfrmStateLookup          *ebpf.Program `ebpf:"fexit_xfrm_state_lookup"`
-	KprobeIp6LocalOut             *ebpf.Program `ebpf:"kprobe___ip6_local_out"`
-	KprobeIpLocalOut              *ebpf.Program `ebpf:"kprobe___ip_local_out"`
-	KprobeXfrm4RcvCb              *ebpf.Program `ebpf:"kprobe_xfrm4_rcv_cb"`
-	KprobeXfrm6RcvCb              *ebpf.Program `ebpf:"kprobe_xfrm6_rcv_cb"`
-	KprobeXfrmAuditStateIcvfail   *ebpf.Program `ebpf:"kprobe_xfrm_audit_state_icvfail"`
-	KprobeXfrmAuditStateNotfound  *ebpf.Program `ebpf:"kprobe_xfrm_audit_state_notfound"`
-	KprobeXfrmInput               *ebpf.Program `ebpf:"kprobe_xfrm_input"`
-	KprobeXfrmLookupWithIfid      *ebpf.Program `ebpf:"kprobe_xfrm_lookup_with_ifid"`
-	KprobeXfrmOutputResume        *ebpf.Program `ebpf:"kprobe_xfrm_output_resume"`
-	KprobeXfrmReplayAdvance       *ebpf.Program `ebpf:"kprobe_xfrm_replay_advance"`
-	KprobeXfrmReplayOverflow      *ebpf.Program `ebpf:"kprobe_xfrm_replay_overflow"`
-	KretprobeXfrm4RcvCb           *ebpf.Program `ebpf:"kretprobe_xfrm4_rcv_cb"`
-	KretprobeXfrm6RcvCb           *ebpf.Program `ebpf:"kretprobe_xfrm6_rcv_cb"`
-	KretprobeXfrmInput            *ebpf.Program `ebpf:"kretprobe_xfrm_input"`
-	KretprobeXfrmInputStateLookup *ebpf.Program `ebpf:"kretprobe_xfrm_input_state_lookup"`
-	KretprobeXfrmLookupWithIfid   *ebpf.Program `ebpf:"kretprobe_xfrm_lookup_with_ifid"`
-	KretprobeXfrmOutputResume     *ebpf.Program `ebpf:"kretprobe_xfrm_output_resume"`
-	KretprobeXfrmReplayCheck      *ebpf.Program `ebpf:"kretprobe_xfrm_replay_check"`
-	KretprobeXfrmReplayOverflow   *ebpf.Program `ebpf:"kretprobe_xfrm_replay_overflow"`
-	KretprobeXfrmReplayRecheck    *ebpf.Program `ebpf:"kretprobe_xfrm_replay_recheck"`
-	KretprobeXfrmStateCheckExpire *ebpf.Program `ebpf:"kretprobe_xfrm_state_check_expire"`
-	KretprobeXfrmStateLookup      *ebpf.Program `ebpf:"kretprobe_xfrm_state_lookup"`
-	RawTracepointKfreeSkb         *ebpf.Program `ebpf:"raw_tracepoint_kfree_skb"`
-	TpBtfKfreeSkb                 *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
+	FentryXfrmAuditStateIcvfail         *ebpf.Program `ebpf:"fentry_xfrm_audit_state_icvfail"`
+	FentryXfrmAuditStateNotfound        *ebpf.Program `ebpf:"fentry_xfrm_audit_state_notfound"`
+	FentryXfrmAuditStateReplay          *ebpf.Program `ebpf:"fentry_xfrm_audit_state_replay"`
+	FentryXfrmReplayOverflow            *ebpf.Program `ebpf:"fentry_xfrm_replay_overflow"`
+	FentryXfrmReplayRecheck             *ebpf.Program `ebpf:"fentry_xfrm_replay_recheck"`
+	FexitXfrmRcvCb                      *ebpf.Program `ebpf:"fexit_xfrm_rcv_cb"`
+	FexitXfrmResolveAndCreateBundle     *ebpf.Program `ebpf:"fexit_xfrm_resolve_and_create_bundle"`
+	KprobeXfrmAuditStateIcvfail         *ebpf.Program `ebpf:"kprobe_xfrm_audit_state_icvfail"`
+	KprobeXfrmAuditStateNotfound        *ebpf.Program `ebpf:"kprobe_xfrm_audit_state_notfound"`
+	KprobeXfrmAuditStateReplay          *ebpf.Program `ebpf:"kprobe_xfrm_audit_state_replay"`
+	KprobeXfrmRcvCb                     *ebpf.Program `ebpf:"kprobe_xfrm_rcv_cb"`
+	KprobeXfrmReplayOverflow            *ebpf.Program `ebpf:"kprobe_xfrm_replay_overflow"`
+	KprobeXfrmReplayRecheck             *ebpf.Program `ebpf:"kprobe_xfrm_replay_recheck"`
+	KprobeXfrmResolveAndCreateBundle    *ebpf.Program `ebpf:"kprobe_xfrm_resolve_and_create_bundle"`
+	KretprobeXfrmResolveAndCreateBundle *ebpf.Program `ebpf:"kretprobe_xfrm_resolve_and_create_bundle"`
+	RawTracepointKfreeSkb               *ebpf.Program `ebpf:"raw_tracepoint_kfree_skb"`
+	TpBtfKfreeSkb                       *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
 }
 
 func (p *xfrmVerdictPrograms) Close() error {
 	return _XfrmVerdictClose(
-		p.FentryIp6LocalOut,
-		p.FentryIpLocalOut,
 		p.FentryXfrmAuditStateIcvfail,
 		p.FentryXfrmAuditStateNotfound,
-		p.FentryXfrmInput,
-		p.FentryXfrmOutputResume,
-		p.FentryXfrmReplayAdvance,
-		p.FexitXfrm4RcvCb,
-		p.FexitXfrm6RcvCb,
-		p.FexitXfrmInput,
-		p.FexitXfrmInputStateLookup,
-		p.FexitXfrmLookupWithIfid,
-		p.FexitXfrmOutputResume,
-		p.FexitXfrmReplayCheck,
-		p.FexitXfrmReplayOverflow,
-		p.FexitXfrmReplayRecheck,
-		p.FexitXfrmStateCheckExpire,
-		p.FexitXfrmStateLookup,
-		p.KprobeIp6LocalOut,
-		p.KprobeIpLocalOut,
-		p.KprobeXfrm4RcvCb,
-		p.KprobeXfrm6RcvCb,
+		p.FentryXfrmAuditStateReplay,
+		p.FentryXfrmReplayOverflow,
+		p.FentryXfrmReplayRecheck,
+		p.FexitXfrmRcvCb,
+		p.FexitXfrmResolveAndCreateBundle,
 		p.KprobeXfrmAuditStateIcvfail,
 		p.KprobeXfrmAuditStateNotfound,
-		p.KprobeXfrmInput,
-		p.KprobeXfrmLookupWithIfid,
-		p.KprobeXfrmOutputResume,
-		p.KprobeXfrmReplayAdvance,
+		p.KprobeXfrmAuditStateReplay,
+		p.KprobeXfrmRcvCb,
 		p.KprobeXfrmReplayOverflow,
-		p.KretprobeXfrm4RcvCb,
-		p.KretprobeXfrm6RcvCb,
-		p.KretprobeXfrmInput,
-		p.KretprobeXfrmInputStateLookup,
-		p.KretprobeXfrmLookupWithIfid,
-		p.KretprobeXfrmOutputResume,
-		p.KretprobeXfrmReplayCheck,
-		p.KretprobeXfrmReplayOverflow,
-		p.KretprobeXfrmReplayRecheck,
-		p.KretprobeXfrmStateCheckExpire,
-		p.KretprobeXfrmStateLookup,
+		p.KprobeXfrmReplayRecheck,
+		p.KprobeXfrmResolveAndCreateBundle,
+		p.KretprobeXfrmResolveAndCreateBundle,
 		p.RawTracepointKfreeSkb,
 		p.TpBtfKfreeSkb,
 	)

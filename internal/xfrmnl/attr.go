@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -85,10 +86,11 @@ func addr(b []byte, family uint16) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("%w: address family %d", ErrMalformed, family)
 }
 
-// cString returns the NUL-terminated string at the start of b, and false
-// when it is not printable ASCII (algorithm names always are). The few
-// names a kernel has are kept, so 50,000 SAs share one copy of each.
-func cString(b []byte) (string, bool) {
+// algoName returns the NUL-terminated algorithm name at the start of b (of
+// attribute typ), and false when it is not printable ASCII (algorithm names
+// always are). The few names a kernel has are kept, so 50,000 SAs share one
+// copy of each.
+func algoName(typ uint16, b []byte) (string, bool) {
 	n := 0
 	for n < len(b) && b[n] != 0 {
 		if b[n] < 0x20 || b[n] > 0x7e {
@@ -96,7 +98,7 @@ func cString(b []byte) (string, bool) {
 		}
 		n++
 	}
-	return names.intern(b[:n]), true
+	return names.intern(typ, b[:n]), true
 }
 
 // names holds the algorithm names seen, up to a bound (beyond it a name is
@@ -104,25 +106,34 @@ func cString(b []byte) (string, bool) {
 var names = internTable{m: map[string]string{}}
 
 type internTable struct {
-	mu sync.Mutex
-	m  map[string]string
+	// last is the name each attribute type had last: an SA dump has the
+	// same few over and over, found here without the lock.
+	last [32]atomic.Pointer[string]
+	mu   sync.Mutex
+	m    map[string]string
 }
 
 const maxInterned = 256
 
-func (t *internTable) intern(b []byte) string {
+func (t *internTable) intern(typ uint16, b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
+	slot := &t.last[typ%uint16(len(t.last))]
+	if last := slot.Load(); last != nil && *last == string(b) {
+		return *last
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s, ok := t.m[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	if len(t.m) < maxInterned {
+	s, ok := t.m[string(b)]
+	if !ok {
+		s = string(b)
+		if len(t.m) >= maxInterned {
+			return s
+		}
 		t.m[s] = s
 	}
+	slot.Store(&s)
 	return s
 }
 

@@ -57,6 +57,8 @@ type Conn struct {
 	port uint32
 	seq  uint32
 	buf  []byte
+	msgs []message // the messages of the last datagram, reused
+	used int       // bytes of buf the last datagram filled
 	// closed is set by Close: a receive that fails after it reports
 	// os.ErrClosed (RawConn returns the poller's own error instead).
 	closed atomic.Bool
@@ -157,18 +159,24 @@ func (c *Conn) receiveOne(wait bool) ([]message, error) {
 	if rerr != nil {
 		return nil, rerr
 	}
+	c.used = min(n, len(c.buf))
 	if n > len(c.buf) {
 		c.wipe()
 		return nil, fmt.Errorf("%w: datagram of %d bytes truncated", ErrMalformed, n)
 	}
-	return splitMessages(c.buf[:n])
+	c.msgs, err = splitMessages(c.msgs[:0], c.buf[:n])
+	return c.msgs, err
 }
 
-// wipe zeroes the receive buffer, so no key outlives the decoding.
-func (c *Conn) wipe() { clear(c.buf) }
+// wipe zeroes what the last datagram filled of the receive buffer, so no
+// key outlives the decoding.
+func (c *Conn) wipe() {
+	clear(c.buf[:c.used])
+	c.used = 0
+}
 
-func splitMessages(b []byte) ([]message, error) {
-	var msgs []message
+// splitMessages appends the messages of datagram b to msgs.
+func splitMessages(msgs []message, b []byte) ([]message, error) {
 	for len(b) > 0 {
 		if len(b) < unix.NLMSG_HDRLEN {
 			return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b))

@@ -175,10 +175,10 @@ func TestParseInfo(t *testing.T) {
 }
 
 func TestSplitMessages(t *testing.T) {
-	if _, err := splitMessages([]byte{20, 0, 0, 0, 1, 0}); !errors.Is(err, ErrMalformed) {
+	if _, err := splitMessages(nil, []byte{20, 0, 0, 0, 1, 0}); !errors.Is(err, ErrMalformed) {
 		t.Errorf("short header: %v", err)
 	}
-	if _, err := splitMessages(append([]byte{200, 0, 0, 0}, make([]byte, 12)...)); !errors.Is(err, ErrMalformed) {
+	if _, err := splitMessages(nil, append([]byte{200, 0, 0, 0}, make([]byte, 12)...)); !errors.Is(err, ErrMalformed) {
 		t.Errorf("overlong: %v", err)
 	}
 }

@@ -67,7 +67,7 @@ func FuzzParseInfo(f *testing.F) {
 func FuzzSplitMessages(f *testing.F) {
 	f.Add([]byte{16, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		msgs, err := splitMessages(b)
+		msgs, err := splitMessages(nil, b)
 		checkErr(t, err)
 		for _, m := range msgs {
 			if len(m.data) > len(b) {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -30,11 +29,13 @@ type Counts struct {
 	Resyncs uint64
 }
 
+// saKey is what the kernel tells SAs apart by. No pointers: a set of
+// 50,000 is not scanned by the garbage collector.
 type saKey struct {
-	dst   netip.Addr
+	dst   [16]byte
 	spi   uint32
-	proto uint8
 	mark  uint32
+	proto uint8
 }
 
 type policyKey struct {
@@ -43,27 +44,23 @@ type policyKey struct {
 }
 
 // Listener counts the lifecycle events of one namespace, from the moment it
-// starts until Close, in a goroutine of its own.
+// starts until Close, in a goroutine of its own: every event the kernel
+// announces, so the counts are the kernel's own event stream.
 //
-// It tracks which SAs and policies exist and counts an add or a delete only
-// when it changes that set, so nothing is counted twice. The set comes from
-// dumps made on the listener's own subscribed socket: the kernel queues the
-// dump's replies and the notifications on one socket in the order they
-// happen, so an SA added while the dump runs is either in a reply that
-// comes after its notification (counted once, by the notification) or not
-// in the dump at all; an SA deleted before the dump reached it is counted
-// by its notification. So counting is exact from the moment Listen
-// subscribes, dumps and all.
+// It also tracks which SAs and policies exist, from dumps made on its own
+// subscribed socket: the kernel queues the dump's replies and the
+// notifications on one socket in the order they happen, so an SA added
+// while the dump runs is either in a reply that comes after its
+// notification, or not in the dump at all, and an SA deleted before the
+// dump reached it is simply not listed. A flush removes every SA (or
+// policy) of its kind from the set, as the kernel does, without a dump.
 //
-// A flush removes every SA (or policy) of its kind from the set, as the
-// kernel does, without a dump: the adds that follow it are all counted.
-//
-// When the socket's buffer overflows, the kernel drops notifications
-// (counted in Lost) and reports ENOBUFS. The listener then dumps again and
-// counts what appeared as added and what vanished as deleted, so a rekey
-// during a burst is not missed. An SA added and deleted within the gap, and
-// the soft and hard expiries there, cannot be recovered: Lost says how many
-// notifications were dropped.
+// The set is what recovers an overrun: when the socket's buffer overflows,
+// the kernel drops notifications (counted in Lost) and reports ENOBUFS. The
+// listener then dumps again and counts what appeared as added and what
+// vanished as deleted, so a rekey during a burst is not missed. An SA added
+// and deleted within the gap, and the expiries there, cannot be recovered:
+// Lost says how many notifications were dropped.
 type Listener struct {
 	ns     netnsx.Namespace
 	conn   *Conn
@@ -77,12 +74,13 @@ type Listener struct {
 	pols      map[policyKey]uint8 // the policy's type, for flushes
 	dump      *dumpState          // the dump in progress, nil when none
 	resyncDue bool                // an overrun happened: dump when the queue is drained
-	blind     bool                // between an overrun and the end of its resync
 	drops     uint32              // the socket's drop counter when last read
 
 	mu     sync.Mutex
 	counts Counts
 	finals []SA // removed SAs with their last counters, oldest first
+
+	observers observers
 }
 
 // dumpState is one SA dump followed by one policy dump.
@@ -91,10 +89,16 @@ type dumpState struct {
 	kind   uint16 // msgGetSA, then msgGetPolicy
 	resync bool   // after an overrun; else the first dump
 	count  bool   // count what is found that the set lacks as added
-	// What the dump listed, and what notifications changed while it ran
-	// (those are newer than the dump's replies for the same object).
+	// What the dump listed (a resync's only: the first dump infers
+	// nothing from what it did not list), and what notifications changed
+	// while it ran (those are newer than the dump's replies for the same
+	// object).
 	seenSAs, touchedSAs   map[saKey]bool
 	seenPols, touchedPols map[policyKey]bool
+	// What this dump counted as added: their notifications, should they
+	// come after the reply, are not counted again.
+	countedSAs  map[saKey]bool
+	countedPols map[policyKey]bool
 	// A flush during the dump: replies for what it removed may still be
 	// queued (the dump read the object before the flush removed it).
 	flushedSAs  func(saKey) bool
@@ -112,6 +116,9 @@ type ListenOptions struct {
 	CountExisting bool
 	Logger        *slog.Logger
 }
+
+// maxDrain bounds the datagrams read before a resync starts.
+const maxDrain = 1024
 
 // maxFinals bounds the removed SAs kept until TakeFinals; beyond it the
 // oldest are dropped (a consumer that never comes must not grow us).
@@ -137,7 +144,8 @@ func Listen(ns netnsx.Namespace, opts ListenOptions) (*Listener, error) {
 	l := &Listener{
 		ns: ns, conn: conn, logger: opts.Logger, done: make(chan struct{}),
 		sas: map[saKey]bool{}, pols: map[policyKey]uint8{},
-		counts: Counts{Events: map[Event]uint64{}},
+		counts:    Counts{Events: map[Event]uint64{}},
+		observers: observers{ns: ns, logger: opts.Logger},
 	}
 	if err := l.startDump(false, opts.CountExisting); err != nil {
 		_ = conn.Close()
@@ -173,8 +181,15 @@ func (l *Listener) Counts() Counts {
 func (l *Listener) Close() error {
 	err := l.conn.Close()
 	<-l.done
+	l.observers.close()
 	return err
 }
+
+// Observe makes o follow this listener's namespace (see Observer).
+func (l *Listener) Observe(o Observer) { l.observers.add(o) }
+
+// Unobserve stops o following it.
+func (l *Listener) Unobserve(o Observer) { l.observers.remove(o) }
 
 func (l *Listener) run() {
 	defer close(l.done)
@@ -226,14 +241,17 @@ func (l *Listener) overrun() {
 	}
 	l.mu.Unlock()
 	l.logger.Warn("xfrm event socket overrun: notifications lost, re-reading state", "netns", l.ns.Name)
-	l.resyncDue, l.blind = true, true
+	l.resyncDue = true
+	l.observers.lost()
 }
 
 // drainAndResync applies what is still queued (older than the drops, as the
 // kernel drops every notification while the queue is full) and then dumps.
-// Dumping on an empty queue also leaves room for the dump's first reply.
+// Dumping on an empty queue leaves room for the dump's first reply; on a
+// queue that never empties (events keep coming) it dumps after a while
+// anyway: the kernel then sends the dump's replies as room is made.
 func (l *Listener) drainAndResync() error {
-	for {
+	for range maxDrain {
 		msgs, err := l.conn.receiveQueued()
 		if errors.Is(err, unix.EAGAIN) {
 			break
@@ -261,8 +279,8 @@ func (l *Listener) startDump(resync, count bool) error {
 		return err
 	}
 	l.dump = &dumpState{seq: seq, kind: msgGetSA, resync: resync, count: count,
-		seenSAs: map[saKey]bool{}, touchedSAs: map[saKey]bool{},
-		seenPols: map[policyKey]bool{}, touchedPols: map[policyKey]bool{}}
+		seenSAs: map[saKey]bool{}, touchedSAs: map[saKey]bool{}, countedSAs: map[saKey]bool{},
+		seenPols: map[policyKey]bool{}, touchedPols: map[policyKey]bool{}, countedPols: map[policyKey]bool{}}
 	return nil
 }
 
@@ -300,6 +318,7 @@ func (l *Listener) replied(m message) error {
 				return err
 			}
 			l.dump.touchedSAs, l.dump.touchedPols = d.touchedSAs, d.touchedPols
+			l.dump.countedSAs, l.dump.countedPols = d.countedSAs, d.countedPols
 			return nil
 		}
 		return l.dumpDone()
@@ -336,6 +355,7 @@ func (l *Listener) notified(m message) {
 	}
 	if ok {
 		l.count(n)
+		l.observers.notify(n)
 	}
 }
 
@@ -345,25 +365,36 @@ func (l *Listener) listedSA(k saKey) {
 	if d.touchedSAs[k] || (d.flushedSAs != nil && d.flushedSAs(k)) {
 		return // a notification since is newer than this reply
 	}
-	d.seenSAs[k] = true
+	if d.resync {
+		d.seenSAs[k] = true
+	}
 	if !l.sas[k] {
 		l.sas[k] = true
-		if d.count {
+		if d.count && !larval(k) {
 			l.add(EventSAAdded, 1)
+			d.countedSAs[k] = true
 		}
 	}
 }
+
+// larval tells the kernel's acquire placeholders (SPI 0) apart: they come
+// and go without an add or delete notification (an acquire makes one, its
+// expiry is a hard expire), so a dump does not count them either.
+func larval(k saKey) bool { return k.spi == 0 }
 
 func (l *Listener) listedPolicy(k policyKey, typ uint8) {
 	d := l.dump
 	if d.touchedPols[k] || (d.flushedPols != nil && d.flushedPols(k, typ)) {
 		return
 	}
-	d.seenPols[k] = true
+	if d.resync {
+		d.seenPols[k] = true
+	}
 	if _, ok := l.pols[k]; !ok {
 		l.pols[k] = typ
 		if d.count {
 			l.add(EventPolicyAdded, 1)
+			d.countedPols[k] = true
 		}
 	}
 }
@@ -388,7 +419,9 @@ func (l *Listener) dumpDone() error {
 	for k := range l.sas {
 		if !d.seenSAs[k] && !d.touchedSAs[k] {
 			delete(l.sas, k)
-			l.add(EventSADeleted, 1)
+			if !larval(k) {
+				l.add(EventSADeleted, 1)
+			}
 		}
 	}
 	for k := range l.pols {
@@ -397,73 +430,52 @@ func (l *Listener) dumpDone() error {
 			l.add(EventPolicyDeleted, 1)
 		}
 	}
-	l.blind = false
 	l.mu.Lock()
 	l.counts.Resyncs++
 	l.mu.Unlock()
 	return nil
 }
 
-// count applies one notification to the tracked sets and counts it.
+// count applies one notification to the tracked sets and counts it. Every
+// event the kernel announces counts, so the counts are the kernel's own
+// event stream: a delete of an SA never announced as added (an SPI a key
+// manager allocated, XFRM_MSG_ALLOCSPI, which the kernel does not announce,
+// and deleted when its negotiation failed) counts too. The one add not
+// counted is one whose SA the dump running now listed and counted already
+// (the dump's walk saw it before its notification was queued).
 func (l *Listener) count(n Notification) {
 	d := l.dump
-	// While a dump runs, or after an overrun until its resync is done, the
-	// set may lack an SA that existed (not listed yet, or added in the
-	// gap): its delete still counts.
-	uncertain := d != nil || l.blind
-	// In the gap, an SA we never heard of was added there too.
-	addedInGap := l.blind || (d != nil && d.resync)
 	switch n.Event {
 	case EventSAAdded, EventSAUpdated:
 		k := keyOfSA(n.SA)
+		l.sas[k] = true // an update may create the SA
 		if d != nil {
 			d.touchedSAs[k] = true
-		}
-		known := l.sas[k]
-		l.sas[k] = true // an update may create the SA
-		if n.Event == EventSAAdded && known {
-			return
+			if n.Event == EventSAAdded && d.countedSAs[k] {
+				return
+			}
 		}
 	case EventSADeleted, EventSAHardExpired:
 		k := keyOfSA(n.SA)
+		delete(l.sas, k)
 		if d != nil {
 			d.touchedSAs[k] = true
 		}
-		known := l.sas[k]
-		delete(l.sas, k)
 		l.keepFinal(n.SA)
-		if n.Event == EventSADeleted && !known {
-			if !uncertain {
-				return
-			}
-			if addedInGap {
-				l.add(EventSAAdded, 1)
-			}
-		}
 	case EventPolicyAdded, EventPolicyUpdated:
 		k := keyOfPolicy(n.Policy)
+		l.pols[k] = n.Policy.Type
 		if d != nil {
 			d.touchedPols[k] = true
-		}
-		_, known := l.pols[k]
-		l.pols[k] = n.Policy.Type
-		if n.Event == EventPolicyAdded && known {
-			return
+			if n.Event == EventPolicyAdded && d.countedPols[k] {
+				return
+			}
 		}
 	case EventPolicyDeleted, EventPolicyHardExpired:
 		k := keyOfPolicy(n.Policy)
+		delete(l.pols, k)
 		if d != nil {
 			d.touchedPols[k] = true
-		}
-		_, known := l.pols[k]
-		delete(l.pols, k)
-		if n.Event == EventPolicyDeleted && !known {
-			if !uncertain {
-				return
-			}
-			if addedInGap {
-				l.add(EventPolicyAdded, 1)
-			}
 		}
 	case EventSAFlushed:
 		flushed := func(k saKey) bool { return flushesSA(n.FlushProto, k.proto) }
@@ -542,7 +554,7 @@ func (l *Listener) TakeFinals() []SA {
 }
 
 func keyOfSA(sa *SA) saKey {
-	return saKey{dst: sa.Dst, spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
+	return saKey{dst: sa.Dst.As16(), spi: sa.SPI, proto: sa.Proto, mark: sa.Mark & sa.MarkMask}
 }
 
 func keyOfPolicy(p *Policy) policyKey {

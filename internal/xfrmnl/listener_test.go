@@ -221,3 +221,40 @@ func kernelDrops(t *testing.T, ns netnsx.Namespace, port uint32) uint64 {
 	t.Fatalf("socket %d not in /proc/net/netlink:\n%s", port, b)
 	return 0
 }
+
+// TestListenerCountsUnannouncedDelete: a key manager allocates an SPI
+// (XFRM_MSG_ALLOCSPI, which the kernel does not announce) and deletes the
+// SA when its negotiation fails; the kernel announces that delete, and so
+// the listener counts it: the counts are the kernel's event stream (ike's
+// wrong-PSK lab scenario found it one short per failed negotiation).
+func TestListenerCountsUnannouncedDelete(t *testing.T) {
+	ns := netnsxtest.New(t, "", "ns")
+	h := netnsxtest.Handle(t, ns)
+	l, err := Listen(ns, ListenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	const n = 3
+	for i := range n {
+		var sa *netlink.XfrmState
+		err := ns.Do(func() error {
+			var err error
+			sa, err = netlink.XfrmStateAllocSpi(&netlink.XfrmState{Src: net.ParseIP("192.0.2.1"), Dst: net.IPv4(192, 0, 2, byte(10+i)),
+				Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TUNNEL, Reqid: 7})
+			return err
+		})
+		if err != nil {
+			t.Skipf("this kernel allocates no SPI without ESP: %v", err)
+		}
+		if err := h.XfrmStateDel(sa); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, l, func(c Counts) bool { return c.Events[EventSADeleted] >= n })
+	time.Sleep(50 * time.Millisecond)
+	c := l.Counts()
+	if c.Events[EventSADeleted] != n || c.Events[EventSAAdded] != 0 {
+		t.Errorf("sa_deleted %d, sa_added %d; want %d deletes, as the kernel announced, and no add", c.Events[EventSADeleted], c.Events[EventSAAdded], n)
+	}
+}

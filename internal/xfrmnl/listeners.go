@@ -19,10 +19,11 @@ type Listeners struct {
 	cancel func()
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	byID   map[netnsx.ID]*followed
-	ended  []Ended
-	closed bool
+	mu        sync.Mutex
+	byID      map[netnsx.ID]*followed
+	ended     []Ended
+	observers []Observer
+	closed    bool
 }
 
 type followed struct {
@@ -94,6 +95,11 @@ func (ls *Listeners) start(f *followed, fresh bool) {
 		return
 	}
 	f.l, f.err = l, err
+	if l != nil {
+		for _, o := range ls.observers {
+			l.Observe(o)
+		}
+	}
 	if err != nil && !errors.Is(err, netnsx.ErrGone) {
 		ls.opts.Logger.Warn("no xfrm event listener for a namespace: its events are not counted", "netns", f.ns.Name, "err", err)
 	}
@@ -145,6 +151,34 @@ func (ls *Listeners) TakeEnded() []Ended {
 	e := ls.ended
 	ls.ended = nil
 	return e
+}
+
+// Observe makes o follow every namespace, those that appear later too (see
+// Observer); cancel stops it.
+func (ls *Listeners) Observe(o Observer) (cancel func()) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.observers = append(ls.observers, o)
+	for _, f := range ls.byID {
+		if f.l != nil {
+			f.l.Observe(o)
+		}
+	}
+	return func() {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		for i, x := range ls.observers {
+			if x == o {
+				ls.observers = append(ls.observers[:i], ls.observers[i+1:]...)
+				break
+			}
+		}
+		for _, f := range ls.byID {
+			if f.l != nil {
+				f.l.Unobserve(o)
+			}
+		}
+	}
 }
 
 // Close stops following and closes every listener.

@@ -181,7 +181,7 @@ func (sa *SA) decodeAttr(typ uint16, data []byte) error {
 		if err := short(sizeofAlgoName); err != nil {
 			return err
 		}
-		name, ok := cString(data[:sizeofAlgoName])
+		name, ok := algoName(typ, data[:sizeofAlgoName])
 		if !ok {
 			return fmt.Errorf("%w: algorithm name is not printable", ErrMalformed)
 		}

@@ -82,17 +82,25 @@ func (n *Netns) State(t testing.TB, sa SA) netlink.XfrmState {
 // are deleted by the kernel).
 func (n *Netns) LookupState(t testing.TB, sa SA) (netlink.XfrmState, bool) {
 	t.Helper()
+	s, ok, err := n.lookupState(sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, ok
+}
+
+func (n *Netns) lookupState(sa SA) (netlink.XfrmState, bool, error) {
 	states, err := n.NL.XfrmStateList(netlink.FAMILY_ALL)
 	if err != nil {
-		t.Fatalf("%s: list SAs: %v", n.Name, err)
+		return netlink.XfrmState{}, false, fmt.Errorf("%s: list SAs: %w", n.Name, err)
 	}
 	for _, s := range states {
 		dst, _ := netip.AddrFromSlice(s.Dst)
 		if uint32(s.Spi) == sa.SPI && dst.Unmap() == sa.Dst {
-			return s, true
+			return s, true, nil
 		}
 	}
-	return netlink.XfrmState{}, false
+	return netlink.XfrmState{}, false, nil
 }
 
 // SACounters are an SA's statistics as counters: packets, bytes, replay,

@@ -20,7 +20,9 @@ import (
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage:
   ipsec-lab test [-kernel 6.1|6.12] [-run REGEX] [-pkg PATTERN]   run the TestLab tests in VMs
-  ipsec-lab run [-kernel 6.12] [-port 10871]                        interactive lab with the exporter
+  ipsec-lab run [-kernel 6.12] [-port 10871] [-prometheus-port 19090] [-alertmanager-port 19093]
+                                                                    interactive lab with the exporter,
+                                                                    Prometheus and Alertmanager on the host
 `)
 	os.Exit(2)
 }
@@ -98,6 +100,10 @@ func run(ctx context.Context, args []string) error {
 	newest := lab.Kernels[len(lab.Kernels)-1].Name
 	kernel := fs.String("kernel", newest, "kernel to boot")
 	port := fs.Int("port", 10871, "host port on 127.0.0.1 forwarded to the exporter in the VM")
+	// Not the usual 9090/9093, so that the services Debian's packages
+	// start do not collide with these.
+	promPort := fs.Int("prometheus-port", 19090, "port on 127.0.0.1 of the Prometheus started beside the lab (0: no Prometheus and Alertmanager)")
+	amPort := fs.Int("alertmanager-port", 19093, "port on 127.0.0.1 of the Alertmanager started beside the lab (0: no Prometheus and Alertmanager)")
 	accel := fs.String("accel", "auto", "qemu accelerator: auto (KVM if a probe boot works, else tcg), tcg or kvm")
 	cpus := fs.Int("smp", 2, "virtual CPUs")
 	_ = fs.Parse(args)
@@ -105,7 +111,13 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return lab.Run(ctx, lab.RunOptions{Kernel: spec, Port: *port, Accel: *accel, CPUs: *cpus, Out: os.Stdout})
+	if *promPort == 0 || *amPort == 0 {
+		*promPort, *amPort = 0, 0
+	}
+	return lab.Run(ctx, lab.RunOptions{
+		Kernel: spec, Port: *port, PrometheusPort: *promPort, AlertmanagerPort: *amPort,
+		Accel: *accel, CPUs: *cpus, Out: os.Stdout,
+	})
 }
 
 func names() string {
