@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,7 +22,7 @@ type CryptoAlg struct {
 }
 
 // CryptoAlgs parses /proc/crypto.
-func CryptoAlgs(t testing.TB) []CryptoAlg {
+func CryptoAlgs(t TB) []CryptoAlg {
 	t.Helper()
 	b, err := os.ReadFile("/proc/crypto")
 	if err != nil {
@@ -64,7 +63,7 @@ func CryptoAlgs(t testing.TB) []CryptoAlg {
 
 // preferred returns the highest-priority implementation of name, the one
 // the kernel hands to a new SA.
-func preferred(t testing.TB, name string) CryptoAlg {
+func preferred(t TB, name string) CryptoAlg {
 	t.Helper()
 	var best CryptoAlg
 	for _, a := range CryptoAlgs(t) {
@@ -85,7 +84,7 @@ func preferred(t testing.TB, name string) CryptoAlg {
 // plain algorithm names). It returns the new driver name. The instance is
 // removed at cleanup; call AsyncCrypto before creating the SAs, so their
 // cleanup (which runs first) releases it.
-func AsyncCrypto(t testing.TB, name string) string {
+func AsyncCrypto(t TB, name string) string {
 	t.Helper()
 	base := preferred(t, name)
 	driver := "pcrypt(" + base.Driver + ")"

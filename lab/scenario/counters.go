@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 )
@@ -46,7 +45,7 @@ func (c Counters) String() string {
 }
 
 // XfrmStat reads the namespace's /proc/net/xfrm_stat (it is per namespace).
-func (n *Netns) XfrmStat(t testing.TB) Counters {
+func (n *Netns) XfrmStat(t TB) Counters {
 	t.Helper()
 	b, err := n.ReadFile("/proc/thread-self/net/xfrm_stat")
 	if err != nil {
@@ -69,7 +68,7 @@ func (n *Netns) XfrmStat(t testing.TB) Counters {
 }
 
 // State returns the namespace's SA for sa (matched by SPI and destination).
-func (n *Netns) State(t testing.TB, sa SA) netlink.XfrmState {
+func (n *Netns) State(t TB, sa SA) netlink.XfrmState {
 	t.Helper()
 	s, ok := n.LookupState(t, sa)
 	if !ok {
@@ -80,7 +79,7 @@ func (n *Netns) State(t testing.TB, sa SA) netlink.XfrmState {
 
 // LookupState is State without failing when the SA is absent (expired SAs
 // are deleted by the kernel).
-func (n *Netns) LookupState(t testing.TB, sa SA) (netlink.XfrmState, bool) {
+func (n *Netns) LookupState(t TB, sa SA) (netlink.XfrmState, bool) {
 	t.Helper()
 	s, ok, err := n.lookupState(sa)
 	if err != nil {
@@ -105,7 +104,7 @@ func (n *Netns) lookupState(sa SA) (netlink.XfrmState, bool, error) {
 
 // SACounters are an SA's statistics as counters: packets, bytes, replay,
 // integrity_failed, replay_window.
-func (n *Netns) SACounters(t testing.TB, sa SA) Counters {
+func (n *Netns) SACounters(t TB, sa SA) Counters {
 	t.Helper()
 	s, ok := n.LookupState(t, sa)
 	if !ok {
@@ -120,7 +119,7 @@ func (n *Netns) SACounters(t testing.TB, sa SA) Counters {
 
 // IP runs Debian's ip with args in the namespace and returns its output,
 // e.g. n.IP(t, "-s", "xfrm", "state") for logs.
-func (n *Netns) IP(t testing.TB, args ...string) string {
+func (n *Netns) IP(t TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(IPBin(), append([]string{"-n", n.Name}, args...)...).CombinedOutput()
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -75,7 +74,7 @@ var (
 )
 
 // ESP installs SAs and policies between A and B as o says.
-func (p *Pair) ESP(t testing.TB, o ESPOptions) *ESP {
+func (p *Pair) ESP(t TB, o ESPOptions) *ESP {
 	t.Helper()
 	base := 0x1000 * (spiCounter.Add(1))
 	e := &ESP{
@@ -175,7 +174,7 @@ type policyDir struct {
 // policies installs the out policy local->remote and the in policy
 // remote->local on node, with templates for the SAs out and in; fwd adds the
 // same selector as in for forwarded traffic (a gateway).
-func (e *ESP) policies(t testing.TB, n *Netns, local, remote netip.Prefix, out, in SA, fwd bool) {
+func (e *ESP) policies(t TB, n *Netns, local, remote netip.Prefix, out, in SA, fwd bool) {
 	t.Helper()
 	dirs := []policyDir{
 		{netlink.XFRM_DIR_OUT, local, remote, out},
@@ -197,7 +196,7 @@ func (e *ESP) policies(t testing.TB, n *Netns, local, remote netip.Prefix, out, 
 }
 
 // AddSA installs s in n (removed again at cleanup, unless already gone).
-func AddSA(t testing.TB, n *Netns, s *netlink.XfrmState) {
+func AddSA(t TB, n *Netns, s *netlink.XfrmState) {
 	t.Helper()
 	if err := n.NL.XfrmStateAdd(s); err != nil {
 		t.Fatalf("%s: add SA spi 0x%x %s->%s: %v", n.Name, s.Spi, s.Src, s.Dst, err)
@@ -206,7 +205,7 @@ func AddSA(t testing.TB, n *Netns, s *netlink.XfrmState) {
 }
 
 // AddPolicy installs p in n (removed again at cleanup).
-func AddPolicy(t testing.TB, n *Netns, p *netlink.XfrmPolicy) {
+func AddPolicy(t TB, n *Netns, p *netlink.XfrmPolicy) {
 	t.Helper()
 	if err := n.NL.XfrmPolicyAdd(p); err != nil {
 		t.Fatalf("%s: add policy %s %s->%s: %v", n.Name, p.Dir, p.Src, p.Dst, err)
@@ -216,7 +215,7 @@ func AddPolicy(t testing.TB, n *Netns, p *netlink.XfrmPolicy) {
 
 // tunnelRoutes puts local on lo of n and routes remote through the peer's
 // outer address gw, with local as source.
-func tunnelRoutes(t testing.TB, n *Node, local, remote, gw netip.Addr) {
+func tunnelRoutes(t TB, n *Node, local, remote, gw netip.Addr) {
 	t.Helper()
 	lo, err := n.NL.LinkByName("lo")
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -29,7 +28,7 @@ type Gateway struct {
 
 // NewGateway builds the three namespaces and the tunnel; o.Tunnel and
 // o.ASubnet are set for you, IPv6 is not supported.
-func NewGateway(t testing.TB, o ESPOptions) *Gateway {
+func NewGateway(t TB, o ESPOptions) *Gateway {
 	t.Helper()
 	return newGateway(t, func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr) {
 		o.Tunnel, o.IPv6 = true, false
@@ -41,7 +40,7 @@ func NewGateway(t testing.TB, o ESPOptions) *Gateway {
 
 // NewIKEGateway is NewGateway with the tunnel negotiated by real daemons
 // (a on the gateway A, b on B); o.Tunnel and o.ASubnet are set for you.
-func NewIKEGateway(t testing.TB, a, b DaemonKind, o IKEOptions) *Gateway {
+func NewIKEGateway(t TB, a, b DaemonKind, o IKEOptions) *Gateway {
 	t.Helper()
 	return newGateway(t, func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr) {
 		o.Tunnel, o.IPv6 = true, false
@@ -51,7 +50,7 @@ func NewIKEGateway(t testing.TB, a, b DaemonKind, o IKEOptions) *Gateway {
 	})
 }
 
-func newGateway(t testing.TB, tunnel func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr)) *Gateway {
+func newGateway(t TB, tunnel func(p *Pair, subnet netip.Prefix) (*ESP, *IKE, netip.Addr)) *Gateway {
 	t.Helper()
 	p := NewPair(t)
 	c := &Node{Netns: NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr("10.79.0.2")}
@@ -82,7 +81,7 @@ func newGateway(t testing.TB, tunnel func(p *Pair, subnet netip.Prefix) (*ESP, *
 
 // SetSysctl writes a sysctl below /proc/sys inside n (net.* sysctls are
 // per namespace).
-func SetSysctl(t testing.TB, n *Netns, name, value string) {
+func SetSysctl(t TB, n *Netns, name, value string) {
 	t.Helper()
 	err := n.Do(func() error {
 		return os.WriteFile("/proc/sys/"+name, []byte(value+"\n"), 0)
@@ -94,7 +93,7 @@ func SetSysctl(t testing.TB, n *Netns, name, value string) {
 
 // BulkTCP sends size bytes over one TCP connection from a socket in from to
 // a listener on dst:5001 in to, and returns once all bytes were received.
-func BulkTCP(t testing.TB, from, to *Netns, dst netip.Addr, size int) {
+func BulkTCP(t TB, from, to *Netns, dst netip.Addr, size int) {
 	t.Helper()
 	addr := netip.AddrPortFrom(dst, 5001).String()
 	var ln net.Listener

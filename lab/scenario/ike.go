@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -86,9 +85,9 @@ type IKEDaemon interface {
 	Kind() string
 	// Kill ends the daemon with SIGKILL: it cannot tell its peer or clean
 	// up its SAs and policies, as when a node or daemon crashes.
-	Kill(t testing.TB)
+	Kill(t TB)
 	// Stop ends the daemon with SIGTERM and waits for it (SAs deleted).
-	Stop(t testing.TB)
+	Stop(t TB)
 	// Pid and Dir (its configuration, logs and sockets).
 	Pid() int
 	Dir() string
@@ -115,7 +114,7 @@ type IKE struct {
 // RestartB starts B's daemon again (after Kill or Stop) with the same
 // configuration, then has A initiate the connection again and waits for
 // the child SAs.
-func (e *IKE) RestartB(t testing.TB) {
+func (e *IKE) RestartB(t TB) {
 	t.Helper()
 	e.B = startDaemon(t, e.kindB, e.endB, e.Opts)
 	switch a := e.A.(type) {
@@ -151,7 +150,7 @@ var DaemonPairs = []DaemonPair{
 
 // IKE starts daemon a on A and b on B with the connection o and, unless
 // o.Trap or o.NoWait, waits until both kernels have the child SAs.
-func (p *Pair) IKE(t testing.TB, a, b DaemonKind, o IKEOptions) *IKE {
+func (p *Pair) IKE(t TB, a, b DaemonKind, o IKEOptions) *IKE {
 	t.Helper()
 	e := &IKE{Opts: o, Pair: p}
 	aOuter, bOuter := p.A.Addr(o.IPv6), p.B.Addr(o.IPv6)
@@ -190,7 +189,7 @@ func (p *Pair) IKE(t testing.TB, a, b DaemonKind, o IKEOptions) *IKE {
 	return e
 }
 
-func startDaemon(t testing.TB, kind DaemonKind, end ikeEnd, o IKEOptions) IKEDaemon {
+func startDaemon(t TB, kind DaemonKind, end ikeEnd, o IKEOptions) IKEDaemon {
 	t.Helper()
 	switch kind {
 	case StrongSwanKind:
@@ -205,7 +204,7 @@ func startDaemon(t testing.TB, kind DaemonKind, end ikeEnd, o IKEOptions) IKEDae
 // WaitChild waits until both kernels hold an SA each way between A and B
 // (a rekey in progress may add more), and fails with both daemons' logs
 // after timeout.
-func (e *IKE) WaitChild(t testing.TB, timeout time.Duration) {
+func (e *IKE) WaitChild(t TB, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !e.childUp(t, e.Pair.A) || !e.childUp(t, e.Pair.B) {
@@ -219,7 +218,7 @@ func (e *IKE) WaitChild(t testing.TB, timeout time.Duration) {
 }
 
 // childUp reports whether n has an ESP SA from A to B and one from B to A.
-func (e *IKE) childUp(t testing.TB, n *Node) bool {
+func (e *IKE) childUp(t TB, n *Node) bool {
 	t.Helper()
 	ab, ba := e.SPIs(t, n)
 	return len(ab) > 0 && len(ba) > 0
@@ -227,7 +226,7 @@ func (e *IKE) childUp(t testing.TB, n *Node) bool {
 
 // SPIs lists n's ESP SAs of this connection: A->B and B->A (SPI 0, the
 // kernel's larval acquire states, left out).
-func (e *IKE) SPIs(t testing.TB, n *Node) (ab, ba []uint32) {
+func (e *IKE) SPIs(t TB, n *Node) (ab, ba []uint32) {
 	t.Helper()
 	a, b := e.Pair.A.Addr(e.Opts.IPv6), e.Pair.B.Addr(e.Opts.IPv6)
 	states, err := n.NL.XfrmStateList(netlink.FAMILY_ALL)
@@ -263,7 +262,7 @@ type daemonProc struct {
 // daemonDir makes a fresh directory for a daemon in n with a run/
 // subdirectory, which is mounted on /run for the daemon alone (charon's
 // pid file path is compiled in, so two daemons need two /run).
-func daemonDir(t testing.TB, kind string, n *Node) string {
+func daemonDir(t TB, kind string, n *Node) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", kind+"-"+n.Name+"-")
 	if err != nil {
@@ -283,7 +282,7 @@ func daemonDir(t testing.TB, kind string, n *Node) string {
 // startProc runs argv inside n (`ip netns exec`, which also gives it its own
 // mount namespace) with dir/run mounted on /run and env added; output goes
 // to dir/<kind>.log. The process is stopped at cleanup.
-func startProc(t testing.TB, kind string, n *Node, dir string, env []string, argv ...string) *daemonProc {
+func startProc(t TB, kind string, n *Node, dir string, env []string, argv ...string) *daemonProc {
 	t.Helper()
 	p := &daemonProc{kind: kind, dir: dir, log: filepath.Join(dir, kind+".log"), done: make(chan struct{})}
 	logf, err := os.Create(p.log)
@@ -314,13 +313,13 @@ func (p *daemonProc) Kind() string { return p.kind }
 func (p *daemonProc) Pid() int     { return p.cmd.Process.Pid }
 func (p *daemonProc) Dir() string  { return p.dir }
 
-func (p *daemonProc) Kill(t testing.TB) {
+func (p *daemonProc) Kill(t TB) {
 	t.Helper()
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }
 
-func (p *daemonProc) Stop(t testing.TB) {
+func (p *daemonProc) Stop(t TB) {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -356,7 +355,7 @@ func (p *daemonProc) LogTail() string {
 }
 
 // RSS is the daemon's resident memory in bytes (VmRSS).
-func RSS(t testing.TB, pid int) uint64 {
+func RSS(t TB, pid int) uint64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
@@ -376,7 +375,7 @@ func RSS(t testing.TB, pid int) uint64 {
 }
 
 // run runs argv inside n and fails t with its output on error.
-func run(t testing.TB, n *Node, env []string, argv ...string) string {
+func run(t TB, n *Node, env []string, argv ...string) string {
 	t.Helper()
 	cmd := exec.Command(IPBin(), append([]string{"netns", "exec", n.Name}, argv...)...)
 	cmd.Env = append(os.Environ(), env...)
@@ -398,7 +397,7 @@ func seconds(d time.Duration) string {
 	return fmt.Sprintf("%d", max(1, int(d.Round(time.Second)/time.Second)))
 }
 
-func writeFile(t testing.TB, path, content string, perm os.FileMode) {
+func writeFile(t TB, path, content string, perm os.FileMode) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), perm); err != nil {
 		t.Fatal(err)

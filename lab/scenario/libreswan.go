@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 )
 
@@ -27,7 +26,7 @@ type Pluto struct {
 	Ctl string
 }
 
-func startPluto(t testing.TB, end ikeEnd, o IKEOptions) *Pluto {
+func startPluto(t TB, end ikeEnd, o IKEOptions) *Pluto {
 	t.Helper()
 	dir := daemonDir(t, "pluto", end.Node)
 	nss := filepath.Join(dir, "nss")
@@ -59,7 +58,7 @@ func startPluto(t testing.TB, end ikeEnd, o IKEOptions) *Pluto {
 }
 
 // Whack runs Libreswan's whack against this pluto.
-func (p *Pluto) Whack(t testing.TB, args ...string) string {
+func (p *Pluto) Whack(t TB, args ...string) string {
 	t.Helper()
 	return run(t, p.node, nil, append([]string{whackBin, "--ctlsocket", p.Ctl}, args...)...)
 }

@@ -1,8 +1,6 @@
 package scenario
 
 import (
-	"testing"
-
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -13,7 +11,7 @@ import (
 // datagrams arriving on it, and per-socket "allow" policies in both
 // directions let them past the namespace's "require ESP" policies (without
 // them the datagram is dropped before decapsulation). Closed at cleanup.
-func EncapSocket(t testing.TB, n *Netns, v6 bool) {
+func EncapSocket(t TB, n *Netns, v6 bool) {
 	t.Helper()
 	var fd int
 	err := n.Do(func() error {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -27,7 +26,7 @@ type Netns struct {
 var nsCounter atomic.Int64
 
 // NewNetns creates a namespace whose name starts with prefix, with lo up.
-func NewNetns(t testing.TB, prefix string) *Netns {
+func NewNetns(t TB, prefix string) *Netns {
 	t.Helper()
 	var (
 		name string

@@ -3,7 +3,6 @@ package scenario
 import (
 	"net"
 	"net/netip"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -37,7 +36,7 @@ type Pair struct {
 }
 
 // NewPair builds a Pair and waits until the link is up both ways.
-func NewPair(t testing.TB) *Pair {
+func NewPair(t TB) *Pair {
 	t.Helper()
 	return NewPairNamed(t, "a", "b", 0)
 }
@@ -45,7 +44,7 @@ func NewPair(t testing.TB) *Pair {
 // NewPairNamed is NewPair with chosen namespace name prefixes and subnet:
 // A = 10.77.<subnet>.1 / fd77:<subnet>::1, B = ....2 / ...::2. Distinct
 // subnets keep peers apart when one exporter watches several pairs.
-func NewPairNamed(t testing.TB, aPrefix, bPrefix string, subnet uint8) *Pair {
+func NewPairNamed(t TB, aPrefix, bPrefix string, subnet uint8) *Pair {
 	t.Helper()
 	a, b := NewNetns(t, aPrefix), NewNetns(t, bPrefix)
 	v4 := func(host byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 77, subnet, host}) }
@@ -63,7 +62,7 @@ func NewPairNamed(t testing.TB, aPrefix, bPrefix string, subnet uint8) *Pair {
 // Connect joins x and y (whose Link, IPv4 and IPv6 are set) with a veth
 // pair, configures the addresses with the given prefix lengths, sets static
 // neighbours and waits for the link to be up on both sides.
-func Connect(t testing.TB, x, y *Node, prefix4, prefix6 int) {
+func Connect(t TB, x, y *Node, prefix4, prefix6 int) {
 	t.Helper()
 	// Fresh namespaces number their first veth 2 on both sides. A veth whose
 	// peer has its own ifindex is not an "urgent" linkwatch event on 6.1, so
@@ -118,7 +117,7 @@ func Connect(t testing.TB, x, y *Node, prefix4, prefix6 int) {
 // NODAD), so packets arriving right after the address was added can be
 // dropped as unroutable; on a busy machine this took long enough to lose
 // whole ping runs. IPv4 installs the route synchronously.
-func WaitLocal(t testing.TB, n *Netns, ip netip.Addr) {
+func WaitLocal(t TB, n *Netns, ip netip.Addr) {
 	t.Helper()
 	if !ip.IsValid() || !ip.Is6() {
 		return
@@ -141,7 +140,7 @@ func WaitLocal(t testing.TB, n *Netns, ip netip.Addr) {
 }
 
 // StaticNeighbour adds a permanent neighbour entry for ip on n's link.
-func StaticNeighbour(t testing.TB, n *Node, ip netip.Addr, mac net.HardwareAddr) {
+func StaticNeighbour(t TB, n *Node, ip netip.Addr, mac net.HardwareAddr) {
 	t.Helper()
 	if !ip.IsValid() {
 		return
@@ -164,7 +163,7 @@ func StaticNeighbour(t testing.TB, n *Node, ip netip.Addr, mac net.HardwareAddr)
 }
 
 // waitUp waits until n's link reports carrier (operstate up).
-func waitUp(t testing.TB, n *Node) {
+func waitUp(t TB, n *Node) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"testing"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -14,14 +13,14 @@ import (
 
 // Ping sends exactly count ICMP echo requests from n to dst, back to back,
 // and returns how many replies came back (waiting up to 2s after the last).
-func (n *Netns) Ping(t testing.TB, dst netip.Addr, count int) int {
+func (n *Netns) Ping(t TB, dst netip.Addr, count int) int {
 	t.Helper()
 	return n.PingTimeout(t, dst, count, 2*time.Second)
 }
 
 // PingTimeout is Ping with a chosen wait for replies; use a short one when
 // no reply is expected (fault scenarios).
-func (n *Netns) PingTimeout(t testing.TB, dst netip.Addr, count int, timeout time.Duration) int {
+func (n *Netns) PingTimeout(t TB, dst netip.Addr, count int, timeout time.Duration) int {
 	t.Helper()
 	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
 	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply

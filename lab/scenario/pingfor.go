@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"testing"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -22,7 +21,7 @@ type PingResult struct {
 
 // PingFor sends one echo request from n to dst every interval for d, then
 // waits up to 2s for the last replies: continuous traffic across rekeys.
-func (n *Netns) PingFor(t testing.TB, dst netip.Addr, interval, d time.Duration) PingResult {
+func (n *Netns) PingFor(t TB, dst netip.Addr, interval, d time.Duration) PingResult {
 	t.Helper()
 	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
 	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 )
@@ -25,7 +24,7 @@ type PolicyHole struct {
 // NewPolicyHole prepares a hole on n (node A of e) for UDP to e.BAddr:port,
 // closed. n's own out policies are moved behind it (priority 10) once, here;
 // SetOpen opens and closes the hole. The hole is closed again at cleanup.
-func NewPolicyHole(t testing.TB, n *Node, e *ESP, port int) *PolicyHole {
+func NewPolicyHole(t TB, n *Node, e *ESP, port int) *PolicyHole {
 	t.Helper()
 	pols, err := n.NL.XfrmPolicyList(netlink.FAMILY_ALL)
 	if err != nil {
@@ -78,7 +77,7 @@ func (h *PolicyHole) SetOpen(open bool) error {
 // Unconnected, so every datagram gets a fresh route and policy lookup: a
 // connected socket would keep the route it cached before a PolicyHole
 // opened or closed.
-func UDPSender(t testing.TB, n *Netns, network string) net.PacketConn {
+func UDPSender(t TB, n *Netns, network string) net.PacketConn {
 	t.Helper()
 	var c net.PacketConn
 	if err := n.Do(func() (err error) {

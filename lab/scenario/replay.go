@@ -3,7 +3,6 @@ package scenario
 import (
 	"encoding/binary"
 	"sync"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,7 +19,7 @@ type Capture struct {
 }
 
 // CaptureESP starts capturing on n's link; stop it with Stop.
-func (n *Node) CaptureESP(t testing.TB) *Capture {
+func (n *Node) CaptureESP(t TB) *Capture {
 	t.Helper()
 	l, err := n.NL.LinkByName(n.Link)
 	if err != nil {
@@ -133,7 +132,7 @@ func isESP(f []byte) bool {
 
 // SendFrames sends whole Ethernet frames out of n's link, e.g. captured
 // ESP frames again to provoke replay errors at the receiver.
-func (n *Node) SendFrames(t testing.TB, frames [][]byte) {
+func (n *Node) SendFrames(t TB, frames [][]byte) {
 	t.Helper()
 	l, err := n.NL.LinkByName(n.Link)
 	if err != nil {
@@ -161,7 +160,7 @@ func (n *Node) SendFrames(t testing.TB, frames [][]byte) {
 // Replay sends count pings from A to B over e while capturing the ESP
 // frames B receives, then sends those frames again from A: B's xfrm_input
 // sees them as replays. It returns the number of frames replayed.
-func (p *Pair) Replay(t testing.TB, e *ESP, count int) int {
+func (p *Pair) Replay(t TB, e *ESP, count int) int {
 	t.Helper()
 	c := p.B.CaptureESP(t)
 	if got := p.A.Ping(t, e.BAddr, count); got != count {

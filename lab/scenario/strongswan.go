@@ -5,7 +5,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -28,7 +27,7 @@ type Charon struct {
 
 // startCharon writes the configuration of end, starts charon in end's
 // namespace and loads the connection with swanctl.
-func startCharon(t testing.TB, end ikeEnd, o IKEOptions) *Charon {
+func startCharon(t TB, end ikeEnd, o IKEOptions) *Charon {
 	t.Helper()
 	dir := daemonDir(t, "charon", end.Node)
 	c := &Charon{node: end.Node, conf: filepath.Join(dir, "strongswan.conf"), VICI: filepath.Join(dir, "charon.vici")}
@@ -45,7 +44,7 @@ func startCharon(t testing.TB, end ikeEnd, o IKEOptions) *Charon {
 func (c *Charon) env() []string { return []string{"STRONGSWAN_CONF=" + c.conf} }
 
 // Swanctl runs Debian's swanctl against this charon and returns its output.
-func (c *Charon) Swanctl(t testing.TB, args ...string) string {
+func (c *Charon) Swanctl(t TB, args ...string) string {
 	t.Helper()
 	return run(t, c.node, c.env(), append([]string{swanctlBin}, append(args, "--uri", "unix://"+c.VICI)...)...)
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"testing"
 )
 
 const tracefs = "/sys/kernel/tracing"
@@ -19,7 +18,7 @@ var probeCounter atomic.Int64
 // function reading how often it ran since. It is the kernel's own evidence,
 // independent of our BPF code (tracefs kprobe_profile). Removed at cleanup.
 // The count is for the whole kernel, all namespaces.
-func CountCalls(t testing.TB, fn string) func() uint64 {
+func CountCalls(t TB, fn string) func() uint64 {
 	t.Helper()
 	name := fmt.Sprintf("lab_%s_%d", strings.NewReplacer(":", "_", ".", "_").Replace(fn), probeCounter.Add(1))
 	if err := appendFile(filepath.Join(tracefs, "kprobe_events"), fmt.Sprintf("p:ipsec_lab/%s %s\n", name, fn)); err != nil {

@@ -8,7 +8,6 @@ package scenario
 
 import (
 	"os"
-	"testing"
 )
 
 // InVM reports whether we run inside a lab VM (the init script sets
@@ -16,7 +15,7 @@ import (
 func InVM() bool { return os.Getenv("IPSEC_LAB") == "1" }
 
 // RequireVM skips t outside a lab VM. Every TestLab test starts with it.
-func RequireVM(t testing.TB) {
+func RequireVM(t TB) {
 	t.Helper()
 	if !InVM() {
 		t.Skip("needs a lab kernel: run `make test-vm` (go run ./lab/cmd/ipsec-lab test)")

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink/nl"
@@ -43,7 +42,7 @@ type saID struct {
 var xfrmGroups = uint32(1<<8 - 1)
 
 // WatchXfrmEvents subscribes in n and counts until the test ends.
-func (n *Netns) WatchXfrmEvents(t testing.TB) *XfrmEvents {
+func (n *Netns) WatchXfrmEvents(t TB) *XfrmEvents {
 	t.Helper()
 	var fd int
 	err := n.Do(func() (err error) {
@@ -112,7 +111,7 @@ func (n *Netns) WatchXfrmEvents(t testing.TB) *XfrmEvents {
 }
 
 // Counts returns the counts so far; it fails t if the socket overflowed.
-func (ev *XfrmEvents) Counts(t testing.TB) Counters {
+func (ev *XfrmEvents) Counts(t TB) Counters {
 	t.Helper()
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
