@@ -16,14 +16,9 @@ var (
 	peer6  = netip.MustParseAddr("2001:db8::2")
 )
 
-// loadForTest loads the programs and one interface's instance of them
-// (namespace slot 0, Ethernet frames), or skips when this host cannot: BPF
-// needs root (CAP_BPF) here.
-func loadForTest(t *testing.T) (*Programs, *instance) {
-	t.Helper()
-	return loadInstance(t, 0, 0, true)
-}
-
+// loadInstance loads the programs and one interface's instance of them
+// (namespace slot, Ethernet frames or not), or skips when this host cannot:
+// BPF needs root (CAP_BPF) here.
 func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Programs, *instance) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -40,14 +35,6 @@ func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Progr
 	}
 	t.Cleanup(func() { _ = i.Close() })
 	return p, i
-}
-
-// setPeers puts addrs in the peer map under slot 0.
-func setPeers(t *testing.T, p *Programs, addrs ...netip.Addr) {
-	t.Helper()
-	if _, err := p.SetPeers(map[uint32][]netip.Addr{0: addrs}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestClassify runs the programs on crafted frames (BPF_PROG_TEST_RUN) and
