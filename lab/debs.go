@@ -3,6 +3,7 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +15,7 @@ import (
 // Deb is a Debian package unpacked in the lab cache.
 type Deb struct {
 	Name    string // package name
-	Version string // the .deb's file name without .deb (name_version_arch)
+	Version string // Debian version
 	Root    string // unpacked tree
 	Depends string // the package's Depends field, as dpkg-deb -f prints it
 }
@@ -23,63 +24,109 @@ type Deb struct {
 // unpacks it into the lab cache (once: later calls find it there). Without
 // apt lists it falls back to the newest cached version.
 func FetchDeb(pkg string, logf func(string, ...any)) (*Deb, error) {
+	base, err := debsDir()
+	if err != nil {
+		return nil, err
+	}
+	return fetchDeb(pkg, base, nil, logf)
+}
+
+// debsDir is where fetched packages are unpacked, one directory per
+// name_version_arch, as apt-get download names the .deb.
+func debsDir() (string, error) {
 	cache, err := CacheDir()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	base := filepath.Join(cache, "debs")
-	file, err := candidateDeb(pkg, base)
+	return filepath.Join(cache, "debs"), nil
+}
+
+// fetchDeb fetches the candidate version of pkg into base (once) and runs
+// after on its tree when it unpacks it (nil: nothing).
+func fetchDeb(pkg, base string, after func(root string) error, logf func(string, ...any)) (*Deb, error) {
+	stem, err := candidateDeb(pkg, base)
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(base, strings.TrimSuffix(file, ".deb"))
+	d, err := parseDebStem(stem)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(base, stem)
+	d.Root = filepath.Join(dir, "root")
 	if _, err := os.Stat(filepath.Join(dir, ".ready")); err != nil {
-		logf("fetching %s", file)
-		if err := unpackDeb(pkg, dir, nil); err != nil {
+		logf("fetching %s=%s", d.Name, d.Version)
+		if err := unpackDeb(d.Name+"="+d.Version, dir, after); err != nil {
 			return nil, err
 		}
 	}
 	depends, err := os.ReadFile(filepath.Join(dir, "depends"))
 	if err != nil {
-		return nil, fmt.Errorf("package %s: %w", pkg, err)
+		return nil, fmt.Errorf("package %s=%s: %w", d.Name, d.Version, err)
 	}
-	return &Deb{Name: pkg, Version: filepath.Base(dir), Root: filepath.Join(dir, "root"), Depends: strings.TrimSpace(string(depends))}, nil
+	d.Depends = strings.TrimSpace(string(depends))
+	return d, nil
 }
 
-// candidateDeb is the file name apt-get download would write for pkg, which
-// names the version (`apt-get download --print-uris` reads the local lists
-// only). Without lists: the newest version in the cache.
-func candidateDeb(pkg, cache string) (string, error) {
-	out, err := exec.Command("apt-get", "download", "--print-uris", pkg).Output()
+// parseDebStem reads name and version from apt-get download's file name
+// without .deb: name_version_arch, the version's epoch colon written %3a.
+func parseDebStem(stem string) (*Deb, error) {
+	f := strings.Split(stem, "_")
+	if len(f) != 3 {
+		return nil, fmt.Errorf("package file %s.deb: want name_version_arch.deb", stem)
+	}
+	version, err := url.PathUnescape(f[1])
+	if err != nil {
+		return nil, fmt.Errorf("package file %s.deb: %w", stem, err)
+	}
+	return &Deb{Name: f[0], Version: version}, nil
+}
+
+// cachedDebs are the file names (name_version_arch, see parseDebStem) of
+// the packages fully unpacked in base.
+func cachedDebs(base string) []string {
+	var stems []string
+	entries, _ := os.ReadDir(base)
+	for _, e := range entries {
+		if _, err := os.Stat(filepath.Join(base, e.Name(), ".ready")); err == nil {
+			stems = append(stems, e.Name())
+		}
+	}
+	return stems
+}
+
+// candidateDeb is the file name, without .deb, apt-get download would write
+// for pkg, which names the version (`apt-get download --print-uris` reads the
+// local lists only). Without lists: the newest version in the cache.
+func candidateDeb(pkg, base string) (string, error) {
+	out, err := exec.Command("apt-get", "download", "--print-uris", pkg).CombinedOutput()
 	if err == nil {
 		// 'URL' name_version_arch.deb size hash
 		for _, line := range strings.Split(string(out), "\n") {
 			if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(f[1], pkg+"_") && strings.HasSuffix(f[1], ".deb") {
-				return f[1], nil
+				return strings.TrimSuffix(f[1], ".deb"), nil
 			}
 		}
 	}
 	var cached []string
-	entries, _ := os.ReadDir(cache)
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), pkg+"_") {
-			if _, err := os.Stat(filepath.Join(cache, e.Name(), ".ready")); err == nil {
-				cached = append(cached, e.Name()+".deb")
-			}
+	for _, stem := range cachedDebs(base) {
+		if strings.HasPrefix(stem, pkg+"_") {
+			cached = append(cached, stem)
 		}
 	}
 	if len(cached) == 0 {
-		return "", fmt.Errorf("package %s is not in the apt lists: run `make deps` (apt-get update)", pkg)
+		return "", fmt.Errorf("package %s is not in the apt lists and not in the lab cache %s: run `make deps` (apt-get update)", pkg, base)
 	}
 	sort.Slice(cached, func(i, j int) bool { return VersionLess(cached[i], cached[j]) })
 	return cached[len(cached)-1], nil
 }
 
-// unpackDeb fetches pkg with apt-get download and unpacks it with dpkg-deb
-// into dir/root, with its Depends field in dir/depends; then runs after on
-// the tree (nil: nothing). dir appears only when all of that worked, so a
-// half-done download is never used, and parallel runs may race harmlessly.
-func unpackDeb(pkg, dir string, after func(root string) error) error {
+// unpackDeb fetches pin (name=version) with apt-get download and unpacks it
+// with dpkg-deb into dir/root, with its Depends field in dir/depends; then
+// runs after on the tree (nil: nothing). dir appears only when all of that
+// worked, so a half-done download is never used, and parallel runs may race
+// harmlessly.
+func unpackDeb(pin, dir string, after func(root string) error) error {
 	// The cache directory may not exist yet (a fresh machine, or CI's empty
 	// lab cache); a unique temporary directory inside it, because parallel
 	// runs may fetch the same package.
@@ -91,14 +138,14 @@ func unpackDeb(pkg, dir string, after func(root string) error) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	cmd := exec.Command("apt-get", "download", pkg)
+	cmd := exec.Command("apt-get", "download", pin)
 	cmd.Dir = tmp
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get download %s: %w\n%s", pkg, err, out)
+		return downloadError(pin, out, err)
 	}
 	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
 	if len(debs) != 1 {
-		return fmt.Errorf("apt-get download %s: want one .deb, have %v", pkg, debs)
+		return fmt.Errorf("apt-get download %s: want one .deb, have %v", pin, debs)
 	}
 	root := filepath.Join(tmp, "root")
 	if out, err := exec.Command("dpkg-deb", "-x", debs[0], root).CombinedOutput(); err != nil {
@@ -113,7 +160,7 @@ func unpackDeb(pkg, dir string, after func(root string) error) error {
 	}
 	if after != nil {
 		if err := after(root); err != nil {
-			return err
+			return fmt.Errorf("%s: %w", pin, err)
 		}
 	}
 	if err := os.Remove(debs[0]); err != nil {
@@ -129,6 +176,21 @@ func unpackDeb(pkg, dir string, after func(root string) error) error {
 		return err
 	}
 	return os.Rename(tmp, dir)
+}
+
+// downloadError says what to run when apt-get download of pin failed. The
+// archive drops superseded kernel packages within days, so lists older than
+// that name files that are gone (404); lists updated while the lab runs no
+// longer have the version it picked.
+func downloadError(pin string, out []byte, err error) error {
+	text := string(out)
+	switch {
+	case strings.Contains(text, " 404 "):
+		return fmt.Errorf("apt-get download %s: the apt lists name it but the archive no longer has it (Debian replaced it): run `apt-get update` (as root) and try again; the lab then picks the newest package\n%s", pin, out)
+	case strings.Contains(text, "was not found") || strings.Contains(text, "Unable to locate package"):
+		return fmt.Errorf("apt-get download %s: it vanished from the apt lists while the lab ran (apt-get update in between?): run the lab again\n%s", pin, out)
+	}
+	return fmt.Errorf("apt-get download %s: %w\n%s", pin, err, out)
 }
 
 // dependName matches the first alternative of one Depends clause: its

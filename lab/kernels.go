@@ -36,10 +36,15 @@ type KernelSpec struct {
 type Kernel struct {
 	Spec    KernelSpec
 	Package string // Debian package name
+	Version string // the package's Debian version
 	Root    string // unpacked package tree (boot/, lib/modules/)
 	Release string // uname -r
 	Vmlinuz string
 }
+
+// Debian names the exact package as apt-get takes it (name=version), so a
+// run's output says which build of the drifting kernel packages ran.
+func (k *Kernel) Debian() string { return k.Package + "=" + k.Version }
 
 // FindKernel returns the spec with the given short name.
 func FindKernel(name string) (KernelSpec, error) {
@@ -53,8 +58,18 @@ func FindKernel(name string) (KernelSpec, error) {
 	return KernelSpec{}, fmt.Errorf("unknown kernel %q (have %s)", name, strings.Join(names, ", "))
 }
 
-// CacheDir is where kernels and other downloads are kept, outside the repo.
+// CacheDir is where kernels and other downloads are kept, outside the repo:
+// IPSEC_LAB_CACHE if set (CI points it at an empty directory of its own, so
+// every run downloads, unpacks and runs depmod), else
+// ${XDG_CACHE_HOME:-~/.cache}/ipsec_exporter/lab.
 func CacheDir() (string, error) {
+	if dir := os.Getenv("IPSEC_LAB_CACHE"); dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return "", fmt.Errorf("IPSEC_LAB_CACHE: %w", err)
+		}
+		return abs, nil
+	}
 	base := os.Getenv("XDG_CACHE_HOME")
 	if base == "" {
 		home, err := os.UserHomeDir()
@@ -67,27 +82,24 @@ func CacheDir() (string, error) {
 }
 
 // Fetch resolves the newest package of spec, downloads and unpacks it (once,
-// cached) and builds its modules.dep.
+// cached by name and version) and builds its modules.dep.
 func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
-	cache, err := CacheDir()
+	base, err := debsDir()
 	if err != nil {
 		return nil, err
 	}
-	pkg, err := newestPackage(spec, cache)
+	pkg, err := newestPackage(spec, base)
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(cache, pkg)
-	if _, err := os.Stat(filepath.Join(dir, ".ready")); err != nil {
-		logf("fetching %s", pkg)
-		if err := download(pkg, dir); err != nil {
-			return nil, err
-		}
+	d, err := fetchDeb(pkg, base, depmod, logf)
+	if err != nil {
+		return nil, err
 	}
-	k := &Kernel{Spec: spec, Package: pkg, Root: filepath.Join(dir, "root")}
+	k := &Kernel{Spec: spec, Package: d.Name, Version: d.Version, Root: d.Root}
 	mods, err := filepath.Glob(filepath.Join(k.Root, "lib/modules/*"))
 	if err != nil || len(mods) != 1 {
-		return nil, fmt.Errorf("kernel %s: want one lib/modules dir, have %v", pkg, mods)
+		return nil, fmt.Errorf("kernel %s: want one lib/modules dir, have %v", k.Debian(), mods)
 	}
 	k.Release = filepath.Base(mods[0])
 	k.Vmlinuz = filepath.Join(k.Root, "boot", "vmlinuz-"+k.Release)
@@ -95,8 +107,9 @@ func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
 }
 
 // newestPackage asks apt for the package names of spec and picks the highest
-// version. Without apt lists it falls back to the newest cached package.
-func newestPackage(spec KernelSpec, cache string) (string, error) {
+// version. Without apt lists it falls back to the newest package in the
+// cache (base).
+func newestPackage(spec KernelSpec, base string) (string, error) {
 	re := regexp.MustCompile(spec.Package)
 	var names []string
 	out, err := exec.Command("apt-cache", "pkgnames", spec.Prefix).Output()
@@ -108,17 +121,14 @@ func newestPackage(spec KernelSpec, cache string) (string, error) {
 		}
 	}
 	if len(names) == 0 {
-		entries, _ := os.ReadDir(cache)
-		for _, e := range entries {
-			if re.MatchString(e.Name()) {
-				if _, err := os.Stat(filepath.Join(cache, e.Name(), ".ready")); err == nil {
-					names = append(names, e.Name())
-				}
+		for _, stem := range cachedDebs(base) {
+			if name, _, _ := strings.Cut(stem, "_"); re.MatchString(name) {
+				names = append(names, name)
 			}
 		}
 	}
 	if len(names) == 0 {
-		return "", fmt.Errorf("no package matches %s in the apt lists: run `make deps` (apt-get update)", spec.Package)
+		return "", fmt.Errorf("no package matches %s in the apt lists and none is in the lab cache %s: run `make deps` (apt-get update; bookworm and bookworm-security in the apt sources)", spec.Package, base)
 	}
 	sort.Slice(names, func(i, j int) bool { return VersionLess(names[i], names[j]) })
 	return names[len(names)-1], nil
@@ -140,19 +150,17 @@ func VersionLess(a, b string) bool {
 	return len(x) < len(y)
 }
 
-// download fetches pkg, unpacks it into dir and runs depmod on it; dir
-// appears only when all of that worked.
-func download(pkg, dir string) error {
-	return unpackDeb(pkg, dir, func(root string) error {
-		mods, _ := filepath.Glob(filepath.Join(root, "lib/modules/*"))
-		if len(mods) != 1 {
-			return fmt.Errorf("%s: want one lib/modules dir, have %v", pkg, mods)
-		}
-		if out, err := exec.Command("depmod", "-b", root, filepath.Base(mods[0])).CombinedOutput(); err != nil {
-			return fmt.Errorf("depmod %s: %w\n%s", pkg, err, out)
-		}
-		return nil
-	})
+// depmod builds modules.dep for the kernel tree root, so that Modules can
+// resolve dependencies with modprobe -d.
+func depmod(root string) error {
+	mods, _ := filepath.Glob(filepath.Join(root, "lib/modules/*"))
+	if len(mods) != 1 {
+		return fmt.Errorf("want one lib/modules dir, have %v", mods)
+	}
+	if out, err := exec.Command("depmod", "-b", root, filepath.Base(mods[0])).CombinedOutput(); err != nil {
+		return fmt.Errorf("depmod: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // Modules returns the host paths of the given modules and their dependencies,

@@ -102,7 +102,7 @@ ip route add default via 10.0.2.2
 	}
 	defer os.Remove(initrd)
 	o.Accel = ResolveAccel(ctx, o.Accel, k, work, logf)
-	logf("booting %s (%s), accel %s; console log %s", k.Release, k.Package, o.Accel, filepath.Join(work, "console.log"))
+	logf("booting %s (%s), accel %s; console log %s", k.Release, k.Debian(), o.Accel, filepath.Join(work, "console.log"))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -143,7 +143,7 @@ func Test(ctx context.Context, o TestOptions) error {
 				results[i] = &kernelResult{kernel: j.k.Spec.Name, problems: []string{"not run: interrupted"}}
 				return
 			}
-			fmt.Fprintf(outs[i], "ipsec-lab: kernel %s: %s (%s), accel %s\n", j.k.Spec.Name, j.k.Release, j.k.Package, o.Accel)
+			fmt.Fprintf(outs[i], "ipsec-lab: kernel %s: %s (%s), accel %s\n", j.k.Spec.Name, j.k.Release, j.k.Debian(), o.Accel)
 			results[i] = runKernel(ctx, o, j.k, j.initrd, j.dir, outs[i])
 		}()
 	}
