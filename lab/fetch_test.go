@@ -147,7 +147,9 @@ func (a *aptArchive) update() {
 // fetchLog records what Fetch said it downloaded.
 type fetchLog struct{ lines []string }
 
-func (l *fetchLog) logf(format string, a ...any) { l.lines = append(l.lines, fmt.Sprintf(format, a...)) }
+func (l *fetchLog) logf(format string, a ...any) {
+	l.lines = append(l.lines, fmt.Sprintf(format, a...))
+}
 
 // TestFetchDrift: into an empty cache, Fetch takes the newest package name
 // and its version from the apt lists, downloads, unpacks and runs depmod;
