@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Deb is a Debian package unpacked in the lab cache.
@@ -41,9 +42,16 @@ func debsDir() (string, error) {
 	return filepath.Join(cache, "debs"), nil
 }
 
+// debStep is work done once on a package's unpacked tree, before it is
+// marked ready (the kernels' depmod).
+type debStep struct {
+	name string
+	run  func(root string) error
+}
+
 // fetchDeb fetches the candidate version of pkg into base (once) and runs
-// after on its tree when it unpacks it (nil: nothing).
-func fetchDeb(pkg, base string, after func(root string) error, logf func(string, ...any)) (*Deb, error) {
+// step on its tree when it unpacks it (nil: nothing).
+func fetchDeb(pkg, base string, step *debStep, logf func(string, ...any)) (*Deb, error) {
 	stem, err := candidateDeb(pkg, base)
 	if err != nil {
 		return nil, err
@@ -56,7 +64,7 @@ func fetchDeb(pkg, base string, after func(root string) error, logf func(string,
 	d.Root = filepath.Join(dir, "root")
 	if _, err := os.Stat(filepath.Join(dir, ".ready")); err != nil {
 		logf("fetching %s=%s", d.Name, d.Version)
-		if err := unpackDeb(d.Name+"="+d.Version, dir, after); err != nil {
+		if err := unpackDeb(d.Name+"="+d.Version, dir, step, logf); err != nil {
 			return nil, err
 		}
 	}
@@ -123,10 +131,10 @@ func candidateDeb(pkg, base string) (string, error) {
 
 // unpackDeb fetches pin (name=version) with apt-get download and unpacks it
 // with dpkg-deb into dir/root, with its Depends field in dir/depends; then
-// runs after on the tree (nil: nothing). dir appears only when all of that
-// worked, so a half-done download is never used, and parallel runs may race
-// harmlessly.
-func unpackDeb(pin, dir string, after func(root string) error) error {
+// runs step on the tree (nil: nothing) and logs how long each part took.
+// dir appears only when all of that worked, so a half-done download is
+// never used, and parallel runs may race harmlessly.
+func unpackDeb(pin, dir string, step *debStep, logf func(string, ...any)) error {
 	// The cache directory may not exist yet (a fresh machine, or CI's empty
 	// lab cache); a unique temporary directory inside it, because parallel
 	// runs may fetch the same package.
@@ -138,6 +146,7 @@ func unpackDeb(pin, dir string, after func(root string) error) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	start := time.Now()
 	cmd := exec.Command("apt-get", "download", pin)
 	cmd.Dir = tmp
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -147,6 +156,12 @@ func unpackDeb(pin, dir string, after func(root string) error) error {
 	if len(debs) != 1 {
 		return fmt.Errorf("apt-get download %s: want one .deb, have %v", pin, debs)
 	}
+	fi, err := os.Stat(debs[0])
+	if err != nil {
+		return err
+	}
+	took := fmt.Sprintf("apt-get download %s (%.1f MB)", since(start), float64(fi.Size())/1e6)
+	start = time.Now()
 	root := filepath.Join(tmp, "root")
 	if out, err := exec.Command("dpkg-deb", "-x", debs[0], root).CombinedOutput(); err != nil {
 		return fmt.Errorf("dpkg-deb -x %s: %w\n%s", debs[0], err, out)
@@ -158,11 +173,15 @@ func unpackDeb(pin, dir string, after func(root string) error) error {
 	if err := os.WriteFile(filepath.Join(tmp, "depends"), depends, 0o644); err != nil {
 		return err
 	}
-	if after != nil {
-		if err := after(root); err != nil {
+	took += ", dpkg-deb -x " + since(start)
+	if step != nil {
+		start = time.Now()
+		if err := step.run(root); err != nil {
 			return fmt.Errorf("%s: %w", pin, err)
 		}
+		took += ", " + step.name + " " + since(start)
 	}
+	logf("fetched %s: %s", pin, took)
 	if err := os.Remove(debs[0]); err != nil {
 		return err
 	}
@@ -177,6 +196,8 @@ func unpackDeb(pin, dir string, after func(root string) error) error {
 	}
 	return os.Rename(tmp, dir)
 }
+
+func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }
 
 // downloadError says what to run when apt-get download of pin failed. The
 // archive drops superseded kernel packages within days, so lists older than

@@ -144,11 +144,13 @@ func (a *aptArchive) update() {
 	}
 }
 
-// fetchLog records what Fetch said it downloaded.
+// fetchLog records the downloads Fetch announced ("fetching ...").
 type fetchLog struct{ lines []string }
 
 func (l *fetchLog) logf(format string, a ...any) {
-	l.lines = append(l.lines, fmt.Sprintf(format, a...))
+	if line := fmt.Sprintf(format, a...); strings.HasPrefix(line, "fetching ") {
+		l.lines = append(l.lines, line)
+	}
 }
 
 // TestFetchDrift: into an empty cache, Fetch takes the newest package name

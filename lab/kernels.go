@@ -92,7 +92,7 @@ func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := fetchDeb(pkg, base, depmod, logf)
+	d, err := fetchDeb(pkg, base, &debStep{"depmod", depmod}, logf)
 	if err != nil {
 		return nil, err
 	}
