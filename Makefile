@@ -13,9 +13,12 @@ MODULES       = . dashboards examples/kubernetes deploy/helm
 
 all: build test
 
-## build: the exporter binary, static, as it runs on nodes and in the lab.
+## build: the exporter binary (BINARY), static, as it runs on nodes and in
+## the lab, with the build info of a release: .promu.yml's version ldflags
+## filled by scripts/ldflags.sh, the version from VERSION.
+BINARY ?= ipsec_exporter
 build:
-	CGO_ENABLED=0 $(GO) build -o ipsec_exporter .
+	ldflags="$$(bash scripts/ldflags.sh)" && CGO_ENABLED=0 $(GO) build -ldflags "$$ldflags" -o $(BINARY) .
 
 ## deps: install what tests and the lab need (qemu, busybox, kernels' tools).
 deps:
@@ -91,4 +94,4 @@ $(GOLANGCI_LINT):
 	GOBIN=$(dir $@) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 clean:
-	rm -f ipsec_exporter
+	rm -f $(BINARY)
