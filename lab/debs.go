@@ -90,6 +90,17 @@ func parseDebStem(stem string) (*Deb, error) {
 	return &Deb{Name: f[0], Version: version}, nil
 }
 
+// aptCommand is the apt tool (apt-get, apt-cache) with its binary package
+// cache in base, beside the packages. Debian's container images switch that
+// cache off (Dir::Cache::pkgcache ""), and then every apt call parses all
+// the lists again: 2.0 s of CPU per call on the build machine, 0.5 s with
+// the cache, and the lab makes one or two calls per package.
+func aptCommand(base, tool string, args ...string) *exec.Cmd {
+	_ = os.MkdirAll(base, 0o755) // without it apt works as before, uncached
+	opts := []string{"-o", "Dir::Cache::pkgcache=" + filepath.Join(base, "pkgcache.bin")}
+	return exec.Command(tool, append(opts, args...)...)
+}
+
 // cachedDebs are the file names (name_version_arch, see parseDebStem) of
 // the packages fully unpacked in base.
 func cachedDebs(base string) []string {
@@ -107,7 +118,7 @@ func cachedDebs(base string) []string {
 // for pkg, which names the version (`apt-get download --print-uris` reads the
 // local lists only). Without lists: the newest version in the cache.
 func candidateDeb(pkg, base string) (string, error) {
-	out, err := exec.Command("apt-get", "download", "--print-uris", pkg).CombinedOutput()
+	out, err := aptCommand(base, "apt-get", "download", "--print-uris", pkg).CombinedOutput()
 	if err == nil {
 		// 'URL' name_version_arch.deb size hash
 		for _, line := range strings.Split(string(out), "\n") {
@@ -147,7 +158,7 @@ func unpackDeb(pin, dir string, step *debStep, logf func(string, ...any)) error 
 	}
 	defer os.RemoveAll(tmp)
 	start := time.Now()
-	cmd := exec.Command("apt-get", "download", pin)
+	cmd := aptCommand(filepath.Dir(dir), "apt-get", "download", pin)
 	cmd.Dir = tmp
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return downloadError(pin, out, err)

@@ -112,7 +112,7 @@ func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
 func newestPackage(spec KernelSpec, base string) (string, error) {
 	re := regexp.MustCompile(spec.Package)
 	var names []string
-	out, err := exec.Command("apt-cache", "pkgnames", spec.Prefix).Output()
+	out, err := aptCommand(base, "apt-cache", "pkgnames", spec.Prefix).Output()
 	if err == nil {
 		for _, n := range strings.Fields(string(out)) {
 			if re.MatchString(n) {
