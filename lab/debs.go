@@ -235,6 +235,7 @@ var dependName = regexp.MustCompile(`^\s*([a-z0-9][a-z0-9+.-]+)`)
 // the libraries of Debian's ip) or in a fetched tree. Other dependencies
 // (scripts, data, services) are left out: the lab runs the binaries only.
 func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, error) {
+	start := time.Now()
 	var out []*Deb
 	seen := map[string]bool{}
 	queue := append([]string(nil), pkgs...)
@@ -262,6 +263,7 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 			}
 		}
 	}
+	logf("%d packages ready in %s", len(out), since(start))
 	return out, nil
 }
 

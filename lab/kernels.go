@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Kernels is the lab's kernel matrix: every VM test runs on each of them, in
@@ -84,6 +85,7 @@ func CacheDir() (string, error) {
 // Fetch resolves the newest package of spec, downloads and unpacks it (once,
 // cached by name and version) and builds its modules.dep.
 func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
+	start := time.Now()
 	base, err := debsDir()
 	if err != nil {
 		return nil, err
@@ -103,6 +105,7 @@ func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
 	}
 	k.Release = filepath.Base(mods[0])
 	k.Vmlinuz = filepath.Join(k.Root, "boot", "vmlinuz-"+k.Release)
+	logf("kernel %s ready in %s", k.Debian(), since(start))
 	return k, nil
 }
 
