@@ -103,22 +103,29 @@ func (a *aptArchive) write(p, content string) {
 // as lists older than the archive do.
 func (a *aptArchive) addKernel(abi int, version string, serve bool) {
 	a.t.Helper()
-	name := fmt.Sprintf("linux-image-0.0.0-%d-labtest-unsigned", abi)
 	release := fmt.Sprintf("0.0.0-%d-labtest", abi)
+	a.addDeb(fmt.Sprintf("linux-image-0.0.0-%d-labtest-unsigned", abi), version, "kmod", serve, map[string]string{
+		"boot/vmlinuz-" + release:               "kernel " + version,
+		"lib/modules/" + release + "/kernel/.k": "",
+	})
+}
+
+// addDeb builds the package name=version with files (path -> content) and
+// the Depends field depends, and lists it (served or not, as addKernel).
+func (a *aptArchive) addDeb(name, version, depends string, serve bool, files map[string]string) {
+	a.t.Helper()
 	tree := filepath.Join(a.t.TempDir(), "pkg")
-	for _, d := range []string{"DEBIAN", "boot", "lib/modules/" + release + "/kernel"} {
-		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
+	control := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: lab test <lab@test>\nDepends: %s\nDescription: lab fetch test package\n", name, version, depends)
+	files["DEBIAN/control"] = control
+	for p, content := range files {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, p)), 0o755); err != nil {
+			a.t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tree, p), []byte(content), 0o644); err != nil {
 			a.t.Fatal(err)
 		}
 	}
-	control := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: lab test <lab@test>\nDepends: kmod\nDescription: lab fetch test kernel\n", name, version)
-	if err := os.WriteFile(filepath.Join(tree, "DEBIAN/control"), []byte(control), 0o644); err != nil {
-		a.t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(tree, "boot/vmlinuz-"+release), []byte("kernel "+version), 0o644); err != nil {
-		a.t.Fatal(err)
-	}
-	deb := filepath.Join(a.t.TempDir(), "k.deb")
+	deb := filepath.Join(a.t.TempDir(), "p.deb")
 	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-b", tree, deb).CombinedOutput(); err != nil {
 		a.t.Fatalf("dpkg-deb -b: %v\n%s", err, out)
 	}
@@ -241,6 +248,37 @@ func TestFetchNoLists(t *testing.T) {
 	_, err := FetchDeb("strongswan-charon", t.Logf)
 	if err == nil || !strings.Contains(err.Error(), "make deps") {
 		t.Errorf("a daemon package without apt lists: %v, want an error naming make deps", err)
+	}
+}
+
+// TestFetchDebsWithLibraries: a daemon package and, level by level, the
+// lib* packages it needs that the host lacks, each once; libraries the
+// host has (libc6) and packages that are not libraries are left out.
+func TestFetchDebsWithLibraries(t *testing.T) {
+	a := newAptArchive(t)
+	a.addDeb("labtestd", "1.0-1", "liblabtest-a1 (>= 1.0), libc6, labtest-data | liblabtest-b1", true, map[string]string{"usr/sbin/labtestd": "daemon"})
+	a.addDeb("labtest-cli", "1.0-1", "liblabtest-a1", true, map[string]string{"usr/bin/labtest": "cli"})
+	a.addDeb("liblabtest-a1", "1:1.0-1", "liblabtest-b1", true, map[string]string{"usr/lib/liblabtest-a.so.1": "a"})
+	a.addDeb("liblabtest-b1", "1.0-1", "libc6", true, map[string]string{"usr/lib/liblabtest-b.so.1": "b"})
+	a.addDeb("labtest-data", "1.0-1", "", true, map[string]string{"usr/share/labtest": "data"})
+	a.update()
+	debs, err := FetchDebsWithLibraries([]string{"labtestd", "labtest-cli"}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range debs {
+		got = append(got, d.Name+"="+d.Version)
+		if _, err := os.Stat(d.Root); err != nil {
+			t.Errorf("%s: %v", d.Name, err)
+		}
+	}
+	want := "labtestd=1.0-1 labtest-cli=1.0-1 liblabtest-a1=1:1.0-1 liblabtest-b1=1.0-1"
+	if strings.Join(got, " ") != want {
+		t.Errorf("fetched %s, want %s", strings.Join(got, " "), want)
+	}
+	if b, err := os.ReadFile(filepath.Join(debs[2].Root, "usr/lib/liblabtest-a.so.1")); err != nil || string(b) != "a" {
+		t.Errorf("liblabtest-a1's tree: %q, %v", b, err)
 	}
 }
 
