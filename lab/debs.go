@@ -174,7 +174,15 @@ func candidateDeb(pkg, base string) (string, error) {
 	if len(cached) == 0 {
 		return "", fmt.Errorf("package %s is not in the apt lists and not in the lab cache %s: run `make deps` (apt-get update)", pkg, base)
 	}
-	sort.Slice(cached, func(i, j int) bool { return VersionLess(cached[i], cached[j]) })
+	// By version, not by file name: an epoch is written %3a there.
+	version := func(stem string) string {
+		d, err := parseDebStem(stem)
+		if err != nil {
+			return ""
+		}
+		return d.Version
+	}
+	sort.Slice(cached, func(i, j int) bool { return VersionLess(version(cached[i]), version(cached[j])) })
 	return cached[len(cached)-1], nil
 }
 
