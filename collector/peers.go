@@ -62,6 +62,14 @@ func (t *trackedPeers) Close() error {
 	return watchedNamespaces.release()
 }
 
+// checkNamesFile checks the peer-names file a flag names, if any.
+func checkNamesFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	return peers.CheckNamesFile(path)
+}
+
 // peersNamesPath is the peer-names file of the flags, either name.
 func peersNamesPath() (string, error) {
 	switch {
@@ -81,8 +89,13 @@ func init() {
 		return nil
 	})
 	RegisterFlagCheck("peers.names-file", func() error {
-		_, err := peersNamesPath()
-		return err
+		if _, err := peersNamesPath(); err != nil {
+			return err
+		}
+		return checkNamesFile(*peersNamesFile)
+	})
+	RegisterFlagCheck("collector.verdict.peer-names", func() error {
+		return checkNamesFile(*verdictPeerNames)
 	})
 }
 

@@ -1,9 +1,11 @@
 package deploy_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -37,6 +39,13 @@ func TestBadFlagValues(t *testing.T) {
 		{"collector.events.socket-buffer", "100", "must be 0 (the system default) or between 65536 and 1073741824 bytes"},
 		{"collector.vici.timeout", "-1s", "must be between 0 (the default, 5s) and 1m, got -1s"},
 		{"collector.vici.max-sas", "-1", "must be 0 (no limit) or more, got -1"},
+		{"bpf.verdict-map-size", "20000000", "must be between 1 and 262144 counter keys, got 20000000"},
+		{"bpf.verdict-map-size", "0", "must be between 1 and 262144 counter keys, got 0"},
+		// Files that used to be read without bound (1.7 GiB in 6 s from
+		// /dev/zero; a million-line YAML file peaked at 671 MiB).
+		{"peers.names-file", "/dev/zero", "/dev/zero: not a regular file"},
+		{"collector.verdict.peer-names", "/dev/zero", "/dev/zero: not a regular file"},
+		{"peers.names-file", bigNamesFile(t), "bytes, more than the 1048576 a peer-names file may have"},
 	}
 	// Every numeric flag the binary has, whoever owns it, names itself
 	// when given a value its type cannot parse.
@@ -68,6 +77,18 @@ func TestBadFlagValues(t *testing.T) {
 			}
 		}
 	}
+}
+
+// bigNamesFile writes a peer-names file of a million YAML lines (20 MB).
+func bigNamesFile(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for i := range 1_000_000 {
+		fmt.Fprintf(&b, "10.%d.%d.%d: node-%d\n", i>>16&255, i>>8&255, i&255, i)
+	}
+	path := filepath.Join(t.TempDir(), "peers.yml")
+	writeFile(t, path, b.String())
+	return path
 }
 
 // numericFlags lists the flags whose --help placeholder is a number (their

@@ -306,6 +306,8 @@ func TestResourceBudgetDocumented(t *testing.T) {
 		fmt.Sprintf("adding at most **%d MiB**", stalledBudgetMiB),
 		fmt.Sprintf("**%.2f of a core**", bruteForceBudgetCores),
 		"at most 320 KiB queued per connection",
+		"**6 series**",
+		fmt.Sprintf("fails above %d new series", floodSeriesBound),
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(doc), " "), want) {
 			t.Errorf("docs/deploy.md does not state the tested budget %q", want)

@@ -92,6 +92,15 @@ func readNames(path string) (map[netip.Addr]string, namesVersion, error) {
 	return names, v, nil
 }
 
+// CheckNamesFile reads and parses the peer-names file at path as the
+// tracker will, without keeping it: what the flag check runs, so that a
+// file that is missing, not a regular file (/dev/zero, a FIFO), too large
+// or malformed stops the exporter before anything is loaded or attached.
+func CheckNamesFile(path string) error {
+	_, _, err := readNames(path)
+	return err
+}
+
 // parseNames reads either format. A YAML mapping is tried first; text that
 // is not one ("10.0.0.2 node-a" lines read as a single YAML string) is read
 // as lines.

@@ -112,12 +112,9 @@ func TestLabVerdictSpoofedFlood(t *testing.T) {
 	if len(frames) == 0 {
 		t.Fatal("no ESP frame captured")
 	}
-	spoofed := spoofESP(t, frames[0], flood)
+	spoofed := scenario.SpoofedESP(t, frames[0], flood)
 	before, statB, keysBefore := snap(t, v), p.B.XfrmStat(t), len(snap(t, v))
-	for i := 0; i < len(spoofed); i += 250 { // within the receive backlog (netdev_max_backlog 1000)
-		p.A.SendFrames(t, spoofed[i:min(i+250, len(spoofed))])
-		time.Sleep(100 * time.Millisecond)
-	}
+	p.A.SendFlood(t, spoofed)
 	time.Sleep(300 * time.Millisecond)
 	d := snap(t, v).sub(before)
 	noStates := p.B.XfrmStat(t).Sub(statB)["XfrmInNoStates"]
@@ -156,36 +153,6 @@ func TestLabVerdictSpoofedFlood(t *testing.T) {
 	}
 	t.Logf("kernel %s: %d spoofed packets -> %d unknown no_state; %d keys in all; %s",
 		scenario.Kernel(), flood, unknown.Packets, len(snap(t, v)), d)
-}
-
-// spoofESP makes n copies of a captured Ethernet/IPv4/ESP frame, each with
-// another source address (198.18.0.0/15, the benchmarking range) and SPI.
-func spoofESP(t *testing.T, frame []byte, n int) [][]byte {
-	t.Helper()
-	if len(frame) < 14+20+8 || frame[12] != 0x08 || frame[13] != 0x00 || frame[14+9] != 50 {
-		t.Fatalf("captured frame is not Ethernet/IPv4/ESP: % x", frame[:min(len(frame), 40)])
-	}
-	ihl := int(frame[14]&0x0f) * 4
-	out := make([][]byte, n)
-	for i := range out {
-		f := append([]byte(nil), frame...)
-		ip := f[14 : 14+ihl]
-		ip[12], ip[13], ip[14], ip[15] = 198, 18+byte(i>>16&1), byte(i>>8), byte(i)
-		ip[10], ip[11] = 0, 0
-		var sum uint32
-		for j := 0; j < ihl; j += 2 {
-			sum += uint32(ip[j])<<8 | uint32(ip[j+1])
-		}
-		for sum > 0xffff {
-			sum = sum&0xffff + sum>>16
-		}
-		ip[10], ip[11] = byte(^sum>>8), byte(^sum)
-		spi := 0x5f000000 + uint32(i)
-		esp := f[14+ihl:]
-		esp[0], esp[1], esp[2], esp[3] = byte(spi>>24), byte(spi>>16), byte(spi>>8), byte(spi)
-		out[i] = f
-	}
-	return out
 }
 
 func errOrEmpty(err error) string {

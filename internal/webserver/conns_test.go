@@ -161,3 +161,76 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached in 10s")
 }
+
+// The timeouts of finding 2 (cebdf7d had only ReadHeaderTimeout): under
+// the connection bound, a connection that sends nothing, one idle after a
+// request, and one that never reads a long answer are each closed by the
+// server within their timeout.
+func TestTimeouts(t *testing.T) {
+	const timeout = time.Second
+	long := strings.Repeat("x", 64<<20) // more than the socket buffers hold
+	s, err := Listen(Options{
+		ListenAddresses: []string{"127.0.0.1:0"}, MaxConnections: 100,
+		ReadTimeout: timeout, WriteTimeout: timeout, IdleTimeout: timeout,
+		Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = s.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/long" {
+				_, _ = io.WriteString(w, long)
+				return
+			}
+			_, _ = io.WriteString(w, "ok")
+		}))
+	}()
+	t.Cleanup(func() { _ = s.Close() })
+	addr := s.listeners[0].Addr().String()
+
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	idle := dialAndGet(t, addr, "/")
+	stalled, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stalled.Close() })
+	_, _ = io.WriteString(stalled, "GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+	start := time.Now()
+	for name, c := range map[string]net.Conn{"connection that sends nothing": silent, "keep-alive connection idle after a request": idle} {
+		if !closedWithin(c, 5*timeout) {
+			t.Errorf("a %s is still open %.1fs after it started", name, time.Since(start).Seconds())
+		}
+	}
+	// The stalled reader: once the write timeout has passed, reading
+	// what was queued ends in EOF or a reset, well short of the answer.
+	time.Sleep(2 * timeout)
+	_ = stalled.SetReadDeadline(time.Now().Add(5 * timeout))
+	n, err := io.Copy(io.Discard, stalled)
+	if err == nil && n > int64(len(long)) {
+		t.Errorf("a reader that stalled past the write timeout got the whole answer (%d bytes)", n)
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Errorf("a reader that stalled past the write timeout: the connection is still open after %d bytes", n)
+	}
+	waitFor(t, func() bool {
+		s.conns.mu.Lock()
+		defer s.conns.mu.Unlock()
+		return len(s.conns.conns) == 0
+	})
+}
+
+// closedWithin tells whether the server closes c within d.
+func closedWithin(c net.Conn, d time.Duration) bool {
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	_, err := io.Copy(io.Discard, c)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return false
+	}
+	return true
+}

@@ -104,7 +104,8 @@ func (h *scrapeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.slots != nil {
 		<-h.slots
 	}
-	if r.Context().Err() != nil {
+	if err := r.Context().Err(); err != nil {
+		h.aborted("waiting for the collection", err)
 		return
 	}
 	if c.err != nil {
@@ -119,7 +120,9 @@ func (h *scrapeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if acceptsGzip(r.Header) {
 		header.Set("Content-Encoding", "gzip")
 		header.Set("Content-Length", strconv.Itoa(len(body)))
-		_, _ = w.Write(body)
+		if _, err := w.Write(body); err != nil {
+			h.aborted("sending the answer", err)
+		}
 		return
 	}
 	// Decompressed as it is sent: a client that does not read holds a
@@ -129,7 +132,17 @@ func (h *scrapeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	_, _ = io.Copy(w, zr)
+	if _, err := io.Copy(w, zr); err != nil {
+		h.aborted("sending the answer", err)
+	}
+}
+
+// aborted logs a scrape its client gave up on, once per scrape and at
+// debug level: a client closing early (a scrape timeout, a curl | head) is
+// its own business, and the answer is written in one piece, so a closed
+// connection is one error, not one per metric family as with promhttp.
+func (h *scrapeHandler) aborted(stage string, err error) {
+	h.logger.Debug("scrape aborted by the client", "stage", stage, "err", err)
 }
 
 // join returns the running collection, after adding key to what it must
