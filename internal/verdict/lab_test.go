@@ -717,35 +717,6 @@ func encapMismatch(s *netlink.XfrmState) {
 		OriginalAddress: net.IPv4zero}
 }
 
-// testInboundExpire: only B's inbound SA has a hard limit of 3 packets; the
-// 4th is dropped as expired at B, later ones find no SA there (the kernel
-// deletes it at once).
-func testInboundExpire(t *testing.T, v *Verdicts) {
-	const n, limit = 6, 3
-	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{})
-	replaceSA(t, p.B, e.AB, func(s *netlink.XfrmState) { s.Limits.PacketHard = limit })
-	knowPeers(t, v, e.AB.Src, e.AB.Dst, e.BAddr)
-	before, statB := snap(t, v), p.B.XfrmStat(t)
-	for range n {
-		p.A.PingTimeout(t, e.BAddr, 1, 200*time.Millisecond)
-	}
-	d := snap(t, v).sub(before)
-	a, b := e.AB.Src, e.AB.Dst
-	ok := d.get("decrypt", "ok", a).Packets
-	expired := d.get("decrypt", "expired", a).Packets
-	noState := d.get("decrypt", "no_state", a).Packets
-	if d.get("encrypt", "ok", b).Packets != n || ok != limit || expired == 0 || expired+noState != n-limit {
-		t.Errorf("want %d ok encrypts, %d ok decrypts, then expired (>=1) + no_state = %d; got %s", n, limit, n-limit, d)
-	}
-	mib(t, p.B, statB, "XfrmInStateExpired", expired)
-	stat := p.B.XfrmStat(t).Sub(statB)
-	if stat["XfrmInNoStates"] != noState {
-		t.Errorf("XfrmInNoStates moved by %d, verdicts no_state %d", stat["XfrmInNoStates"], noState)
-	}
-	t.Logf("%s", d)
-}
-
 // testAsync: with pcrypt every ESP packet completes asynchronously (the
 // kernel runs xfrm_input twice per packet); still exactly one verdict each.
 func testAsync(t *testing.T, v *Verdicts) {
