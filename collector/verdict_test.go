@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
@@ -257,14 +258,9 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 
 // promtool check metrics on a real scrape of the collector.
 func TestVerdictMetricsPromtool(t *testing.T) {
-	// As everywhere in the project: a missing promtool fails (CI installs
-	// it), unless IPSEC_SKIP_PROMTOOL says to skip.
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("IPSEC_SKIP_PROMTOOL") != "" {
-			t.Skip("promtool not installed (Debian package prometheus): metric lint skipped")
-		}
-		t.Fatal("promtool not found: install Debian's prometheus package (make deps), or set IPSEC_SKIP_PROMTOOL=1")
+	promtool := testtool.Find(t, "promtool", "prometheus")
+	if promtool == "" {
+		t.Skip("no promtool: metric lint skipped")
 	}
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 16, testEntries), nil, nil)
 	c.statsSysctl = statsFile(t, "1")
