@@ -19,9 +19,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
-	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // mapsSource serves real verdict maps (they load on hosts that refuse

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // labScrape is a real scrape of the exporter in the lab VM with the lab's

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // TestInvalidUTF8Names: names are bytes to the kernel, not UTF-8. Any

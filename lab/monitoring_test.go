@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // TestMonitoring starts the interactive lab's Prometheus and Alertmanager

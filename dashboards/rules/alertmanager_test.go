@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 const alertmanagerExample = "../../examples/alertmanager/alertmanager.yml"

@@ -9,7 +9,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/ipsec-exporter/ipsec_exporter/internal/testtool"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 var update = flag.Bool("update", false, "rewrite examples/prometheus/rules.yml and rules-lab.yml from the template and settings")
