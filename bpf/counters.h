@@ -20,12 +20,16 @@
  * - TC programs run with bottom halves disabled (ingress in softirq, egress
  *   under rcu_read_lock_bh in __dev_queue_xmit), so nothing else that writes
  *   their maps can run on that CPU in between: a plain add is exact.
+ * - A value shared by all CPUs (a plain hash map, like wire.bpf.c's
+ *   wire_peers) has writers on every CPU at once, whatever the context:
+ *   atomic.
  */
 #ifndef COUNTERS_H
 #define COUNTERS_H
 
 /* counter_add_atomic adds to a packets/bytes pair that programs in
- * different contexts of one CPU may update (tracing programs). */
+ * different contexts of one CPU (tracing programs), or on several CPUs (a
+ * shared value), may update. */
 static __always_inline void counter_add_atomic(__u64 *packets, __u64 *bytes, __u64 n, __u64 len)
 {
 	__sync_fetch_and_add(packets, n);

@@ -25,6 +25,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
+
 // The classes; internal/wire names them from the generated wireWireClass.
 enum wire_class {
 	WIRE_PLAINTEXT = 0,    // IP, not IPsec
@@ -325,8 +327,7 @@ static __always_inline void count_unprotected(const struct remote *r, const __u8
 	struct peer_counters *c = bpf_map_lookup_elem(&wire_peers, &key);
 	if (!c)
 		return;
-	__sync_fetch_and_add(&c->unprotected[direction].packets, packets);
-	__sync_fetch_and_add(&c->unprotected[direction].bytes, bytes);
+	counter_add_atomic(&c->unprotected[direction].packets, &c->unprotected[direction].bytes, packets, bytes);
 }
 
 // decrypted tells whether IPsec already decrypted this packet: the inner
@@ -370,13 +371,10 @@ static __always_inline int count(struct __sk_buff *skb, const __u8 direction)
 
 	__u64 packets = skb->gso_segs ? skb->gso_segs : 1;
 	__u32 slot = direction * WIRE_CLASSES + (class & ~CHECK_PEER);
-	// Per-CPU: a TC program runs with bottom halves disabled, so nothing
-	// else on this CPU touches the slot meanwhile; plain adds suffice.
+	// Per-CPU, written by TC programs only (bottom halves disabled).
 	struct wire_counter *c = bpf_map_lookup_elem(&wire_counters, &slot);
-	if (c) {
-		c->packets += packets;
-		c->bytes += skb->len;
-	}
+	if (c)
+		counter_add_bh(&c->packets, &c->bytes, packets, skb->len);
 	if (class & CHECK_PEER)
 		count_unprotected(&r, direction, packets, skb->len);
 	return TC_ACT_UNSPEC;

@@ -79,18 +79,6 @@ func registerCollector(name string, enabledByDefault bool, factory Factory) {
 	registrations[name] = registration{factory: factory, enabled: flag}
 }
 
-// Names lists every registered collector, sorted.
-func Names() []string {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	names := make([]string, 0, len(registrations))
-	for name := range registrations {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	return names
-}
-
 // Exporter fans a scrape out to the enabled collectors concurrently and
 // reports how each one did.
 type Exporter struct {

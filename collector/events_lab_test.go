@@ -188,16 +188,7 @@ func TestLabEventsNamespaceRecreated(t *testing.T) {
 	}
 	gatherSamples(t, c, events) // the old namespace is read once
 
-	if err := netnsxtest.Delete(old.Path); err != nil {
-		t.Fatal(err)
-	}
-	if err := netnsxtest.Add(old.Path); err != nil {
-		t.Fatal(err)
-	}
-	again, err := netnsx.At(old.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := netnsxtest.Recreate(t, old)
 	h := netnsxtest.Handle(t, again)
 	for i := range 5 {
 		if err := h.XfrmStateAdd(sa(i)); err != nil {

@@ -105,16 +105,7 @@ func TestEventsNamespaceFollowed(t *testing.T) {
 
 	// Deleted and created again, with no scrape between; then a namespace
 	// that did not exist.
-	if err := netnsxtest.Delete(old.Path); err != nil {
-		t.Fatal(err)
-	}
-	if err := netnsxtest.Add(old.Path); err != nil {
-		t.Fatal(err)
-	}
-	again, err := netnsx.At(old.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := netnsxtest.Recreate(t, old)
 	late := netnsxtest.New(t, dir, "late")
 	// Added at once, perhaps before its listener subscribed: the
 	// listener of a namespace that just appeared counts what it finds.

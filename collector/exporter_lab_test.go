@@ -2,18 +2,12 @@ package collector
 
 import (
 	"fmt"
-	"io"
-	"net/http"
-	"os/exec"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-	"github.com/vishvananda/netlink"
 
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
@@ -24,64 +18,15 @@ import (
 // label of its namespace, and a clean lint.
 func TestLabExporterNamespaces(t *testing.T) {
 	scenario.RequireVM(t)
-	if lo, err := netlink.LinkByName("lo"); err == nil {
-		_ = netlink.LinkSetUp(lo)
-	}
 	p := scenario.NewPair(t)
 	e := p.ESP(t, scenario.ESPOptions{Tunnel: true})
-	const addr = "127.0.0.1:10871"
-	cmd := exec.Command(scenario.ExporterBin(), "--web.listen-address="+addr,
-		"--collector.netns.dir=/run/netns", "--collector.netns.name="+p.A.Name, "--collector.netns.name="+p.B.Name,
-		"--no-collector.verdict", "--no-collector.wire")
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("exporter log:\n%s", logs.String())
-		}
-	})
-	scrape := func() string {
-		t.Helper()
-		deadline := time.Now().Add(60 * time.Second) // start-up under emulation on a busy host takes seconds
-		for {
-			resp, err := http.Get("http://" + addr + "/metrics")
-			if err == nil {
-				body, err := io.ReadAll(resp.Body)
-				_ = resp.Body.Close()
-				if err != nil {
-					t.Fatal(err)
-				}
-				return string(body)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("exporter not answering after 60s: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	scrape() // up, and the event listeners run
+	x := startLabExporter(t, []*scenario.Netns{p.A.Netns, p.B.Netns}, "--no-collector.verdict")
 	if got := p.A.Ping(t, e.BAddr, 6); got != 6 {
 		t.Fatalf("%d of 6 replies", got)
 	}
-	text := scrape()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(strings.NewReader(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := samples{}
-	var families []*dto.MetricFamily
-	for _, mf := range mfs {
-		families = append(families, mf)
-		for _, m := range mf.GetMetric() {
-			s[sampleKey(mf.GetName(), m.GetLabel())] = sampleValue(m)
-		}
-	}
+	mfs := parseExposition(t, x.scrape(t))
+	s := samplesOf(maps.Values(mfs))
+	families := slices.Collect(maps.Values(mfs))
 	for _, n := range []*scenario.Netns{p.A.Netns, p.B.Netns} {
 		if got := compareWithIP(t, s, n); got != 2 {
 			t.Errorf("%s: %d SAs compared, want 2", n.Name, got)

@@ -2,17 +2,18 @@ package collector
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os/exec"
-	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/vishvananda/netlink"
 
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
@@ -22,20 +23,29 @@ type exporterProcess struct {
 	cmd    *exec.Cmd
 	addr   string
 	client *http.Client
-	logs   *strings.Builder
+	logs   *syncBuffer
 	done   chan struct{} // closed when the process has exited
 }
+
+// exporterPort numbers the exporters a test binary starts: each has a port
+// of its own, so one still running or closing never holds the next's.
+var exporterPort atomic.Int32
 
 // startExporter runs the exporter (scenario.ExporterBin) with args on a
 // loopback port, inside n (its own namespace, netns="", is then n) or, with
 // n nil, in the VM's; it is killed at cleanup if still running.
 func startExporter(t *testing.T, n *scenario.Netns, args ...string) *exporterProcess {
 	t.Helper()
-	const addr = "127.0.0.1:10871"
+	addr := fmt.Sprintf("127.0.0.1:%d", 10900+exporterPort.Add(1))
 	argv := append([]string{"--web.listen-address=" + addr}, args...)
 	cmd := exec.Command(scenario.ExporterBin(), argv...)
 	dial := (&net.Dialer{}).DialContext
-	if n != nil {
+	if n == nil {
+		// The VM's own loopback, which nothing else brings up.
+		if lo, err := netlink.LinkByName("lo"); err == nil {
+			_ = netlink.LinkSetUp(lo)
+		}
+	} else {
 		cmd = exec.Command(scenario.IPBin(), append([]string{"netns", "exec", n.Name, scenario.ExporterBin()}, argv...)...)
 		dial = func(ctx context.Context, network, address string) (net.Conn, error) {
 			var c net.Conn
@@ -46,7 +56,7 @@ func startExporter(t *testing.T, n *scenario.Netns, args ...string) *exporterPro
 			return c, err
 		}
 	}
-	x := &exporterProcess{cmd: cmd, addr: addr, logs: &strings.Builder{}, done: make(chan struct{}),
+	x := &exporterProcess{cmd: cmd, addr: addr, logs: &syncBuffer{}, done: make(chan struct{}),
 		client: &http.Client{Timeout: 3 * time.Minute, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}}
 	cmd.Stdout, cmd.Stderr = x.logs, x.logs
 	if err := cmd.Start(); err != nil {
@@ -62,6 +72,21 @@ func startExporter(t *testing.T, n *scenario.Netns, args ...string) *exporterPro
 			t.Logf("exporter log:\n%s", x.logs.String())
 		}
 	})
+	return x
+}
+
+// startLabExporter runs the exporter in the VM's namespace, without the
+// wire collector, watching the given namespaces (nil: every one under
+// /run/netns, found at each scrape, so one exporter serves all subtests),
+// and waits until it answers: its event listeners run.
+func startLabExporter(t *testing.T, ns []*scenario.Netns, args ...string) *exporterProcess {
+	t.Helper()
+	argv := []string{"--collector.netns.dir=/run/netns", "--no-collector.wire"}
+	for _, n := range ns {
+		argv = append(argv, "--collector.netns.name="+n.Name)
+	}
+	x := startExporter(t, nil, append(argv, args...)...)
+	x.scrape(t)
 	return x
 }
 
@@ -114,18 +139,7 @@ func (x *exporterProcess) scrape(t *testing.T) string {
 // samples scrapes and parses the exposition.
 func (x *exporterProcess) samples(t *testing.T) samples {
 	t.Helper()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(strings.NewReader(x.scrape(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := samples{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			s[sampleKey(mf.GetName(), m.GetLabel())] = sampleValue(m)
-		}
-	}
-	return s
+	return samplesOf(maps.Values(parseExposition(t, x.scrape(t))))
 }
 
 // waitFor scrapes until the sample has the value, for up to 30 s.

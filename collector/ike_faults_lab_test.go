@@ -9,7 +9,7 @@ import (
 
 // viciExporter is an exporter with only the vici collector, reading the
 // charon of daemon d (nil if d is not strongSwan).
-func viciExporter(t *testing.T, d scenario.IKEDaemon) *labExporter {
+func viciExporter(t *testing.T, d scenario.IKEDaemon) *exporterProcess {
 	t.Helper()
 	c, ok := d.(*scenario.Charon)
 	if !ok {
@@ -31,7 +31,7 @@ func TestLabIKEDeadPeer(t *testing.T) {
 	for _, dp := range scenario.DaemonPairs {
 		t.Run(dp.Name, func(t *testing.T) {
 			p := scenario.NewPair(t)
-			exp.scrape(t)
+			exp.samples(t)
 			e := p.IKE(t, dp.A, dp.B, scenario.IKEOptions{DPD: 2 * time.Second})
 			if got := p.A.Ping(t, e.BAddr, 5); got != 5 {
 				t.Fatalf("%d of 5 replies before the kill", got)
@@ -39,13 +39,13 @@ func TestLabIKEDeadPeer(t *testing.T) {
 			a, b := p.A.IPv4.String(), p.B.IPv4.String()
 			peerA := labels("netns", p.A.Name, "peer", b, "direction", "out")
 			peerB := labels("netns", p.B.Name, "peer", a, "direction", "out")
-			s0 := exp.scrape(t)
+			s0 := exp.samples(t)
 			if v := s0.value(t, "ipsec_peer_sas", peerA); v < 1 {
 				t.Fatalf("A has %v SAs with B before the kill", v)
 			}
 			viciA, viciB := viciExporter(t, e.A), viciExporter(t, e.B)
 			if viciA != nil {
-				v := viciA.scrape(t)
+				v := viciA.samples(t)
 				if got := v.get(t, "ipsec_ike_connection_established", labels("connection", "lab")); got != 1 {
 					t.Errorf("vici on A before the kill: connection established %v, want 1", got)
 				}
@@ -69,14 +69,14 @@ func TestLabIKEDeadPeer(t *testing.T) {
 				t.Errorf("B's kernel lost the dead daemon's SAs (%x, %x): nothing stale left to test", ab, ba)
 			}
 
-			before := exp.scrape(t)
+			before := exp.samples(t)
 			xA, xB := p.A.XfrmStat(t), p.B.XfrmStat(t)
 			const n = 20
 			if got := p.A.PingTimeout(t, e.BAddr, n, time.Second); got != 0 {
 				t.Errorf("%d replies after DPD cleared the tunnel, want 0", got)
 			}
 			dA, dB := p.A.XfrmStat(t).Sub(xA), p.B.XfrmStat(t).Sub(xB)
-			after := exp.scrape(t)
+			after := exp.samples(t)
 
 			// Each ping is dropped by what A's daemon left (a block or hold
 			// policy: A's XfrmOut* counters), or leaves in plaintext and
@@ -103,8 +103,8 @@ func TestLabIKEDeadPeer(t *testing.T) {
 				t.Errorf("ipsec_peer_sas B->A %v: the dead daemon's stale SAs should still be there", v)
 			}
 			if viciA != nil {
-				v := viciA.scrape(t)
-				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); v = viciA.scrape(t) {
+				v := viciA.samples(t)
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); v = viciA.samples(t) {
 					if _, ok := v.find(t, "ipsec_ike_connection_established", labels("connection", "lab")); ok {
 						break
 					}
@@ -124,7 +124,7 @@ func TestLabIKEDeadPeer(t *testing.T) {
 				}
 			}
 			if viciB != nil {
-				if got := viciB.scrape(t).get(t, "ipsec_ike_daemon_up", nil); got != 0 {
+				if got := viciB.samples(t).get(t, "ipsec_ike_daemon_up", nil); got != 0 {
 					t.Errorf("vici on B after the kill: ipsec_ike_daemon_up %v, want 0", got)
 				}
 			}
@@ -146,7 +146,7 @@ func TestLabIKEWrongPSK(t *testing.T) {
 		t.Run(dp.Name, func(t *testing.T) {
 			p := scenario.NewPair(t)
 			evA, evB := p.A.WatchXfrmEvents(t), p.B.WatchXfrmEvents(t)
-			before := exp.scrape(t)
+			before := exp.samples(t)
 			e := p.IKE(t, dp.A, dp.B, scenario.IKEOptions{WrongPSK: true, Trap: true})
 			if !waitPolicies(t, p.A, 2, 30*time.Second) {
 				t.Fatalf("A's trap policies not installed after 30s; log:\n%s", e.A.LogTail())
@@ -160,7 +160,7 @@ func TestLabIKEWrongPSK(t *testing.T) {
 			larval := 0.0
 			deadline := time.Now().Add(10 * time.Second)
 			for larval == 0 && time.Now().Before(deadline) {
-				larval = exp.scrape(t).value(t, "ipsec_sa_larval", labels("netns", p.A.Name))
+				larval = exp.samples(t).value(t, "ipsec_sa_larval", labels("netns", p.A.Name))
 				time.Sleep(100 * time.Millisecond)
 			}
 			if larval < 1 {
@@ -187,7 +187,7 @@ func TestLabIKEWrongPSK(t *testing.T) {
 				t.Errorf("A has %v SAs with B with a wrong PSK", v)
 			}
 			if viciA != nil {
-				if got := viciA.scrape(t).get(t, "ipsec_ike_connection_established", labels("connection", "lab")); got != 0 {
+				if got := viciA.samples(t).get(t, "ipsec_ike_connection_established", labels("connection", "lab")); got != 0 {
 					t.Errorf("vici on A: connection established %v with a wrong PSK", got)
 				}
 			}

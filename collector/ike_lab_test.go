@@ -2,19 +2,11 @@ package collector
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-	"github.com/vishvananda/netlink"
 
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
@@ -23,90 +15,6 @@ import (
 // reads the kernel, so whatever the daemon does to SAs and policies must
 // show up exactly. The ground truth is the kernel's own: its MIB counters,
 // its SA counters and its event stream read on a socket of the test's.
-
-// labExporter is the real exporter binary, run in the VM's root namespace
-// and watching the given namespaces (nil: every one under /run/netns, found
-// at each scrape, so one exporter serves all subtests).
-type labExporter struct {
-	addr string
-	cmd  *exec.Cmd
-	logs *syncBuffer
-}
-
-var exporterPort atomic.Int32
-
-func startLabExporter(t *testing.T, ns []*scenario.Netns, args ...string) *labExporter {
-	t.Helper()
-	if lo, err := netlink.LinkByName("lo"); err == nil {
-		_ = netlink.LinkSetUp(lo)
-	}
-	e := &labExporter{addr: fmt.Sprintf("127.0.0.1:%d", 10900+exporterPort.Add(1)), logs: &syncBuffer{}}
-	argv := []string{"--web.listen-address=" + e.addr, "--collector.netns.dir=/run/netns", "--no-collector.wire"}
-	for _, n := range ns {
-		argv = append(argv, "--collector.netns.name="+n.Name)
-	}
-	e.cmd = exec.Command(scenario.ExporterBin(), append(argv, args...)...)
-	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
-	if err := e.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = e.cmd.Process.Kill()
-		_ = e.cmd.Wait()
-		if t.Failed() {
-			t.Logf("exporter log:\n%s", e.logs.String())
-		}
-	})
-	// Attaching the verdict programs takes 2-20s under emulation on a
-	// loaded machine.
-	e.scrapeWithin(t, 2*time.Minute) // up: its event listeners run
-	return e
-}
-
-// scrape reads /metrics.
-func (e *labExporter) scrape(t *testing.T) samples {
-	t.Helper()
-	return e.scrapeWithin(t, 30*time.Second)
-}
-
-// scrapeWithin reads /metrics, waiting up to d for the exporter to answer.
-func (e *labExporter) scrapeWithin(t *testing.T, d time.Duration) samples {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		resp, err := http.Get("http://" + e.addr + "/metrics")
-		if err == nil {
-			body, err := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			parser := expfmt.NewTextParser(model.UTF8Validation)
-			mfs, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
-			if err != nil {
-				t.Fatalf("parsing the scrape: %v", err)
-			}
-			s := samples{}
-			for _, mf := range mfs {
-				for _, m := range mf.GetMetric() {
-					s[sampleKey(mf.GetName(), m.GetLabel())] = sampleValue(m)
-				}
-			}
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exporter not answering: %v\n%s", err, e.logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// value is a sample's value, 0 when absent (a counter not yet created).
-func (s samples) value(t *testing.T, name string, want map[string]string) float64 {
-	t.Helper()
-	v, _ := s.find(t, name, want)
-	return v
-}
 
 // outDrops and inDrops sum a namespace's XfrmOut* and XfrmIn* MIB
 // counters, plus XfrmAcquireError on input (xfrm_input: ESP for an SPI that
@@ -144,7 +52,7 @@ func TestLabIKERekeys(t *testing.T) {
 		t.Run(dp.Name, func(t *testing.T) {
 			p := scenario.NewPair(t)
 			evA, evB := p.A.WatchXfrmEvents(t), p.B.WatchXfrmEvents(t)
-			before := exp.scrape(t) // finds A and B: their events count from here
+			before := exp.samples(t) // finds A and B: their events count from here
 			xA0, xB0 := p.A.XfrmStat(t), p.B.XfrmStat(t)
 			start := time.Now()
 			e := p.IKE(t, dp.A, dp.B, scenario.IKEOptions{
@@ -259,11 +167,11 @@ func waitNoSAs(t *testing.T, e *scenario.IKE) {
 // waitEventsSettled scrapes until the exporter's event counts equal the
 // kernel's stream in every namespace given (events arrive asynchronously),
 // or fails after 10s with both; it returns the last scrape.
-func waitEventsSettled(t *testing.T, exp *labExporter, streams map[string]*scenario.XfrmEvents) samples {
+func waitEventsSettled(t *testing.T, exp *exporterProcess, streams map[string]*scenario.XfrmEvents) samples {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		s := exp.scrape(t)
+		s := exp.samples(t)
 		var diffs []string
 		for netns, ev := range streams {
 			kernel := ev.Counts(t)
@@ -278,14 +186,10 @@ func waitEventsSettled(t *testing.T, exp *labExporter, streams map[string]*scena
 			}
 			for name := range names {
 				got := s.value(t, "ipsec_xfrm_events_total", labels("netns", netns, "event", name))
+				// Every event the kernel announced, also the deletion of an
+				// SPI a daemon allocated and gave up (after a failed
+				// authentication), which the kernel never announced as added.
 				want := kernel[name]
-				if name == "sa_deleted" {
-					// The exporter counts the deletion of SAs it knew: not of
-					// an SPI a daemon allocated and gave up (strongSwan after
-					// a failed authentication), which the kernel never
-					// announced as added.
-					want -= ev.Unannounced()
-				}
 				if uint64(got) != want {
 					diffs = append(diffs, fmt.Sprintf("%s %s: exporter %v, kernel %d (of which %d unannounced)", netns, name, got, kernel[name], ev.Unannounced()))
 				}

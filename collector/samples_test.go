@@ -2,13 +2,17 @@ package collector
 
 import (
 	"fmt"
+	"iter"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/xfrmnl"
@@ -81,13 +85,29 @@ func gatherSamples(t *testing.T, cs ...Collector) samples {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return samplesOf(slices.Values(mfs))
+}
+
+// samplesOf indexes families, gathered or parsed, by sampleKey.
+func samplesOf(mfs iter.Seq[*dto.MetricFamily]) samples {
 	s := samples{}
-	for _, mf := range mfs {
+	for mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			s[sampleKey(mf.GetName(), m.GetLabel())] = sampleValue(m)
 		}
 	}
 	return s
+}
+
+// parseExposition parses a scrape's text.
+func parseExposition(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parsing the scrape: %v", err)
+	}
+	return mfs
 }
 
 func sampleKey(name string, labels []*dto.LabelPair) string {
@@ -135,6 +155,13 @@ func (s samples) find(t *testing.T, name string, want map[string]string) (float6
 		return 0, false
 	}
 	return s[found[0]], true
+}
+
+// value is a sample's value, 0 when absent (a counter not yet created).
+func (s samples) value(t *testing.T, name string, want map[string]string) float64 {
+	t.Helper()
+	v, _ := s.find(t, name, want)
+	return v
 }
 
 // get is find that fails the test when the sample is absent.

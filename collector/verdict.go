@@ -262,6 +262,22 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 	if err := c.updateKnownPeers(entries, names); err != nil {
 		c.logger.Warn("known-peer set not updated: failures from new peers without an SA count as unknown", "err", err)
 	}
+	emitVerdicts(ch, entries, names)
+	ch <- newConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
+	ch <- newConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
+	size, leftOut := c.src.KnownPeers()
+	ch <- newConstMetric(bpfKnownPeersDesc, prometheus.GaugeValue, float64(size))
+	ch <- newConstMetric(bpfKnownPeersOverflowDesc, prometheus.CounterValue, float64(leftOut))
+	if err := c.emitAccountingErrors(ch); err != nil {
+		return err
+	}
+	c.updateMeta(ch)
+	return nil
+}
+
+// emitVerdicts sends each entry's packets and bytes, with its peer's name
+// when names is not nil (the peer_name label).
+func emitVerdicts(ch chan<- prometheus.Metric, entries []verdict.Entry, names map[netip.Addr]string) {
 	peers := make([]string, len(entries))
 	for i, e := range entries {
 		peers[i] = unknownPeer
@@ -286,22 +302,21 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		}
 		return entries[x].Result < entries[y].Result
 	})
+	packets, bytes := bpfVerdictDescs(names != nil)
 	for _, i := range order {
-		e, peer := entries[i], peers[i]
-		packets, bytes := bpfVerdictDescs(names != nil)
-		labels := []string{e.Direction, peer, e.Result}
+		e := entries[i]
+		labels := []string{e.Direction, peers[i], e.Result}
 		if names != nil {
 			labels = append(labels, names[e.Peer])
 		}
 		ch <- newConstMetric(packets, prometheus.CounterValue, float64(e.Packets), labels...)
 		ch <- newConstMetric(bytes, prometheus.CounterValue, float64(e.Bytes), labels...)
 	}
-	ch <- newConstMetric(bpfMapEntriesDesc, prometheus.GaugeValue, float64(len(entries)))
-	ch <- newConstMetric(bpfMapMaxEntriesDesc, prometheus.GaugeValue, float64(c.src.MaxEntries()))
-	size, leftOut := c.src.KnownPeers()
-	ch <- newConstMetric(bpfKnownPeersDesc, prometheus.GaugeValue, float64(size))
-	ch <- newConstMetric(bpfKnownPeersOverflowDesc, prometheus.CounterValue, float64(leftOut))
+}
 
+// emitAccountingErrors sends the verdicts the programs could not count, by
+// kind; map_full has a family of its own (the map's overflow).
+func (c *verdictCollector) emitAccountingErrors(ch chan<- prometheus.Metric) error {
 	errs, err := c.src.Errors()
 	if err != nil {
 		return fmt.Errorf("reading verdict accounting errors: %w", err)
@@ -318,7 +333,6 @@ func (c *verdictCollector) Update(ch chan<- prometheus.Metric) error {
 		}
 		ch <- newConstMetric(bpfAccountingErrorsDesc, prometheus.CounterValue, float64(errs[k]), k)
 	}
-	c.updateMeta(ch)
 	return nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/verdict"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // mapsSource serves real verdict maps (they load on hosts that refuse
@@ -257,9 +258,9 @@ ipsec_xfrm_packets_total{direction="encrypt",peer="10.0.0.2",peer_name="node-b",
 
 // promtool check metrics on a real scrape of the collector.
 func TestVerdictMetricsPromtool(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skip("promtool not installed (Debian package prometheus): metric lint skipped")
+	promtool := testtool.Find(t, "promtool", "prometheus")
+	if promtool == "" {
+		t.Skip("no promtool: metric lint skipped")
 	}
 	c := newVerdictCollector(slog.New(slog.DiscardHandler), newTestMaps(t, 16, testEntries), nil, nil)
 	c.statsSysctl = statsFile(t, "1")

@@ -39,7 +39,7 @@ func TestLabVici(t *testing.T) {
 				charon := e.A.(*scenario.Charon)
 				loadDownConnection(t, charon.VICI)
 				exp := viciExporter(t, charon)
-				s := exp.scrape(t)
+				s := exp.samples(t)
 				now := time.Now()
 				sas := parseListSAs(t, charon.Swanctl(t, "--list-sas"))
 				conns := parseListConns(charon.Swanctl(t, "--list-conns"))

@@ -289,7 +289,7 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 	defer c.mu.Unlock()
 
 	byLabel := make(map[uint32]string, len(c.namespaces))
-	stats := map[wire.Direction]struct{ seconds, runs float64 }{}
+	stats := map[wire.Direction]wireRunStats{}
 	for _, label := range sortedLabels(c.namespaces) {
 		ns := c.namespaces[label]
 		ch <- newConstMetric(wireNetnsDesc, prometheus.GaugeValue, wireGauge(ns.monitor != nil), label)
@@ -297,24 +297,8 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 			continue
 		}
 		byLabel[ns.slot] = label
-		for _, i := range ns.monitor.Interfaces() {
-			ch <- newConstMetric(wireAttachedDesc, prometheus.GaugeValue, wireGauge(i.Attached), label, i.Name, string(i.Mode))
-		}
-		counters, err := ns.monitor.Counters()
-		if err != nil {
-			return fmt.Errorf("netns %q: %w", label, err)
-		}
-		for _, ic := range counters {
-			for d, byClass := range ic.Counters {
-				for class, v := range byClass {
-					if v == (wire.Counter{}) {
-						continue // a class never seen on this interface
-					}
-					labels := []string{label, ic.Name, wire.Direction(d).String(), wire.Class(class).String()}
-					ch <- newConstMetric(wirePacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
-					ch <- newConstMetric(wireBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
-				}
-			}
+		if err := emitWireInterfaces(ch, label, ns.monitor); err != nil {
+			return err
 		}
 		for d, s := range ns.monitor.ProgramStats() {
 			sum := stats[d]
@@ -323,7 +307,54 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 			stats[d] = sum
 		}
 	}
+	if err := c.emitPeers(ch, byLabel); err != nil {
+		return err
+	}
 
+	// Without kernel.bpf_stats_enabled the kernel keeps no run time or
+	// count, and zeros would look like idle programs.
+	if bpfmap.StatsEnabled(c.statsSysctl) {
+		for d, s := range stats {
+			program := "wire_" + d.String()
+			ch <- newConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.seconds, program)
+			ch <- newConstMetric(wireRunsDesc, prometheus.CounterValue, s.runs, program)
+		}
+	}
+	return nil
+}
+
+// wireRunStats is one direction's program run time and count, summed over
+// the interfaces of every namespace.
+type wireRunStats struct{ seconds, runs float64 }
+
+// emitWireInterfaces sends a namespace's interfaces: attached or not, and
+// their counters by direction and class.
+func emitWireInterfaces(ch chan<- prometheus.Metric, label string, m *wire.Monitor) error {
+	for _, i := range m.Interfaces() {
+		ch <- newConstMetric(wireAttachedDesc, prometheus.GaugeValue, wireGauge(i.Attached), label, i.Name, string(i.Mode))
+	}
+	counters, err := m.Counters()
+	if err != nil {
+		return fmt.Errorf("netns %q: %w", label, err)
+	}
+	for _, ic := range counters {
+		for d, byClass := range ic.Counters {
+			for class, v := range byClass {
+				if v == (wire.Counter{}) {
+					continue // a class never seen on this interface
+				}
+				labels := []string{label, ic.Name, wire.Direction(d).String(), wire.Class(class).String()}
+				ch <- newConstMetric(wirePacketsDesc, prometheus.CounterValue, float64(v.Packets), labels...)
+				ch <- newConstMetric(wireBytesDesc, prometheus.CounterValue, float64(v.Bytes), labels...)
+			}
+		}
+	}
+	return nil
+}
+
+// emitPeers sends, per watched namespace (by its slot in the peer map),
+// what reached its known peers unprotected and how many peers it has.
+func (c *wireCollector) emitPeers(ch chan<- prometheus.Metric, byLabel map[uint32]string) error {
 	unprotected, err := c.progs.Unprotected()
 	if err != nil {
 		return err
@@ -347,16 +378,6 @@ func (c *wireCollector) Update(ch chan<- prometheus.Metric) error {
 		ch <- newConstMetric(wirePeersRememberedDesc, prometheus.GaugeValue, float64(remembered), label)
 	}
 	ch <- newConstMetric(wirePeersUnwatchedDesc, prometheus.GaugeValue, float64(c.status.Unwatched))
-
-	// Without kernel.bpf_stats_enabled the kernel keeps no run time or
-	// count, and zeros would look like idle programs.
-	if bpfmap.StatsEnabled(c.statsSysctl) {
-		for d, s := range stats {
-			program := "wire_" + d.String()
-			ch <- newConstMetric(wireRunSecondsDesc, prometheus.CounterValue, s.seconds, program)
-			ch <- newConstMetric(wireRunsDesc, prometheus.CounterValue, s.runs, program)
-		}
-	}
 	return nil
 }
 

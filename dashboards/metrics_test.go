@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // labScrape is a real scrape of the exporter in the lab VM with the lab's
@@ -194,12 +195,9 @@ func loadRules(t *testing.T, path string) []rule {
 // TestLabScrapeLints runs `promtool check metrics` (Prometheus' naming and
 // type conventions) on the lab scrape.
 func TestLabScrapeLints(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("IPSEC_SKIP_PROMTOOL") != "" {
-			t.Skip("promtool not installed (package prometheus)")
-		}
-		t.Fatal("promtool not found: install Debian's prometheus package")
+	promtool := testtool.Find(t, "promtool", "prometheus")
+	if promtool == "" {
+		t.Skip("no promtool")
 	}
 	f, err := os.Open(labScrape)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // TestInvalidUTF8Names: names are bytes to the kernel, not UTF-8. Any
@@ -89,9 +91,8 @@ func parseFloat(t *testing.T, s string) float64 {
 // parse, and follow Prometheus' naming conventions.
 func promtoolCheck(t *testing.T, exposition string) {
 	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Log("promtool not installed (make deps): exposition not checked")
+	promtool := testtool.Find(t, "promtool", "prometheus")
+	if promtool == "" {
 		return
 	}
 	cmd := exec.Command(promtool, "check", "metrics")

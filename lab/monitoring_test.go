@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 // TestMonitoring starts the interactive lab's Prometheus and Alertmanager
@@ -22,12 +24,9 @@ import (
 // Alertmanager; every link the banner prints answers 200; a server that
 // dies while the lab runs is reported with its log; Stop leaves nothing.
 func TestMonitoring(t *testing.T) {
-	for _, bin := range []string{"prometheus", "amtool"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("IPSEC_SKIP_PROMTOOL") != "" {
-				t.Skipf("%s not installed (make deps)", bin)
-			}
-			t.Fatalf("%s not found: install Debian's prometheus and prometheus-alertmanager (make deps)", bin)
+	for bin, pkg := range map[string]string{"prometheus": "prometheus", "amtool": "prometheus-alertmanager"} {
+		if testtool.Find(t, bin, pkg) == "" {
+			t.Skipf("no %s", bin)
 		}
 	}
 	root, err := ModuleRoot()
@@ -168,8 +167,8 @@ func TestMonitoring(t *testing.T) {
 // TestMonitoringPortTaken: a taken port fails before anything starts, and
 // names the flags that choose another.
 func TestMonitoringPortTaken(t *testing.T) {
-	if _, err := exec.LookPath("prometheus"); err != nil {
-		t.Skip("prometheus not installed (make deps)")
+	if testtool.Find(t, "prometheus", "prometheus") == "" {
+		t.Skip("no prometheus")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

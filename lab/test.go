@@ -61,27 +61,51 @@ func Test(ctx context.Context, o TestOptions) error {
 		return err
 	}
 	bin := filepath.Join(work, "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		return err
-	}
 	// Keep the logs, drop the big files.
 	defer os.RemoveAll(bin)
 	logf("work directory %s", work)
+	ir, err := buildTestInitramfs(root, bin, pkgs, logf)
+	if err != nil {
+		return err
+	}
+	script := testScript(ir, pkgs, o.Run, o.Timeout-30*time.Second)
+	jobs, err := prepareKernels(ctx, &o, ir, script, work, logf)
+	if err != nil {
+		return err
+	}
+	results := runMatrix(ctx, o, jobs)
+	return summarize(o.Out, pkgs, results, time.Since(start))
+}
+
+// buildTestInitramfs builds the exporter and the test binaries into bin and
+// returns the initramfs contents every kernel shares: the exporter and the
+// IKE daemons (testScript adds the tests).
+func buildTestInitramfs(root, bin string, pkgs []TestPackage, logf func(string, ...any)) (*Initramfs, error) {
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return nil, err
+	}
 	logf("building the exporter and %d test package(s)", len(pkgs))
 	exporter := filepath.Join(bin, "ipsec_exporter")
 	if err := BuildBinary(root, ".", exporter); err != nil {
-		return err
+		return nil, err
 	}
 	if err := BuildTests(root, bin, pkgs); err != nil {
-		return err
+		return nil, err
 	}
 	ir := &Initramfs{
 		Files: map[string]string{VMExporter: exporter},
 		Trees: map[string]string{},
 	}
 	if err := ir.AddIKEDaemons(logf); err != nil {
-		return err
+		return nil, err
 	}
+	return ir, nil
+}
+
+// testScript adds each test binary (and its testdata) to ir and returns
+// the shell lines that run them in the VM, each between a pkg-start and a
+// pkg-end marker, with the test timeout given.
+func testScript(ir *Initramfs, pkgs []TestPackage, run string, timeout time.Duration) string {
 	var body strings.Builder
 	for _, p := range pkgs {
 		vmBin := path.Join("/lab/bin", filepath.Base(p.Binary))
@@ -90,43 +114,53 @@ func Test(ctx context.Context, o TestOptions) error {
 		if _, err := os.Stat(filepath.Join(p.Dir, "testdata")); err == nil {
 			ir.Trees[path.Join(vmDir, "testdata")] = filepath.Join(p.Dir, "testdata")
 		}
-		testTimeout := o.Timeout - 30*time.Second
 		fmt.Fprintf(&body, "mkdir -p %s && cd %s\n", vmDir, vmDir)
 		fmt.Fprintf(&body, "echo %s >&3\n", shellQuote(Marker+"pkg-start "+p.ImportPath))
 		body.WriteString("s=$(cut -d' ' -f1 /proc/uptime)\n")
 		fmt.Fprintf(&body, "%s -test.v -test.run %s -test.timeout %s </dev/null >&3 2>&3\n",
-			vmBin, shellQuote(o.Run), testTimeout)
+			vmBin, shellQuote(run), timeout)
 		// pkg-end PKG EXIT START END (guest uptime in seconds)
 		fmt.Fprintf(&body, "echo %s\"$? $s $(cut -d' ' -f1 /proc/uptime)\" >&3\n", shellQuote(Marker+"pkg-end "+p.ImportPath+" "))
 	}
+	return body.String()
+}
 
-	type job struct {
-		k           *Kernel
-		initrd, dir string
-	}
-	var jobs []job
+// kernelJob is one kernel of the matrix, ready to boot.
+type kernelJob struct {
+	k           *Kernel
+	initrd, dir string
+}
+
+// prepareKernels fetches every kernel of the matrix and writes its
+// initramfs (ir with an init that runs script) into a directory of its own
+// under work. An o.Accel of "auto" is resolved here, once per run.
+func prepareKernels(ctx context.Context, o *TestOptions, ir *Initramfs, script, work string, logf func(string, ...any)) ([]kernelJob, error) {
+	var jobs []kernelJob
 	for _, spec := range o.Kernels {
 		k, err := Fetch(spec, logf)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		ir.Init = InitScript(k, body.String())
+		ir.Init = InitScript(k, script)
 		dir := filepath.Join(work, spec.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
+			return nil, err
 		}
 		initrd := filepath.Join(dir, "initrd.cpio")
 		if err := ir.Write(initrd, k); err != nil {
-			return err
+			return nil, err
 		}
 		if o.Accel == "auto" {
-			o.Accel = ResolveAccel(ctx, o.Accel, k, dir, logf) // once per run
+			o.Accel = ResolveAccel(ctx, o.Accel, k, dir, logf)
 		}
-		jobs = append(jobs, job{k, initrd, dir})
+		jobs = append(jobs, kernelJob{k, initrd, dir})
 	}
+	return jobs, nil
+}
 
-	// Kernels run up to o.Parallel at a time; their output is printed in
-	// matrix order, live for the first one still running.
+// runMatrix boots the kernels up to o.Parallel at a time; their output is
+// printed in matrix order, live for the first one still running.
+func runMatrix(ctx context.Context, o TestOptions, jobs []kernelJob) []*kernelResult {
 	results := make([]*kernelResult, len(jobs))
 	outs, printed := orderedOutput(o.Out, len(jobs))
 	sem := make(chan struct{}, max(1, o.Parallel))
@@ -149,7 +183,7 @@ func Test(ctx context.Context, o TestOptions) error {
 	}
 	wg.Wait()
 	<-printed
-	return summarize(o.Out, pkgs, results, time.Since(start))
+	return results
 }
 
 // orderedOutput returns n writers whose text reaches w in order: all of the

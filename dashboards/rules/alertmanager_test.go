@@ -1,10 +1,11 @@
 package rules
 
 import (
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 const alertmanagerExample = "../../examples/alertmanager/alertmanager.yml"
@@ -14,12 +15,9 @@ const alertmanagerExample = "../../examples/alertmanager/alertmanager.yml"
 // decrypt-failure alert and the critical ones reach the on-call receiver,
 // the rest the team's channel.
 func TestAlertmanagerExample(t *testing.T) {
-	amtool, err := exec.LookPath("amtool")
-	if err != nil {
-		if os.Getenv("IPSEC_SKIP_PROMTOOL") != "" {
-			t.Skip("amtool not installed (package prometheus-alertmanager)")
-		}
-		t.Fatal("amtool not found: install Debian's prometheus-alertmanager package")
+	amtool := testtool.Find(t, "amtool", "prometheus-alertmanager")
+	if amtool == "" {
+		t.Skip("no amtool")
 	}
 	if out, err := exec.Command(amtool, "check-config", alertmanagerExample).CombinedOutput(); err != nil {
 		t.Fatalf("amtool check-config: %v\n%s", err, out)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/ipsec-exporter/ipsec_exporter/lab/testtool"
 )
 
 var update = flag.Bool("update", false, "rewrite examples/prometheus/rules.yml and rules-lab.yml from the template and settings")
@@ -116,16 +118,13 @@ func TestShortSettingsRender(t *testing.T) {
 	}
 }
 
-// lookPromtool finds promtool. CI installs Debian's prometheus package, so a
-// missing promtool fails there; set IPSEC_SKIP_PROMTOOL=1 to skip locally.
+// lookPromtool finds promtool (testtool's policy), skipping the test
+// without it.
 func lookPromtool(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("IPSEC_SKIP_PROMTOOL") != "" {
-			t.Skip("promtool not installed (package prometheus)")
-		}
-		t.Fatal("promtool not found: install Debian's prometheus package (scripts/install-deps.sh)")
+	path := testtool.Find(t, "promtool", "prometheus")
+	if path == "" {
+		t.Skip("no promtool")
 	}
 	return path
 }

@@ -208,10 +208,7 @@ func TestTrackerNamespaceRecreated(t *testing.T) {
 	waitFor(t, "the first namespace's peer", func() bool { return slices.Equal(peers(), addrs("198.51.100.10")) })
 
 	// ip netns del zz; ip netns add zz
-	if err := netnsxtest.Delete(first.Path); err != nil {
-		t.Fatal(err)
-	}
-	second := netnsxtest.New(t, dir, "zz")
+	second := netnsxtest.Recreate(t, first)
 	if second.ID == first.ID {
 		t.Fatal("the recreated namespace has the old one's ID")
 	}

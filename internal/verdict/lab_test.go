@@ -187,16 +187,22 @@ func runScenarios(t *testing.T, v *Verdicts) {
 		run(s.name, func(t *testing.T) { testHealthy(t, v, s.o, 5) })
 	}
 	run("wrong_key", func(t *testing.T) { testWrongKey(t, v) })
-	run("no_inbound_sa", func(t *testing.T) { testNoInboundSA(t, v) })
-	run("no_outbound_sa", func(t *testing.T) { testNoOutboundSA(t, v) })
+	run("no_inbound_sa", func(t *testing.T) {
+		testFault(t, v, fault{opts: scenario.ESPOptions{NoInboundSA: true}, noSA: true, result: "no_state", mib: "XfrmInNoStates"})
+	})
+	run("no_outbound_sa", func(t *testing.T) {
+		testFault(t, v, fault{opts: scenario.ESPOptions{NoOutboundSA: true}, noSA: true, encrypt: true, result: "no_state", mib: "XfrmOutNoStates"})
+	})
 	run("replay", func(t *testing.T) { testReplay(t, v) })
-	run("hard_expire", func(t *testing.T) { testHardExpire(t, v) })
+	run("hard_expire", func(t *testing.T) { testExpire(t, v, false) })
 	run("gso_forwarded", func(t *testing.T) { testGSO(t, v) })
 	run("esp_in_esp_bundle", func(t *testing.T) { testBundle(t, v) })
 	run("bad_padding", func(t *testing.T) { testBadPadding(t, v) })
 	run("seq_overflow", func(t *testing.T) { testSeqOverflow(t, v) })
-	run("encap_mismatch", func(t *testing.T) { testEncapMismatch(t, v) })
-	run("inbound_expire", func(t *testing.T) { testInboundExpire(t, v) })
+	run("encap_mismatch", func(t *testing.T) {
+		testFault(t, v, fault{changeB: encapMismatch, result: "invalid_state", mib: "XfrmInStateMismatch"})
+	})
+	run("inbound_expire", func(t *testing.T) { testExpire(t, v, true) })
 	// Last: the pcrypt instance stays preferred while any SA uses it.
 	run("async_crypto", func(t *testing.T) { testAsync(t, v) })
 }
@@ -347,56 +353,56 @@ func mib(t *testing.T, n *scenario.Node, before scenario.Counters, name string, 
 	}
 }
 
-func testWrongKey(t *testing.T, v *Verdicts) {
+// fault is a scenario in which every ping A->B is dropped at one point
+// with one result: on A's encrypt, or on B's decrypt after an ok encrypt.
+type fault struct {
+	opts    scenario.ESPOptions
+	changeB func(*netlink.XfrmState) // applied to B's copy of the A->B SA, if set
+	noSA    bool                     // the failure has no SA: its peer is known only from the packet
+	encrypt bool                     // dropped on A's encrypt, not on B's decrypt
+	result  string
+	mib     string // the dropping side's XFRM MIB counter
+}
+
+// testFault sends 5 pings A->B under f: exactly the verdicts of the fault
+// move (and A's ok encrypts when B drops), and the dropping side's MIB
+// counter moves by the failures' count.
+func testFault(t *testing.T, v *Verdicts, f fault) (*scenario.Pair, *scenario.ESP, snapshot) {
 	const n = 5
 	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{WrongKey: true})
-	before, statB := snap(t, v), p.B.XfrmStat(t)
-	p.A.PingTimeout(t, e.BAddr, n, 300*time.Millisecond)
-	d := snap(t, v).sub(before)
-	a, b := e.AB.Src, e.AB.Dst
-	expect(t, d, map[string]uint64{
-		key("encrypt", "ok", b):        n,
-		key("decrypt", "integrity", a): n,
-	})
-	mib(t, p.B, statB, "XfrmInStateProtoError", d.get("decrypt", "integrity", a).Packets)
-	if got := p.B.SACounters(t, e.AB)["integrity_failed"]; got != n {
-		t.Errorf("B's SA integrity_failed = %d, want %d", got, n)
+	e := p.ESP(t, f.opts)
+	if f.changeB != nil {
+		replaceSA(t, p.B, e.AB, f.changeB)
 	}
-	checkBytes(t, d.get("encrypt", "ok", b), p.A.SACounters(t, e.AB), "A's outbound SA")
-	t.Logf("%s", d)
-}
-
-func testNoInboundSA(t *testing.T, v *Verdicts) {
-	const n = 5
-	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{NoInboundSA: true})
-	knowPeers(t, v, e.AB.Src, e.AB.Dst, e.BAddr)
-	before, statB := snap(t, v), p.B.XfrmStat(t)
+	if f.noSA {
+		knowPeers(t, v, e.AB.Src, e.AB.Dst, e.BAddr)
+	}
+	// Without an SA a failure's peer is the packet's destination on
+	// encrypt, its source on decrypt.
+	node, dir, peer := p.B, "decrypt", e.AB.Src
+	want := map[string]uint64{key("encrypt", "ok", e.AB.Dst): n}
+	if f.encrypt {
+		node, dir, peer = p.A, "encrypt", e.BAddr
+		want = map[string]uint64{}
+	}
+	want[key(dir, f.result, peer)] = n
+	before, stat := snap(t, v), node.XfrmStat(t)
 	p.A.PingTimeout(t, e.BAddr, n, 300*time.Millisecond)
 	d := snap(t, v).sub(before)
-	a, b := e.AB.Src, e.AB.Dst
-	expect(t, d, map[string]uint64{
-		key("encrypt", "ok", b):       n,
-		key("decrypt", "no_state", a): n,
-	})
-	mib(t, p.B, statB, "XfrmInNoStates", d.get("decrypt", "no_state", a).Packets)
+	expect(t, d, want)
+	mib(t, node, stat, f.mib, d.get(dir, f.result, peer).Packets)
 	t.Logf("%s", d)
+	return p, e, d
 }
 
-func testNoOutboundSA(t *testing.T, v *Verdicts) {
-	const n = 5
-	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{NoOutboundSA: true})
-	knowPeers(t, v, e.AB.Src, e.AB.Dst, e.BAddr)
-	before, statA := snap(t, v), p.A.XfrmStat(t)
-	p.A.PingTimeout(t, e.BAddr, n, 300*time.Millisecond)
-	d := snap(t, v).sub(before)
-	expect(t, d, map[string]uint64{
-		key("encrypt", "no_state", e.BAddr): n,
-	})
-	mib(t, p.A, statA, "XfrmOutNoStates", d.get("encrypt", "no_state", e.BAddr).Packets)
-	t.Logf("%s", d)
+// testWrongKey: B's copy of the A->B SA has another key; every packet fails
+// B's integrity check, which B's SA counts too.
+func testWrongKey(t *testing.T, v *Verdicts) {
+	p, e, d := testFault(t, v, fault{opts: scenario.ESPOptions{WrongKey: true}, result: "integrity", mib: "XfrmInStateProtoError"})
+	if got := p.B.SACounters(t, e.AB)["integrity_failed"]; got != 5 {
+		t.Errorf("B's SA integrity_failed = %d, want 5", got)
+	}
+	checkBytes(t, d.get("encrypt", "ok", e.AB.Dst), p.A.SACounters(t, e.AB), "A's outbound SA")
 }
 
 func testReplay(t *testing.T, v *Verdicts) {
@@ -422,32 +428,47 @@ func testReplay(t *testing.T, v *Verdicts) {
 	t.Logf("replayed %d frames: %s", replayed, d)
 }
 
-// testHardExpire: the A->B SA may carry 3 packets; the 4th finds it expired
-// (XfrmOutStateExpired), later ones find no SA at all (XfrmOutNoStates, the
-// kernel deletes the expired SA at once). Each verdict agrees with its MIB
-// counter and the total is the number of packets sent.
-func testHardExpire(t *testing.T, v *Verdicts) {
+// testExpire: one copy of the A->B SA may carry 3 packets (A's outbound
+// copy, or with inbound B's); the 4th is dropped as expired there, later
+// ones find no SA at all (the kernel deletes the expired SA at once). Each
+// verdict agrees with its MIB counter and the total is the packets sent.
+func testExpire(t *testing.T, v *Verdicts, inbound bool) {
 	const n, limit = 6, 3
 	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{HardPackets: limit})
+	var e *scenario.ESP
+	if inbound {
+		e = p.ESP(t, scenario.ESPOptions{})
+		replaceSA(t, p.B, e.AB, func(s *netlink.XfrmState) { s.Limits.PacketHard = limit })
+	} else {
+		e = p.ESP(t, scenario.ESPOptions{HardPackets: limit})
+	}
 	knowPeers(t, v, e.AB.Src, e.AB.Dst, e.BAddr)
-	before, statA := snap(t, v), p.A.XfrmStat(t)
+	// Without an SA a packet's peer is its destination on encrypt, its
+	// source on decrypt.
+	node, dir, peer, noStatePeer := p.A, "encrypt", e.AB.Dst, e.BAddr
+	expiredMIB, noStateMIB := "XfrmOutStateExpired", "XfrmOutNoStates"
+	if inbound {
+		node, dir, peer, noStatePeer = p.B, "decrypt", e.AB.Src, e.AB.Src
+		expiredMIB, noStateMIB = "XfrmInStateExpired", "XfrmInNoStates"
+	}
+	before, stat := snap(t, v), node.XfrmStat(t)
 	for range n {
 		p.A.PingTimeout(t, e.BAddr, 1, 200*time.Millisecond)
 	}
 	d := snap(t, v).sub(before)
-	b := e.AB.Dst
-	ok := d.get("encrypt", "ok", b).Packets
-	expired := d.get("encrypt", "expired", b).Packets
-	noState := d.get("encrypt", "no_state", e.BAddr).Packets
-	if ok != limit || expired+noState != n-limit || expired == 0 {
-		t.Errorf("encrypt ok=%d expired=%d no_state=%d, want ok=%d, expired>=1, expired+no_state=%d (%s)",
-			ok, expired, noState, limit, n-limit, d)
+	ok := d.get(dir, "ok", peer).Packets
+	expired := d.get(dir, "expired", peer).Packets
+	noState := d.get(dir, "no_state", noStatePeer).Packets
+	if ok != limit || expired == 0 || expired+noState != n-limit {
+		t.Errorf("%s ok=%d expired=%d no_state=%d, want ok=%d, expired>=1, expired+no_state=%d (%s)",
+			dir, ok, expired, noState, limit, n-limit, d)
 	}
-	mib(t, p.A, statA, "XfrmOutStateExpired", expired)
-	stat := p.A.XfrmStat(t).Sub(statA)
-	if stat["XfrmOutNoStates"] != noState {
-		t.Errorf("XfrmOutNoStates moved by %d, verdicts no_state %d", stat["XfrmOutNoStates"], noState)
+	if got := d.get("encrypt", "ok", e.AB.Dst).Packets; inbound && got != n {
+		t.Errorf("%d ok encrypts, want %d (%s)", got, n, d)
+	}
+	mib(t, node, stat, expiredMIB, expired)
+	if got := node.XfrmStat(t).Sub(stat)[noStateMIB]; got != noState {
+		t.Errorf("%s moved by %d, verdicts no_state %d", noStateMIB, got, noState)
 	}
 	t.Logf("%s", d)
 }
@@ -654,56 +675,13 @@ func testSeqOverflow(t *testing.T, v *Verdicts) {
 }
 
 // testEncapMismatch: B's inbound SA expects ESP in UDP, A sends plain ESP.
-// The SA is found, then refused (XfrmInStateMismatch) before any check that
-// has its own marker: invalid_state, known only from the SA lookup hook
+// encapMismatch: B's copy of the A->B SA expects ESP in UDP. The SA is
+// found, then refused (XfrmInStateMismatch) before any check that has its
+// own marker: invalid_state, known only from the SA lookup hook
 // (xfrm_state_lookup on 6.1, xfrm_input_state_lookup on 6.12).
-func testEncapMismatch(t *testing.T, v *Verdicts) {
-	const n = 5
-	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{})
-	replaceSA(t, p.B, e.AB, func(s *netlink.XfrmState) {
-		s.Encap = &netlink.XfrmStateEncap{Type: netlink.XFRM_ENCAP_ESPINUDP, SrcPort: 4500, DstPort: 4500,
-			OriginalAddress: net.IPv4zero}
-	})
-	before, statB := snap(t, v), p.B.XfrmStat(t)
-	p.A.PingTimeout(t, e.BAddr, n, 300*time.Millisecond)
-	d := snap(t, v).sub(before)
-	a, b := e.AB.Src, e.AB.Dst
-	expect(t, d, map[string]uint64{
-		key("encrypt", "ok", b):            n,
-		key("decrypt", "invalid_state", a): n,
-	})
-	mib(t, p.B, statB, "XfrmInStateMismatch", n)
-	t.Logf("%s", d)
-}
-
-// testInboundExpire: only B's inbound SA has a hard limit of 3 packets; the
-// 4th is dropped as expired at B, later ones find no SA there (the kernel
-// deletes it at once).
-func testInboundExpire(t *testing.T, v *Verdicts) {
-	const n, limit = 6, 3
-	p := scenario.NewPair(t)
-	e := p.ESP(t, scenario.ESPOptions{})
-	replaceSA(t, p.B, e.AB, func(s *netlink.XfrmState) { s.Limits.PacketHard = limit })
-	knowPeers(t, v, e.AB.Src, e.AB.Dst, e.BAddr)
-	before, statB := snap(t, v), p.B.XfrmStat(t)
-	for range n {
-		p.A.PingTimeout(t, e.BAddr, 1, 200*time.Millisecond)
-	}
-	d := snap(t, v).sub(before)
-	a, b := e.AB.Src, e.AB.Dst
-	ok := d.get("decrypt", "ok", a).Packets
-	expired := d.get("decrypt", "expired", a).Packets
-	noState := d.get("decrypt", "no_state", a).Packets
-	if d.get("encrypt", "ok", b).Packets != n || ok != limit || expired == 0 || expired+noState != n-limit {
-		t.Errorf("want %d ok encrypts, %d ok decrypts, then expired (>=1) + no_state = %d; got %s", n, limit, n-limit, d)
-	}
-	mib(t, p.B, statB, "XfrmInStateExpired", expired)
-	stat := p.B.XfrmStat(t).Sub(statB)
-	if stat["XfrmInNoStates"] != noState {
-		t.Errorf("XfrmInNoStates moved by %d, verdicts no_state %d", stat["XfrmInNoStates"], noState)
-	}
-	t.Logf("%s", d)
+func encapMismatch(s *netlink.XfrmState) {
+	s.Encap = &netlink.XfrmStateEncap{Type: netlink.XFRM_ENCAP_ESPINUDP, SrcPort: 4500, DstPort: 4500,
+		OriginalAddress: net.IPv4zero}
 }
 
 // testAsync: with pcrypt every ESP packet completes asynchronously (the

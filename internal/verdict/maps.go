@@ -55,9 +55,6 @@ var (
 // Results lists every result name, for documentation and tests.
 func Results() []string { return sortedNames(resultNames) }
 
-// ErrorKinds lists the kinds of accounting errors the BPF side counts.
-func ErrorKinds() []string { return sortedNames(errorNames) }
-
 // sortedNames lists a name table in the order of its numbers.
 func sortedNames[N ~uint32](table map[N]string) []string {
 	nums := make([]N, 0, len(table))

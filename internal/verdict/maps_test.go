@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -194,17 +195,33 @@ func TestMapsManyKeysAcrossBatches(t *testing.T) {
 	}
 }
 
+// An error counter written at the C side's index (from the object's BTF,
+// not from errorNames) reads back under its name, summed over CPUs; every
+// other kind the C side has reads 0.
 func TestErrorsCounters(t *testing.T) {
 	m := newTestMaps(t, 8)
-	if err := m.SetError("map_full", 7); err != nil {
+	kinds := cEnum(t, "verdict_error")
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := make([]uint64, ncpu)
+	v[0], v[ncpu-1] = 7, 7 // one CPU: 7, more: 14
+	if err := m.objs.VerdictErrors.Put(kinds["ERR_MAP_FULL"], v); err != nil {
 		t.Fatal(err)
 	}
 	errs, err := m.Errors()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if errs["map_full"] != 7 || len(errs) != len(ErrorKinds()) {
-		t.Errorf("Errors = %v", errs)
+	want := map[string]uint64{"map_full": 7 * uint64(min(ncpu, 2))}
+	for c := range kinds {
+		if name := strings.ToLower(strings.TrimPrefix(c, "ERR_")); c != "ERR_MAX" && name != "map_full" {
+			want[name] = 0
+		}
+	}
+	if !maps.Equal(errs, want) {
+		t.Errorf("Errors = %v, want %v", errs, want)
 	}
 }
 

@@ -39,6 +39,24 @@ func New(t testing.TB, dir, name string) netnsx.Namespace {
 	return ns
 }
 
+// Recreate deletes the namespace mounted at ns.Path and mounts a fresh one
+// there, as `ip netns del` and `ip netns add` of one name do, and returns
+// the fresh one. The cleanup New registered removes it too.
+func Recreate(t testing.TB, ns netnsx.Namespace) netnsx.Namespace {
+	t.Helper()
+	if err := Delete(ns.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := Add(ns.Path); err != nil {
+		t.Fatal(err)
+	}
+	again, err := netnsx.At(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return again
+}
+
 // Add creates a fresh network namespace mounted at path, as `ip netns add`
 // does: the file first, then the mount.
 func Add(path string) error {
