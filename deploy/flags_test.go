@@ -37,6 +37,8 @@ func TestBadFlagValues(t *testing.T) {
 		{"collector.events.socket-buffer", "100", "must be 0 (the system default) or between 65536 and 1073741824 bytes"},
 		{"collector.vici.timeout", "-1s", "must be between 0 (the default, 5s) and 1m, got -1s"},
 		{"collector.vici.max-sas", "-1", "must be 0 (no limit) or more, got -1"},
+		{"bpf.pin-path", "/tmp/ipsec_exporter", "is not on a BPF filesystem"},
+		{"bpf.pin-path", "sys/fs/bpf", "must be an absolute path on a BPF filesystem"},
 	}
 	// Every numeric flag the binary has, whoever owns it, names itself
 	// when given a value its type cannot parse.
