@@ -1,6 +1,7 @@
 package verdict
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,12 +53,13 @@ type Hook struct {
 // Verdicts are the loaded and attached programs with their maps.
 type Verdicts struct {
 	*Maps
-	mode   string
-	hooks  []*Hook
-	links  []link.Link
-	pins   pin.Dir // of the links
-	pinned []string
-	logger *slog.Logger
+	mode      string
+	hooks     []*Hook
+	links     []link.Link
+	pins      pin.Dir // of the links
+	pinned    []string
+	warnedPin bool // a link that could not be pinned was logged at warning level
+	logger    *slog.Logger
 }
 
 // ErrRequiredHook is the cause of a Load error when a hook without which no
@@ -365,7 +367,14 @@ func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
 	// ours counts: between the two, a packet may count twice, never zero
 	// times.
 	if err := v.pins.PinLink(h.Program, l); err != nil {
-		v.logger.Warn("verdict link not pinned: its program stops counting when the exporter stops", "program", h.Program, "err", err)
+		// Kprobes are links that can be pinned from 5.15 (perf_event
+		// bpf_link); before, every hook fails the same way: say it once.
+		level := slog.LevelDebug
+		if !v.warnedPin {
+			level, v.warnedPin = slog.LevelWarn, true
+		}
+		v.logger.Log(context.Background(), level, "verdict link not pinned: its program stops counting when the exporter stops (more at debug level)",
+			"program", h.Program, "err", err)
 		_ = v.pins.Remove(h.Program) // not the old program beside ours
 		return nil
 	}
