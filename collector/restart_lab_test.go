@@ -1,10 +1,15 @@
 package collector
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/pin/pintest"
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
@@ -78,7 +83,53 @@ func TestLabRestartCounts(t *testing.T) {
 					}
 				}
 			}
+			if c.pinned && c.mode == "fentry" {
+				unpinsWhatIsNoLongerWatched(t, p, args, pins)
+			}
 			t.Logf("kernel %s, %s: 400 ESP packets sent, verdict ok and wire esp counted %v after the restart", scenario.Kernel(), c.name, c.want)
 		})
+	}
+}
+
+// unpinsWhatIsNoLongerWatched: an interface deleted while the exporter runs
+// takes its pinned counters with it, and an exporter started with a
+// narrower --collector.wire.interfaces unpins those of the interfaces it
+// no longer watches (their links would go on counting).
+func unpinsWhatIsNoLongerWatched(t *testing.T, p *scenario.Pair, args []string, pins string) {
+	t.Helper()
+	dir := func(name string) string { return filepath.Join(pins, "wire", "netns-"+p.A.Name, name) }
+	spare := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "spare0"}, PeerName: "spare1"}
+	if err := p.A.NL.LinkAdd(spare); err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.A.NL.LinkByName("spare0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.A.NL.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	x := startExporter(t, nil, args...)
+	x.waitFor(t, "ipsec_bpf_wire_interface_attached", labels("netns", p.A.Name, "interface", "spare0"), 1)
+	if _, err := os.Stat(dir("spare0")); err != nil {
+		t.Fatalf("spare0 attached, its pins: %v", err)
+	}
+	if err := p.A.NL.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, err := os.Stat(dir("spare0")); err == nil; _, err = os.Stat(dir("spare0")) {
+		if time.Now().After(deadline) {
+			t.Fatal("spare0 deleted, its pins still there after 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	x.stop(t, syscall.SIGTERM)
+
+	x = startExporter(t, nil, append(args, "--collector.wire.interfaces=none")...)
+	x.samples(t) // serving: the wire collector has started
+	x.stop(t, syscall.SIGTERM)
+	if _, err := os.Stat(dir("eth0")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("eth0 no longer selected, its pins: %v, want gone", err)
 	}
 }
