@@ -98,7 +98,7 @@ func init() {
 		}
 		release := func() { _ = knownPeers.release() }
 		v, err := verdict.Load(verdict.Options{
-			Mode: *bpfHookMode, MapSize: *bpfVerdictMapSize, Strict: *bpfStrict, Logger: logger,
+			Mode: *bpfHookMode, MapSize: *bpfVerdictMapSize, Strict: *bpfStrict, Pins: pinDir("verdict"), Logger: logger,
 		})
 		if err != nil {
 			if *bpfStrict {

@@ -16,6 +16,7 @@ import (
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/netnsx"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/peers"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 	"github.com/ipsec-exporter/ipsec_exporter/internal/wire"
 )
 
@@ -105,6 +106,7 @@ func init() {
 			return nil, err
 		}
 		c := newWireCollector(logger, cfg, func() (*wire.Programs, error) { return wire.Load(*wirePeerMapSize) }, tracker.Tracker)
+		c.pins = pinDir("wire")
 		c.release = func() { _ = errors.Join(watchedNamespaces.release(), knownPeers.release()) }
 		if c.progs != nil {
 			c.stopWatch = followNamespaces(w, c.watch)
@@ -131,6 +133,7 @@ func wireInterfacesRegexp() (*regexp.Regexp, error) {
 type wireCollector struct {
 	logger      *slog.Logger
 	cfg         wire.Config    // for each namespace's monitor
+	pins        pin.Dir        // of the namespaces' pinned counters (--bpf.pin-path)
 	progs       *wire.Programs // nil when the program could not be loaded
 	tracker     *peers.Tracker
 	release     func() // of the shared tracker and namespace watcher
@@ -208,7 +211,28 @@ func (c *wireCollector) watch(namespaces []netnsx.Namespace) {
 			delete(c.namespaces, label)
 		}
 	}
+	// The pinned counters of a namespace that went, now or while no
+	// exporter ran, go with it.
+	keep := make([]string, 0, len(c.namespaces))
+	for label := range c.namespaces {
+		keep = append(keep, wirePinName(label))
+	}
+	if removed, err := c.pins.Prune(keep); err != nil {
+		c.logger.Warn("cannot unpin the wire counters of namespaces no longer watched", "err", err)
+	} else if len(removed) > 0 {
+		c.logger.Info("unpinned the wire counters of namespaces no longer watched", "pins", removed)
+	}
 	c.setPeersLocked()
+}
+
+// wirePinName is the directory of a namespace's pinned wire counters: the
+// label, which names its series, so that they continue; "self" for the
+// exporter's own (label ""), which no netns-* name can be.
+func wirePinName(label string) string {
+	if label == "" {
+		return "self"
+	}
+	return "netns-" + label
 }
 
 func (c *wireCollector) startLocked(n netnsx.Namespace) *wireNetns {
@@ -216,6 +240,7 @@ func (c *wireCollector) startLocked(n netnsx.Namespace) *wireNetns {
 	c.nextSlot++
 	cfg := c.cfg
 	cfg.Programs, cfg.NetnsSlot = c.progs, ns.slot
+	cfg.Pins = c.pins.Join(wirePinName(n.Name))
 	cfg.Logger = c.logger.With("netns", n.Name)
 	if n.Path != "" {
 		f, err := n.Open()

@@ -46,6 +46,8 @@ func TestBadFlagValues(t *testing.T) {
 		{"peers.names-file", "/dev/zero", "/dev/zero: not a regular file"},
 		{"collector.verdict.peer-names", "/dev/zero", "/dev/zero: not a regular file"},
 		{"peers.names-file", bigNamesFile(t), "bytes, more than the 1048576 a peer-names file may have"},
+		{"bpf.pin-path", "/tmp/ipsec_exporter", "is not on a BPF filesystem"},
+		{"bpf.pin-path", "sys/fs/bpf", "must be an absolute path on a BPF filesystem"},
 	}
 	// Every numeric flag the binary has, whoever owns it, names itself
 	// when given a value its type cannot parse.

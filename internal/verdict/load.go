@@ -1,6 +1,7 @@
 package verdict
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 )
 
 // Hook modes.
@@ -28,6 +31,11 @@ type Options struct {
 	MapSize uint32
 	// Strict makes every hook that does not attach an error.
 	Strict bool
+	// Pins is where the counter maps and the links are pinned so that they
+	// outlive the process (--bpf.pin-path): the next Load continues their
+	// counts, and the programs count while no exporter runs. The zero Dir
+	// pins nothing.
+	Pins   pin.Dir
 	Logger *slog.Logger
 }
 
@@ -45,9 +53,13 @@ type Hook struct {
 // Verdicts are the loaded and attached programs with their maps.
 type Verdicts struct {
 	*Maps
-	mode  string
-	hooks []*Hook
-	links []link.Link
+	mode      string
+	hooks     []*Hook
+	links     []link.Link
+	pins      pin.Dir // of the links
+	pinned    []string
+	warnedPin bool // a link that could not be pinned was logged at warning level
+	logger    *slog.Logger
 }
 
 // ErrRequiredHook is the cause of a Load error when a hook without which no
@@ -83,10 +95,11 @@ func Load(opts Options) (*Verdicts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
 	}
-	maps, err := newMaps(spec, opts.MapSize)
+	maps, err := newMaps(spec, opts.MapSize, opts.Pins, logger)
 	if err != nil {
 		return nil, err
 	}
+	links := opts.Pins.Join("links")
 	// The programs' map specs must match the created maps to replace them.
 	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = opts.MapSize
 	modes := []string{opts.Mode}
@@ -101,17 +114,19 @@ func Load(opts Options) (*Verdicts, error) {
 	var errs []error
 	for _, mode := range modes {
 		start := time.Now()
-		v := &Verdicts{Maps: maps, mode: mode}
+		v := &Verdicts{Maps: maps, mode: mode, pins: links, logger: logger}
 		err := v.attach(spec, mode, logger)
 		if err == nil && opts.Strict {
 			err = v.strictCheck()
 		}
 		if err == nil {
+			v.pruneLinks()
 			logger.Info("BPF verdict programs attached", "mode", mode, "attached", v.attachedCount(),
-				"hooks", len(v.hooks), "duration_seconds", time.Since(start).Seconds())
+				"hooks", len(v.hooks), "pinned", len(v.pinned), "duration_seconds", time.Since(start).Seconds())
 			return v, nil
 		}
 		v.detach()
+		v.unpin()
 		errs = append(errs, fmt.Errorf("%s: %w", mode, err))
 		if len(modes) > 1 {
 			logger.Debug("BPF hook mode unusable, trying the next", "mode", mode, "err", err)
@@ -175,10 +190,33 @@ func (v *Verdicts) Missed() map[string]uint64 {
 	return out
 }
 
-// Close detaches every program and frees the maps.
+// Close detaches every program and frees the maps, except what is pinned:
+// pinned links stay attached and keep counting into the pinned maps until
+// the next Load takes them over or their pins are removed.
 func (v *Verdicts) Close() error {
 	v.detach()
 	return v.Maps.Close()
+}
+
+// unpin removes the links this Load pinned (a mode that failed).
+func (v *Verdicts) unpin() {
+	for _, name := range v.pinned {
+		_ = v.pins.Remove(name)
+	}
+	v.pinned = nil
+}
+
+// pruneLinks unpins the links of programs this Load did not attach: another
+// mode's, or programs an earlier version had. Left pinned they would go on
+// counting beside ours.
+func (v *Verdicts) pruneLinks() {
+	removed, err := v.pins.Prune(v.pinned)
+	if err != nil {
+		v.logger.Warn("unpinning links of an earlier exporter", "err", err)
+	}
+	if len(removed) > 0 {
+		v.logger.Info("unpinned links the programs in use do not have", "links", removed)
+	}
 }
 
 func (v *Verdicts) detach() {
@@ -325,6 +363,24 @@ func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
 	}
 	h.prog, h.link = prog, l
 	v.links = append(v.links, l)
+	// The link pinned by the previous exporter is replaced only now that
+	// ours counts: between the two, a packet may count twice, never zero
+	// times.
+	if err := v.pins.PinLink(h.Program, l); err != nil {
+		// Kprobes are links that can be pinned from 5.15 (perf_event
+		// bpf_link); before, every hook fails the same way: say it once.
+		level := slog.LevelDebug
+		if !v.warnedPin {
+			level, v.warnedPin = slog.LevelWarn, true
+		}
+		v.logger.Log(context.Background(), level, "verdict link not pinned: its program stops counting when the exporter stops (more at debug level)",
+			"program", h.Program, "err", err)
+		_ = v.pins.Remove(h.Program) // not the old program beside ours
+		return nil
+	}
+	if v.pins.Enabled() {
+		v.pinned = append(v.pinned, h.Program)
+	}
 	return nil
 }
 

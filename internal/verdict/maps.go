@@ -6,6 +6,7 @@ package verdict
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 )
 
 // Label values of the BPF side's numbers (enum verdict_dir, verdict_result
@@ -124,10 +126,21 @@ func NewMaps(mapSize uint32) (*Maps, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
 	}
-	return newMaps(spec, mapSize)
+	return newMaps(spec, mapSize, "", nil)
 }
 
-func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
+// countingMaps hold what the programs counted: they are pinned with
+// --bpf.pin-path. The others hold state of packets in flight, scratch
+// space, the known-peer set, which the next exporter rebuilds, or (.bss)
+// variables that only carry the enums' types into the BTF
+// (TestEveryMapDecided).
+var (
+	countingMaps  = []string{xfrmVerdictMapVerdicts, xfrmVerdictMapVerdictErrors}
+	transientMaps = []string{xfrmVerdictMapDecryptState, xfrmVerdictMapPendingEncrypt, xfrmVerdictMapBundleScratch,
+		xfrmVerdictMapAddressScratch, xfrmVerdictMapKnownPeers, ".bss"}
+)
+
+func newMaps(spec *ebpf.CollectionSpec, mapSize uint32, pins pin.Dir, logger *slog.Logger) (*Maps, error) {
 	if err := bpfmap.RemoveMemlock(); err != nil {
 		return nil, err
 	}
@@ -136,8 +149,15 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32) (*Maps, error) {
 	}
 	spec = spec.Copy()
 	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = mapSize
+	pinOpts, reset, err := pins.Maps(spec, countingMaps...)
+	if err != nil {
+		return nil, err
+	}
+	if len(reset) > 0 && logger != nil {
+		logger.Warn("pinned verdict counters reset: their layout changed, so the counts start again at 0", "maps", reset, "pin_path", string(pins))
+	}
 	m := &Maps{}
-	if err := spec.LoadAndAssign(&m.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&m.objs, &ebpf.CollectionOptions{Maps: pinOpts}); err != nil {
 		return nil, fmt.Errorf("creating BPF maps: %w", err)
 	}
 	m.verdicts = bpfmap.NewReader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue](m.objs.Verdicts)

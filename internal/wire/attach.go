@@ -10,6 +10,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 )
 
 // Mode is how the programs are attached to an interface.
@@ -48,15 +50,25 @@ type tcxAttachment struct {
 	links []link.Link
 }
 
-// attachTCX attaches both programs with tcx links. It runs on a thread in
-// the target namespace: the kernel resolves the ifindex there.
-func attachTCX(o *instance, ns *netns.NsHandle, ifindex int) (attachment, error) {
+// attachTCX attaches both programs with tcx links, pinned in pins. A link
+// an earlier exporter pinned there is given the new program in one step
+// (BPF_LINK_UPDATE): no packet goes uncounted or counted twice. It runs on
+// a thread in the target namespace: the kernel resolves the ifindex there.
+func attachTCX(o *instance, ns *netns.NsHandle, ifindex int, pins pin.Dir) (attachment, error) {
 	a := &tcxAttachment{}
 	err := inNetns(ns, func() error {
 		for _, d := range []Direction{Ingress, Egress} {
 			at := ebpf.AttachTCXIngress
 			if d == Egress {
 				at = ebpf.AttachTCXEgress
+			}
+			name := "link_" + d.String()
+			if l := pinnedTCX(pins, name, ifindex, at); l != nil {
+				if err := l.Update(o.program(d)); err == nil {
+					a.links = append(a.links, l)
+					continue
+				}
+				_ = l.Close()
 			}
 			l, err := link.AttachTCX(link.TCXOptions{
 				Interface: ifindex,
@@ -68,6 +80,9 @@ func attachTCX(o *instance, ns *netns.NsHandle, ifindex int) (attachment, error)
 				return fmt.Errorf("tcx %s: %w", d, err)
 			}
 			a.links = append(a.links, l)
+			if err := pins.PinLink(name, l); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -78,6 +93,30 @@ func attachTCX(o *instance, ns *netns.NsHandle, ifindex int) (attachment, error)
 	return a, nil
 }
 
+// pinnedTCX is the tcx link pinned as name when it is attached where we
+// attach, else nil (a pin that is no such link is removed: the interface
+// index was reused, or the pin is not ours).
+func pinnedTCX(pins pin.Dir, name string, ifindex int, at ebpf.AttachType) link.Link {
+	l, err := pins.Link(name)
+	if l == nil {
+		if err != nil {
+			_ = pins.Remove(name)
+		}
+		return nil
+	}
+	info, err := l.Info()
+	if err == nil {
+		if tcx := info.TCX(); tcx != nil && tcx.Ifindex == uint32(ifindex) && ebpf.AttachType(tcx.AttachType) == at {
+			return l
+		}
+	}
+	_ = l.Close()
+	_ = pins.Remove(name)
+	return nil
+}
+
+// Close closes the links: unpinned ones detach, pinned ones stay attached
+// and counting into the pinned counters for the next exporter.
 func (a *tcxAttachment) Close() error {
 	var errs []error
 	for _, l := range a.links {

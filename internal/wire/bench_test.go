@@ -22,7 +22,7 @@ func BenchmarkClassify(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = o.Close() }()
-	inst, err := o.instance(0, true)
+	inst, err := o.instance(0, true, "")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Progr
 		t.Fatalf("Load: %v", err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	i, err := p.instance(slot, ethernet)
+	i, err := p.instance(slot, ethernet, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -174,7 +174,7 @@ func bodyCost(t *testing.T, empty *ebpf.Program, frame []byte, name string) {
 		t.Fatal(err)
 	}
 	defer func() { _ = o.Close() }()
-	inst, err := o.instance(0, true)
+	inst, err := o.instance(0, true, "")
 	if err != nil {
 		t.Fatal(err)
 	}

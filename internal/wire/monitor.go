@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 )
 
 // Config says where the wire program goes.
@@ -34,7 +36,11 @@ type Config struct {
 	// Programs are the loaded programs and shared maps. Start loads its
 	// own when nil, and then also follows the namespace's peers itself.
 	Programs *Programs
-	Logger   *slog.Logger
+	// Pins is the namespace's directory under --bpf.pin-path: each
+	// interface's counters and tcx links are pinned in a subdirectory named
+	// after it. The zero Dir pins nothing.
+	Pins   pin.Dir
+	Logger *slog.Logger
 }
 
 // InterfaceStatus is one selected interface and how its attach went.
@@ -69,6 +75,7 @@ type Monitor struct {
 type iface struct {
 	status   InterfaceStatus
 	ethernet bool
+	pins     pin.Dir // where its instance is pinned: named as it was at the first attach
 	inst     *instance
 	att      attachment
 }
@@ -135,6 +142,7 @@ func Start(cfg Config) (*Monitor, error) {
 		return nil, fmt.Errorf("listing interfaces: %w", err)
 	}
 	m.removeStale(links)
+	m.prunePins(links)
 	for _, l := range links {
 		m.handleLink(l, false)
 	}
@@ -169,6 +177,25 @@ func (m *Monitor) removeStale(links []netlink.Link) {
 	}
 }
 
+// prunePins unpins what an earlier exporter pinned for interfaces that are
+// gone or no longer selected: their links would go on counting, their
+// counters would stay on bpffs for good.
+func (m *Monitor) prunePins(links []netlink.Link) {
+	var keep []string
+	for _, l := range links {
+		if m.selected(l) {
+			keep = append(keep, l.Attrs().Name)
+		}
+	}
+	removed, err := m.cfg.Pins.Prune(keep)
+	if err != nil {
+		m.logger.Warn("cannot unpin the wire counters of interfaces no longer watched", "err", err)
+	}
+	if len(removed) > 0 {
+		m.logger.Info("unpinned the wire counters and links of interfaces no longer watched", "interfaces", removed)
+	}
+}
+
 // ipsecDevices carry the inner packets of IPsec (before encryption, after
 // decryption), not the wire: counting them would count tunnelled traffic
 // twice, once as plaintext.
@@ -197,8 +224,14 @@ func (m *Monitor) handleLink(l netlink.Link, deleted bool) {
 	i := m.ifaces[attrs.Index]
 	if deleted {
 		if i != nil {
+			pins := i.pins
 			m.detach(i)
 			delete(m.ifaces, attrs.Index)
+			// Its counters end with it (an interface made again under
+			// the name starts at 0, like a new series).
+			if err := pins.RemoveAll(); err != nil {
+				m.logger.Warn("cannot unpin the wire counters of a deleted interface", "interface", attrs.Name, "err", err)
+			}
 			m.logger.Info("interface deleted", "interface", attrs.Name)
 		}
 		return
@@ -216,6 +249,7 @@ func (m *Monitor) handleLink(l netlink.Link, deleted bool) {
 		i = &iface{
 			status:   InterfaceStatus{Ifindex: attrs.Index, Name: attrs.Name},
 			ethernet: attrs.EncapType == "ether",
+			pins:     m.cfg.Pins.Join(attrs.Name),
 		}
 		m.ifaces[attrs.Index] = i
 	}
@@ -260,17 +294,26 @@ func (m *Monitor) attach(i *iface) {
 // attaches it.
 func (m *Monitor) attachWith(i *iface, mode Mode) error {
 	if i.inst == nil {
-		inst, err := m.progs.instance(m.cfg.NetnsSlot, i.ethernet)
+		inst, err := m.progs.instance(m.cfg.NetnsSlot, i.ethernet, i.pins)
 		if err != nil {
 			return err
+		}
+		if len(inst.reset) > 0 {
+			m.logger.Warn("pinned wire counters reset: their layout changed, so the counts start again at 0",
+				"interface", i.status.Name, "maps", inst.reset, "pin_path", string(i.pins))
 		}
 		i.inst = inst
 	}
 	var err error
 	if mode == ModeTC {
+		// tcx links an exporter in tcx mode pinned would count beside
+		// the filters.
+		for _, d := range []Direction{Ingress, Egress} {
+			_ = i.pins.Remove("link_" + d.String())
+		}
 		i.att, err = attachTC(i.inst, m.h, i.status.Ifindex)
 	} else {
-		i.att, err = attachTCX(i.inst, m.cfg.Netns, i.status.Ifindex)
+		i.att, err = attachTCX(i.inst, m.cfg.Netns, i.status.Ifindex, i.pins)
 	}
 	return err
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
+	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 )
 
 // Counter is one packets/bytes pair summed over every CPU.
@@ -88,10 +89,21 @@ func (p *Programs) PeerMapSize() uint32 { return p.peers.MaxEntries() }
 type instance struct {
 	objs   wireObjects
 	reader *bpfmap.Reader[uint32, wireWireCounter]
+	pins   pin.Dir  // of the interface's counters and links
+	reset  []string // pinned maps that were unpinned because their layout changed
 }
 
-// instance loads the programs for one interface.
-func (p *Programs) instance(netnsSlot uint32, ethernet bool) (*instance, error) {
+// countingMaps are pinned with --bpf.pin-path: each interface's counters.
+// wire_peers holds counts too, but its keys carry the namespace slots of
+// one process (collector/wire.go numbers them as namespaces appear), so
+// another process's peer counts could land in the wrong namespace: it is
+// created anew, and the unprotected counters restart at 0 with the process.
+// The peer filter is rebuilt from the peers.
+var countingMaps = []string{wireMapWireCounters}
+
+// instance loads the programs for one interface, with its counters pinned
+// in pins.
+func (p *Programs) instance(netnsSlot uint32, ethernet bool, pins pin.Dir) (*instance, error) {
 	spec := p.spec.Copy()
 	if err := spec.Variables[wireVarNetnsSlot].Set(netnsSlot); err != nil {
 		return nil, err
@@ -103,8 +115,13 @@ func (p *Programs) instance(netnsSlot uint32, ethernet bool) (*instance, error) 
 	if err := spec.Variables[wireVarEthernet].Set(eth); err != nil {
 		return nil, err
 	}
-	i := &instance{}
-	err := spec.LoadAndAssign(&i.objs, &ebpf.CollectionOptions{
+	pinOpts, reset, err := pins.Maps(spec, countingMaps...)
+	if err != nil {
+		return nil, err
+	}
+	i := &instance{pins: pins, reset: reset}
+	err = spec.LoadAndAssign(&i.objs, &ebpf.CollectionOptions{
+		Maps:            pinOpts,
 		MapReplacements: map[string]*ebpf.Map{wireMapWirePeers: p.peers, peerFilterSection: p.filter},
 	})
 	if err != nil {
