@@ -112,37 +112,50 @@ func (c *Client) Read(ctx context.Context) (snap *Snapshot, err error) {
 	}
 	snap.Daemon, _ = v.Get("daemon").(string)
 	snap.Version, _ = v.Get("version").(string)
-	// govici can lose the last events of a streamed command (its wait
-	// selects between the event and the response channels at random), so
-	// each listing is checked against a count charon gives in one message
-	// (get-conns: the names; stats: the IKE SAs) and read again on a
-	// mismatch.
+	// The listings are plain calls with their events subscribed, not
+	// govici's streamed calls: a streamed call picks between its event and
+	// response queues at random, so it can end before the last events,
+	// which then answer the next command ("unexpected response type: 7").
+	// A plain call returns on the response, which charon sends after the
+	// listing's events, and govici's reader hands each event to the
+	// subscribers before it reads the next packet: when the call returns,
+	// every event is in the channel. Subscribed before any command, when no
+	// event can be on its way (govici holds its event lock while it
+	// registers, and an event arriving then would wait on it for good); never
+	// unsubscribed for the same reason: Close ends the session.
+	if err := s.Subscribe(listConnEvent, listSAEvent); err != nil {
+		return nil, fmt.Errorf("subscribing to the listings: %w", err)
+	}
+	// Each listing is checked against a count charon gives in one message
+	// (get-conns: the names; stats: the IKE SAs), which also sizes the
+	// event channel (govici drops an event that finds it full), and read
+	// again on a mismatch: the daemon's set changed meanwhile.
+	want, err := countConns(ctx, s)
+	if err != nil {
+		return nil, err
+	}
 	for attempt := 1; ; attempt++ {
-		if snap.Conns, err = listConns(ctx, s); err != nil {
+		if snap.Conns, err = listConns(ctx, s, want); err != nil {
 			return nil, err
 		}
-		names, err := s.Call(ctx, "get-conns", nil)
-		if err != nil {
-			return nil, fmt.Errorf("get-conns: %w", err)
+		if want, err = countConns(ctx, s); err != nil {
+			return nil, err
 		}
-		want, _ := names.Get("conns").([]string)
-		if len(snap.Conns) == len(want) || attempt == 3 {
+		if len(snap.Conns) == want || attempt == 3 {
 			break
 		}
 	}
+	if want, err = countIKESAs(ctx, s); err != nil {
+		return nil, err
+	}
 	for attempt := 1; ; attempt++ {
-		if snap.IKESAs, err = listSAs(ctx, s); err != nil {
+		if snap.IKESAs, err = listSAs(ctx, s, want); err != nil {
 			return nil, err
 		}
-		stats, err := s.Call(ctx, "stats", nil)
-		if err != nil {
-			return nil, fmt.Errorf("stats: %w", err)
+		if want, err = countIKESAs(ctx, s); err != nil {
+			return nil, err
 		}
-		var total int
-		if ikesas, ok := stats.Get("ikesas").(*govici.Message); ok {
-			total, _ = strconv.Atoi(fmt.Sprint(ikesas.Get("total")))
-		}
-		if len(snap.IKESAs) == total || attempt == 3 {
+		if len(snap.IKESAs) == want || attempt == 3 {
 			break
 		}
 	}
@@ -150,12 +163,68 @@ func (c *Client) Read(ctx context.Context) (snap *Snapshot, err error) {
 	return snap, nil
 }
 
-func listConns(ctx context.Context, s *govici.Session) ([]Conn, error) {
-	var out []Conn
-	for m, err := range s.CallStreaming(ctx, "list-conns", "list-conn", nil) {
-		if err != nil {
-			return nil, fmt.Errorf("list-conns: %w", err)
+// The events charon sends for each connection of list-conns and each IKE SA
+// of list-sas.
+const listConnEvent, listSAEvent = "list-conn", "list-sa"
+
+// listRoom is the room in a listing's event channel beyond the count taken
+// before it, for what appears meanwhile.
+const listRoom = 64
+
+// listed makes a listing call and returns the events named event that it
+// sent, at most want+listRoom (the rest are dropped, and the count that
+// follows tells).
+func listed(ctx context.Context, s *govici.Session, cmd, event string, want int) ([]*govici.Message, error) {
+	ch := make(chan govici.Event, want+listRoom)
+	s.NotifyEvents(ch)
+	defer s.StopEvents(ch)
+	if _, err := s.Call(ctx, cmd, nil); err != nil {
+		return nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	var out []*govici.Message
+	for {
+		select {
+		case ev, ok := <-ch:
+			if !ok { // the session ended; the call had its answer
+				return out, nil
+			}
+			if ev.Name == event {
+				out = append(out, ev.Message)
+			}
+		default:
+			return out, nil
 		}
+	}
+}
+
+func countConns(ctx context.Context, s *govici.Session) (int, error) {
+	names, err := s.Call(ctx, "get-conns", nil)
+	if err != nil {
+		return 0, fmt.Errorf("get-conns: %w", err)
+	}
+	conns, _ := names.Get("conns").([]string)
+	return len(conns), nil
+}
+
+func countIKESAs(ctx context.Context, s *govici.Session) (int, error) {
+	stats, err := s.Call(ctx, "stats", nil)
+	if err != nil {
+		return 0, fmt.Errorf("stats: %w", err)
+	}
+	var total int
+	if ikesas, ok := stats.Get("ikesas").(*govici.Message); ok {
+		total, _ = strconv.Atoi(fmt.Sprint(ikesas.Get("total")))
+	}
+	return total, nil
+}
+
+func listConns(ctx context.Context, s *govici.Session, want int) ([]Conn, error) {
+	msgs, err := listed(ctx, s, "list-conns", listConnEvent, want)
+	if err != nil {
+		return nil, err
+	}
+	var out []Conn
+	for _, m := range msgs {
 		conns, err := parseConns(m)
 		if err != nil {
 			return nil, err
@@ -165,12 +234,13 @@ func listConns(ctx context.Context, s *govici.Session) ([]Conn, error) {
 	return out, nil
 }
 
-func listSAs(ctx context.Context, s *govici.Session) ([]IKESA, error) {
+func listSAs(ctx context.Context, s *govici.Session, want int) ([]IKESA, error) {
+	msgs, err := listed(ctx, s, "list-sas", listSAEvent, want)
+	if err != nil {
+		return nil, err
+	}
 	var out []IKESA
-	for m, err := range s.CallStreaming(ctx, "list-sas", "list-sa", nil) {
-		if err != nil {
-			return nil, fmt.Errorf("list-sas: %w", err)
-		}
+	for _, m := range msgs {
 		sas, err := parseSAs(m)
 		if err != nil {
 			return nil, err
