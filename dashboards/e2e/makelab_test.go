@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipsec-exporter/ipsec_exporter/dashboards/rules"
 	"github.com/ipsec-exporter/ipsec_exporter/lab"
 )
 
@@ -38,8 +39,8 @@ var labLine = regexp.MustCompile(`^ipsec-lab: alert (firing|resolved): (\w+)(?: 
 // Prometheus and Alertmanager beside it, the lab's rules) and checks what
 // the README says of it: the banner comes, Prometheus gets samples, the
 // four alerts fire, each from the fault meant to fire it and from nothing
-// else (no other alert fires), the status line counts packets per peer,
-// and Ctrl-C (the context ending) stops it all without an error. It logs
+// else (no other alert fires), every dashboard query has data, the status
+// line counts packets per peer, and Ctrl-C (the context ending) stops it all without an error. It logs
 // the time from start to the first sample and to each alert.
 func TestMakeLab(t *testing.T) {
 	if !*runE2E {
@@ -58,9 +59,10 @@ func TestMakeLab(t *testing.T) {
 	defer cancel()
 	out, w := io.Pipe()
 	done := make(chan error, 1)
+	promPort := freePort(t)
 	go func() {
 		done <- lab.Run(ctx, lab.RunOptions{
-			Kernel: spec, Port: freePort(t), PrometheusPort: freePort(t), AlertmanagerPort: freePort(t),
+			Kernel: spec, Port: freePort(t), PrometheusPort: promPort, AlertmanagerPort: freePort(t),
 			Accel: "tcg", CPUs: 2, Out: w, Root: repoRoot(t),
 		})
 		w.Close()
@@ -145,6 +147,10 @@ func TestMakeLab(t *testing.T) {
 			t.Fatalf("timed out: fired %s, %d status lines; the last lines:\n%s", fired, lines, tail())
 		}
 	}
+	// What a newcomer sees in Grafana: every dashboard query and recording
+	// rule has data in make lab's Prometheus ($__rate_interval: 4 of its
+	// 10 s scrapes, as Grafana would make it).
+	checkQueries(t, &promClient{base: fmt.Sprintf("http://127.0.0.1:%d", promPort)}, "40s", rules.Lab)
 	// Another minute: what fires now must be one of the lab's alerts, from
 	// its fault (healthy tunnels rekeying must not fire expiry alerts).
 	time.Sleep(time.Minute)
