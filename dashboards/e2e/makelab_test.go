@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,9 @@ var labAlerts = map[string]string{
 // 50 s). The time to the first sample is building and booting, which a
 // loaded machine stretches (measured: 1m19s to 3m04s); the test reports it.
 const labAlertsAfterFirstSample = 2 * time.Minute
+
+// errorWords mark a line that reports something broken.
+var errorWords = regexp.MustCompile(`(?i)error|fail|panic|broken pipe|refused`)
 
 var labLine = regexp.MustCompile(`^ipsec-lab: alert (firing|resolved): (\w+)(?: \{([^}]*)\})?, (\S+) after start$`)
 
@@ -76,6 +80,8 @@ func TestMakeLab(t *testing.T) {
 		status    []string
 		unwanted  []string
 		lastLines []string
+		stopping  bool     // Ctrl-C given
+		afterStop []string // what the lab printed after it
 	)
 	scanned := make(chan struct{})
 	go func() {
@@ -88,6 +94,9 @@ func TestMakeLab(t *testing.T) {
 			lastLines = append(lastLines, line)
 			if len(lastLines) > 60 {
 				lastLines = lastLines[1:]
+			}
+			if stopping {
+				afterStop = append(afterStop, line)
 			}
 			switch {
 			case strings.HasPrefix(line, "ipsec-lab: the lab is up"):
@@ -150,10 +159,20 @@ func TestMakeLab(t *testing.T) {
 	// What a newcomer sees in Grafana: every dashboard query and recording
 	// rule has data in make lab's Prometheus ($__rate_interval: 4 of its
 	// 10 s scrapes, as Grafana would make it).
-	checkQueries(t, &promClient{base: fmt.Sprintf("http://127.0.0.1:%d", promPort)}, "40s", rules.Lab)
+	prom := &promClient{base: fmt.Sprintf("http://127.0.0.1:%d", promPort)}
+	checkQueries(t, prom, "40s", rules.Lab)
+	// The Overview's headline: the lab encrypts most of what it sends.
+	if v, err := prom.query(`job:ipsec_wire_bytes_encrypted:ratio_rate{job="` + jobName + `"} > 0`); err != nil || len(v) == 0 {
+		t.Errorf("the encrypted share of the lab's traffic is 0 or missing (%v)", err)
+	} else {
+		t.Logf("encrypted share of the lab's wire bytes: %v", v[0].Value[1])
+	}
 	// Another minute: what fires now must be one of the lab's alerts, from
 	// its fault (healthy tunnels rekeying must not fire expiry alerts).
 	time.Sleep(time.Minute)
+	mu.Lock()
+	stopping = true
+	mu.Unlock()
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("the lab ended with %v after Ctrl-C, want none", err)
@@ -161,6 +180,15 @@ func TestMakeLab(t *testing.T) {
 	<-scanned
 	mu.Lock()
 	defer mu.Unlock()
+	// Ctrl-C ends it quietly: "stopped" and nothing that reads as an error.
+	if !slices.Contains(afterStop, "ipsec-lab: stopped") {
+		t.Errorf("no \"ipsec-lab: stopped\" after Ctrl-C; it printed:\n%s", strings.Join(afterStop, "\n"))
+	}
+	for _, line := range afterStop {
+		if line != "ipsec-lab: stopped" && (strings.HasPrefix(line, "ipsec-lab:") || errorWords.MatchString(line)) {
+			t.Errorf("after Ctrl-C: %s", line)
+		}
+	}
 	if !banner {
 		t.Error("no banner")
 	}
