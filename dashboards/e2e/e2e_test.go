@@ -4,7 +4,7 @@
 // Debian's Alertmanager, configured from the shipped example, delivers the
 // alerts to a webhook in this test.
 //
-//	cd dashboards && go test ./e2e -e2e -v            # run it (TestEndToEnd 3-4 minutes, TestMakeLab 5-6)
+//	cd dashboards && go test ./e2e -e2e -v            # run it (TestEndToEnd 3-4 minutes, TestMakeLab 4-6)
 //	cd dashboards && go test ./e2e -e2e -update       # also rewrite testdata/lab-scrape.prom
 package e2e
 
