@@ -207,15 +207,18 @@ func setLifetimes(t *testing.T, n *scenario.Node) {
 	}
 }
 
-// ikeDPD is A's dead-peer-detection delay for C.
-const ikeDPD = 2 * time.Second
+// ikeDPD is A's dead-peer-detection delay for C, ikePeerAddr C's address.
+const (
+	ikeDPD      = 2 * time.Second
+	ikePeerAddr = "10.77.9.2"
+)
 
 // newIKEPeer joins a new namespace C to A on A's second link (10.77.9.0/24)
 // and has strongSwan on both negotiate a transport tunnel with DPD.
 func newIKEPeer(t *testing.T, a *scenario.Node) *scenario.IKE {
 	t.Helper()
 	aSide := &scenario.Node{Netns: a.Netns, Link: "eth1", IPv4: netip.MustParseAddr("10.77.9.1")}
-	c := &scenario.Node{Netns: scenario.NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr("10.77.9.2")}
+	c := &scenario.Node{Netns: scenario.NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr(ikePeerAddr)}
 	scenario.Connect(t, aSide, c, 24, 0)
 	p := &scenario.Pair{A: aSide, B: c}
 	return p.IKE(t, scenario.StrongSwanKind, scenario.StrongSwanKind, scenario.IKEOptions{Name: "lab-c", DPD: ikeDPD})

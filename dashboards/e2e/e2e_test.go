@@ -227,6 +227,14 @@ func TestEndToEnd(t *testing.T) {
 	ikeDownAt := time.Now()
 	hook.waitFor(ctx, t, "IpsecTunnelDown", "firing", tunnelDownWithin)
 	t.Logf("IpsecTunnelDown firing at the webhook %s after the IKE peer was killed", time.Since(ikeDownAt).Round(time.Second))
+	// With the tunnel, A's daemon removed its policies for C: A's pings to
+	// C now leave in plaintext. C must stay a known peer (a configured
+	// connection's address) and the leak be flagged per peer.
+	waitFor(ctx, t, "IpsecUnprotectedTrafficToPeer for C firing in Prometheus", tunnelDownWithin, func() (bool, error) {
+		v, err := prom.query(`ALERTS{alertname="IpsecUnprotectedTrafficToPeer", alertstate="firing", peer="` + ikePeerAddr + `"}`)
+		return len(v) > 0, err
+	})
+	t.Logf("IpsecUnprotectedTrafficToPeer for C firing in Prometheus %s after the IKE peer was killed", time.Since(ikeDownAt).Round(time.Second))
 	// The control call returns once C's daemon is back and the child SAs
 	// are in both kernels; the alert may resolve while it runs.
 	restartAt := time.Now()
