@@ -87,7 +87,7 @@ func TestLabDriver(t *testing.T) {
 	traffic.Go(func() {
 		// About 25 pings a second each way, and a few datagrams to the port
 		// the leak fault opens: enough for every rate to move within a few
-		// 1 s scrapes, little enough for an emulated CPU.
+		// 2 s scrapes, little enough for an emulated CPU.
 		udp := scenario.UDPSender(t, pair.A.Netns, "udp4")
 		leakDst := &net.UDPAddr{IP: esp.BAddr.AsSlice(), Port: leakPort}
 		for ctx.Err() == nil {
