@@ -24,8 +24,12 @@ import (
 type verdictKey struct{ direction, peer, peerName, result string }
 
 // readVerdicts scrapes the exporter and returns ipsec_xfrm_packets_total.
-func readVerdicts(client *http.Client, metricsURL string) (map[verdictKey]float64, error) {
-	resp, err := client.Get(metricsURL)
+func readVerdicts(ctx context.Context, client *http.Client, metricsURL string) (map[verdictKey]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +115,7 @@ func statusLines(prev, cur map[verdictKey]float64) []string {
 // reportStatus prints statusLines every interval until ctx ends.
 func reportStatus(ctx context.Context, w io.Writer, metricsURL string, interval time.Duration) {
 	client := &http.Client{Timeout: 20 * time.Second}
-	prev, err := readVerdicts(client, metricsURL)
+	prev, err := readVerdicts(ctx, client, metricsURL)
 	if err != nil {
 		prev = map[verdictKey]float64{}
 	}
@@ -121,7 +125,11 @@ func reportStatus(ctx context.Context, w io.Writer, metricsURL string, interval 
 			return
 		case <-time.After(interval):
 		}
-		cur, err := readVerdicts(client, metricsURL)
+		cur, err := readVerdicts(ctx, client, metricsURL)
+		if ctx.Err() != nil {
+			// Ctrl-C: the VM is going away, its port with it.
+			return
+		}
 		if err != nil {
 			fmt.Fprintf(w, "ipsec-lab: status: %v\n", err)
 			continue

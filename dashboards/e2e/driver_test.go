@@ -37,7 +37,7 @@ const (
 //	POST /fault/leak?on=1|0       a policy hole on A: UDP to B's port 7777 leaves in clear
 //	POST /fault/expiry?on=1|0     A's outbound SA to B gets a hard time limit 2 minutes away, as when a rekey failed
 //	POST /fault/teardown?on=1|0   A's IPv4 SAs with B are deleted (policies stay), as when IKE gave up
-//	POST /fault/ike-down?on=1|0   the strongSwan peer C of A is killed (A's DPD clears the tunnel), and restarted
+//	POST /fault/ike-down?on=1|0   the strongSwan peer C of A crashes (daemon and kernel state gone; A's DPD clears the tunnel), and restarts
 //	POST /stop                    ends the test; the VM powers off
 func TestLabDriver(t *testing.T) {
 	scenario.RequireVM(t)
@@ -87,7 +87,7 @@ func TestLabDriver(t *testing.T) {
 	traffic.Go(func() {
 		// About 25 pings a second each way, and a few datagrams to the port
 		// the leak fault opens: enough for every rate to move within a few
-		// 1 s scrapes, little enough for an emulated CPU.
+		// 2 s scrapes, little enough for an emulated CPU.
 		udp := scenario.UDPSender(t, pair.A.Netns, "udp4")
 		leakDst := &net.UDPAddr{IP: esp.BAddr.AsSlice(), Port: leakPort}
 		for ctx.Err() == nil {
@@ -207,21 +207,32 @@ func setLifetimes(t *testing.T, n *scenario.Node) {
 	}
 }
 
+// ikeDPD is A's dead-peer-detection delay for C, ikePeerAddr C's address.
+const (
+	ikeDPD      = 2 * time.Second
+	ikePeerAddr = "10.77.9.2"
+)
+
 // newIKEPeer joins a new namespace C to A on A's second link (10.77.9.0/24)
 // and has strongSwan on both negotiate a transport tunnel with DPD.
 func newIKEPeer(t *testing.T, a *scenario.Node) *scenario.IKE {
 	t.Helper()
 	aSide := &scenario.Node{Netns: a.Netns, Link: "eth1", IPv4: netip.MustParseAddr("10.77.9.1")}
-	c := &scenario.Node{Netns: scenario.NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr("10.77.9.2")}
+	c := &scenario.Node{Netns: scenario.NewNetns(t, "c"), Link: "eth0", IPv4: netip.MustParseAddr(ikePeerAddr)}
 	scenario.Connect(t, aSide, c, 24, 0)
 	p := &scenario.Pair{A: aSide, B: c}
-	return p.IKE(t, scenario.StrongSwanKind, scenario.StrongSwanKind, scenario.IKEOptions{Name: "lab-c", DPD: 2 * time.Second})
+	return p.IKE(t, scenario.StrongSwanKind, scenario.StrongSwanKind, scenario.IKEOptions{Name: "lab-c", DPD: ikeDPD})
 }
 
-// ikeFault kills C's daemon (A's DPD then clears the tunnel, and its
-// configured connection has no child SA: IpsecTunnelDown), and restarts
-// it, A initiating again. A failure to restart fails the driver (and so
-// the end-to-end test).
+// ikeFault crashes node C: its daemon is killed and its kernel's SAs and
+// policies go with it, as when the node dies or reboots. A's DPD then
+// hears nothing back, clears the tunnel, and its configured connection has
+// no child SA (IpsecTunnelDown). Off restarts C's daemon, A initiating
+// again. Killing the daemon alone is not a dead peer: C's kernel keeps
+// answering A's pings through the old SAs, and charon probes a peer only
+// after dpd_delay without any packet from it, so DPD came only from a gap
+// in the traffic (1m16s after the kill once, never within 1m30s another
+// time). A failure to restart fails the driver (and the end-to-end test).
 type ikeFault struct {
 	mu   sync.Mutex
 	t    *testing.T
@@ -237,6 +248,13 @@ func (f *ikeFault) set(on bool) error {
 	}
 	if on {
 		f.ike.B.Kill(f.t)
+		c := f.ike.Pair.B
+		if err := c.NL.XfrmStateFlush(0); err != nil {
+			return fmt.Errorf("flush C's SAs: %w", err)
+		}
+		if err := c.NL.XfrmPolicyFlush(); err != nil {
+			return fmt.Errorf("flush C's policies: %w", err)
+		}
 	} else {
 		f.ike.RestartB(f.t)
 	}

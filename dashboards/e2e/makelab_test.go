@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ipsec-exporter/ipsec_exporter/dashboards/rules"
 	"github.com/ipsec-exporter/ipsec_exporter/lab"
 )
 
@@ -32,14 +34,17 @@ var labAlerts = map[string]string{
 // loaded machine stretches (measured: 1m19s to 3m04s); the test reports it.
 const labAlertsAfterFirstSample = 2 * time.Minute
 
+// errorWords mark a line that reports something broken.
+var errorWords = regexp.MustCompile(`(?i)error|fail|panic|broken pipe|refused`)
+
 var labLine = regexp.MustCompile(`^ipsec-lab: alert (firing|resolved): (\w+)(?: \{([^}]*)\})?, (\S+) after start$`)
 
 // TestMakeLab runs the interactive lab as `make lab` does (lab.Run with
 // Prometheus and Alertmanager beside it, the lab's rules) and checks what
 // the README says of it: the banner comes, Prometheus gets samples, the
 // four alerts fire, each from the fault meant to fire it and from nothing
-// else (no other alert fires), the status line counts packets per peer,
-// and Ctrl-C (the context ending) stops it all without an error. It logs
+// else (no other alert fires), every dashboard query has data, the status
+// line counts packets per peer, and Ctrl-C (the context ending) stops it all without an error. It logs
 // the time from start to the first sample and to each alert.
 func TestMakeLab(t *testing.T) {
 	if !*runE2E {
@@ -58,9 +63,10 @@ func TestMakeLab(t *testing.T) {
 	defer cancel()
 	out, w := io.Pipe()
 	done := make(chan error, 1)
+	promPort := freePort(t)
 	go func() {
 		done <- lab.Run(ctx, lab.RunOptions{
-			Kernel: spec, Port: freePort(t), PrometheusPort: freePort(t), AlertmanagerPort: freePort(t),
+			Kernel: spec, Port: freePort(t), PrometheusPort: promPort, AlertmanagerPort: freePort(t),
 			Accel: "tcg", CPUs: 2, Out: w, Root: repoRoot(t),
 		})
 		w.Close()
@@ -74,6 +80,8 @@ func TestMakeLab(t *testing.T) {
 		status    []string
 		unwanted  []string
 		lastLines []string
+		stopping  bool     // Ctrl-C given
+		afterStop []string // what the lab printed after it
 	)
 	scanned := make(chan struct{})
 	go func() {
@@ -86,6 +94,9 @@ func TestMakeLab(t *testing.T) {
 			lastLines = append(lastLines, line)
 			if len(lastLines) > 60 {
 				lastLines = lastLines[1:]
+			}
+			if stopping {
+				afterStop = append(afterStop, line)
 			}
 			switch {
 			case strings.HasPrefix(line, "ipsec-lab: the lab is up"):
@@ -145,9 +156,23 @@ func TestMakeLab(t *testing.T) {
 			t.Fatalf("timed out: fired %s, %d status lines; the last lines:\n%s", fired, lines, tail())
 		}
 	}
+	// What a newcomer sees in Grafana: every dashboard query and recording
+	// rule has data in make lab's Prometheus ($__rate_interval: 4 of its
+	// 10 s scrapes, as Grafana would make it).
+	prom := &promClient{base: fmt.Sprintf("http://127.0.0.1:%d", promPort)}
+	checkQueries(t, prom, "40s", rules.Lab)
+	// The Overview's headline: the lab encrypts most of what it sends.
+	if v, err := prom.query(`job:ipsec_wire_bytes_encrypted:ratio_rate{job="` + jobName + `"} > 0`); err != nil || len(v) == 0 {
+		t.Errorf("the encrypted share of the lab's traffic is 0 or missing (%v)", err)
+	} else {
+		t.Logf("encrypted share of the lab's wire bytes: %v", v[0].Value[1])
+	}
 	// Another minute: what fires now must be one of the lab's alerts, from
 	// its fault (healthy tunnels rekeying must not fire expiry alerts).
 	time.Sleep(time.Minute)
+	mu.Lock()
+	stopping = true
+	mu.Unlock()
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("the lab ended with %v after Ctrl-C, want none", err)
@@ -155,6 +180,15 @@ func TestMakeLab(t *testing.T) {
 	<-scanned
 	mu.Lock()
 	defer mu.Unlock()
+	// Ctrl-C ends it quietly: "stopped" and nothing that reads as an error.
+	if !slices.Contains(afterStop, "ipsec-lab: stopped") {
+		t.Errorf("no \"ipsec-lab: stopped\" after Ctrl-C; it printed:\n%s", strings.Join(afterStop, "\n"))
+	}
+	for _, line := range afterStop {
+		if line != "ipsec-lab: stopped" && (strings.HasPrefix(line, "ipsec-lab:") || errorWords.MatchString(line)) {
+			t.Errorf("after Ctrl-C: %s", line)
+		}
+	}
 	if !banner {
 		t.Error("no banner")
 	}
