@@ -68,9 +68,11 @@ $(PROMU):
 bench:
 	bash scripts/bench.sh
 
-## generate: rebuild the BPF objects (bpf2go) with the pinned clang.
+## generate: rebuild the BPF objects (bpf2go, amd64 and arm64) with the
+## pinned clang; bpf2go reads BPF2GO_CC and takes the llvm-strip of the same
+## version suffix (llvm-strip-14).
 generate:
-	BPF_CLANG=$(CLANG) $(GO) generate ./...
+	BPF2GO_CC=$(CLANG) $(GO) generate ./...
 
 vet:
 	$(GO) vet $(PKGS)
