@@ -21,7 +21,8 @@ type Deb struct {
 
 // FetchDeb downloads the candidate version of pkg with apt-get download and
 // unpacks it into the lab cache (once: later calls find it there). Without
-// apt lists it falls back to the newest cached version.
+// apt lists it falls back to the newest cached version. pkg may name an
+// architecture (busybox-static:arm64).
 func FetchDeb(pkg string, logf func(string, ...any)) (*Deb, error) {
 	cache, err := CacheDir()
 	if err != nil {
@@ -50,11 +51,15 @@ func FetchDeb(pkg string, logf func(string, ...any)) (*Deb, error) {
 // names the version (`apt-get download --print-uris` reads the local lists
 // only). Without lists: the newest version in the cache.
 func candidateDeb(pkg, cache string) (string, error) {
+	// A package of another architecture is name:arch, its file
+	// name_version_arch.deb.
+	name, arch, _ := strings.Cut(pkg, ":")
+	ofArch := func(base string) bool { return arch == "" || strings.HasSuffix(base, "_"+arch) }
 	out, err := exec.Command("apt-get", "download", "--print-uris", pkg).Output()
 	if err == nil {
 		// 'URL' name_version_arch.deb size hash
 		for _, line := range strings.Split(string(out), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(f[1], pkg+"_") && strings.HasSuffix(f[1], ".deb") {
+			if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(f[1], name+"_") && strings.HasSuffix(f[1], ".deb") && ofArch(strings.TrimSuffix(f[1], ".deb")) {
 				return f[1], nil
 			}
 		}
@@ -62,7 +67,7 @@ func candidateDeb(pkg, cache string) (string, error) {
 	var cached []string
 	entries, _ := os.ReadDir(cache)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), pkg+"_") {
+		if strings.HasPrefix(e.Name(), name+"_") && ofArch(e.Name()) {
 			if _, err := os.Stat(filepath.Join(cache, e.Name(), ".ready")); err == nil {
 				cached = append(cached, e.Name()+".deb")
 			}
@@ -140,6 +145,8 @@ var dependName = regexp.MustCompile(`^\s*([a-z0-9][a-z0-9+.-]+)`)
 // that every shared library the daemons load is either on the host (like
 // the libraries of Debian's ip) or in a fetched tree. Other dependencies
 // (scripts, data, services) are left out: the lab runs the binaries only.
+// Packages of another architecture (iproute2:arm64) take their libraries
+// from that architecture's packages.
 func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, error) {
 	var out []*Deb
 	seen := map[string]bool{}
@@ -158,13 +165,20 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 		out = append(out, d)
 		for _, clause := range strings.Split(d.Depends, ",") {
 			m := dependName.FindStringSubmatch(strings.Split(clause, "|")[0])
-			if m == nil || seen[m[1]] || !strings.HasPrefix(m[1], "lib") {
+			if m == nil || !strings.HasPrefix(m[1], "lib") {
 				continue
 			}
-			if installed, err := hostHasPackage(m[1]); err != nil {
+			dep := m[1]
+			if _, arch, ok := strings.Cut(name, ":"); ok {
+				dep += ":" + arch
+			}
+			if seen[dep] {
+				continue
+			}
+			if installed, err := hostHasPackage(dep); err != nil {
 				return nil, err
 			} else if !installed {
-				queue = append(queue, m[1])
+				queue = append(queue, dep)
 			}
 		}
 	}

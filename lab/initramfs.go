@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -65,7 +66,7 @@ func (ir *Initramfs) write(c *cpioWriter, k *Kernel) error {
 	if err := c.File("/etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")); err != nil {
 		return err
 	}
-	busybox, err := staticBusybox()
+	busybox, err := archBusybox(k.Arch)
 	if err != nil {
 		return err
 	}
@@ -75,7 +76,12 @@ func (ir *Initramfs) write(c *cpioWriter, k *Kernel) error {
 	if err := addModules(c, k); err != nil {
 		return err
 	}
-	if err := addIP(c); err != nil {
+	if k.Arch.Foreign() {
+		err = addArchIP(c, k.Arch)
+	} else {
+		err = addIP(c)
+	}
+	if err != nil {
 		return err
 	}
 	for vm, host := range ir.Files {
@@ -119,10 +125,23 @@ func staticBusybox() (string, error) {
 	return p, nil
 }
 
+// archBusybox is the host's static busybox, or for a foreign architecture
+// the one of its busybox-static package.
+func archBusybox(a Arch) (string, error) {
+	if !a.Foreign() {
+		return staticBusybox()
+	}
+	d, err := FetchDeb(a.pkg("busybox-static"), func(string, ...any) {})
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(d.Root, "bin", "busybox"), nil
+}
+
 // addModules copies the lab modules and writes /lab/modules.list, the load
 // order for the init script.
 func addModules(c *cpioWriter, k *Kernel) error {
-	mods, err := k.Modules(LabModules)
+	mods, err := k.Modules(append(slices.Clone(LabModules), k.Arch.CryptoModules...))
 	if err != nil {
 		return err
 	}
@@ -167,6 +186,35 @@ func addIP(c *cpioWriter) error {
 		}
 		if err := c.CopyFile(lib, lib); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// addArchIP adds Debian's ip of a foreign architecture, from its iproute2
+// package, with the shared libraries and loader of that architecture's
+// packages.
+func addArchIP(c *cpioWriter, a Arch) error {
+	debs, err := FetchDebsWithLibraries([]string{a.pkg("iproute2")}, func(string, ...any) {})
+	if err != nil {
+		return err
+	}
+	r := &libResolver{arch: a, debs: debs, shared: map[string]string{}}
+	ip, ok := r.inPackages("/bin/ip")
+	if !ok {
+		return fmt.Errorf("%s has no /bin/ip", a.pkg("iproute2"))
+	}
+	if err := r.addNeeded(ip); err != nil {
+		return err
+	}
+	if err := c.CopyFile(VMIP, ip); err != nil {
+		return err
+	}
+	for vm, host := range r.shared {
+		if !c.seen[clean(vm)] {
+			if err := c.CopyFile(vm, host); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

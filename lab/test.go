@@ -15,7 +15,7 @@ import (
 
 // TestOptions configure a VM test run (`ipsec-lab test`).
 type TestOptions struct {
-	Kernels []KernelSpec
+	Kernels []KernelSpec // all of one architecture (KernelSpec.On)
 	Run     string // -test.run regexp
 	Pkg     string // package pattern, as for go list
 	Accel   string
@@ -68,18 +68,26 @@ func Test(ctx context.Context, o TestOptions) error {
 	defer os.RemoveAll(bin)
 	logf("work directory %s", work)
 	logf("building the exporter and %d test package(s)", len(pkgs))
+	arch := Amd64
+	if len(o.Kernels) > 0 {
+		arch = o.Kernels[0].arch()
+	}
 	exporter := filepath.Join(bin, "ipsec_exporter")
-	if err := BuildBinary(root, ".", exporter); err != nil {
+	if err := BuildArchBinary(root, ".", exporter, arch); err != nil {
 		return err
 	}
-	if err := BuildTests(root, bin, pkgs); err != nil {
+	if err := BuildTests(root, bin, pkgs, arch); err != nil {
 		return err
 	}
 	ir := &Initramfs{
 		Files: map[string]string{VMExporter: exporter},
 		Trees: map[string]string{},
 	}
-	if err := ir.AddIKEDaemons(logf); err != nil {
+	if arch.Foreign() {
+		// The IKE daemons come from the host's packages (amd64); the tests
+		// that need them skip where they are absent.
+		logf("%s: no IKE daemons in the VM", arch.Name)
+	} else if err := ir.AddIKEDaemons(logf); err != nil {
 		return err
 	}
 	var body strings.Builder
