@@ -16,8 +16,8 @@ import (
 // TestOptions configure a VM test run (`ipsec-lab test`).
 type TestOptions struct {
 	Kernels []KernelSpec // all of one architecture (KernelSpec.On)
-	Run     string // -test.run regexp
-	Pkg     string // package pattern, as for go list
+	Run     string       // -test.run regexp
+	Pkg     string       // package pattern, as for go list
 	Accel   string
 	CPUs    int
 	Timeout time.Duration // per VM
