@@ -23,7 +23,9 @@ type Arch struct {
 	// LibDirs are where Debian keeps this architecture's shared libraries,
 	// in the order ldd reports them.
 	LibDirs []string
-	// CryptoModules are the accelerated AES and GHASH drivers the lab loads.
+	// CryptoModules are the accelerated AES and GHASH drivers the lab
+	// loads, and what they need (x86's use cryptd, which Debian's arm64
+	// kernels do not build).
 	CryptoModules []string
 }
 
@@ -36,7 +38,7 @@ var Amd64 = Arch{
 	ResultsPort:   func(file string) []string { return []string{"-serial", "file:" + file} },
 	ResultsDevice: "/dev/ttyS1",
 	LibDirs:       []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib"},
-	CryptoModules: []string{"aesni_intel", "ghash_clmulni_intel"},
+	CryptoModules: []string{"aesni_intel", "ghash_clmulni_intel", "cryptd"},
 }
 
 // Arm64 boots Debian's arm64 kernels on qemu's virt machine. virt has one

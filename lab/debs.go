@@ -52,9 +52,11 @@ func FetchDeb(pkg string, logf func(string, ...any)) (*Deb, error) {
 // only). Without lists: the newest version in the cache.
 func candidateDeb(pkg, cache string) (string, error) {
 	// A package of another architecture is name:arch, its file
-	// name_version_arch.deb.
+	// name_version_arch.deb, or _all for data its libraries depend on.
 	name, arch, _ := strings.Cut(pkg, ":")
-	ofArch := func(base string) bool { return arch == "" || strings.HasSuffix(base, "_"+arch) }
+	ofArch := func(base string) bool {
+		return arch == "" || strings.HasSuffix(base, "_"+arch) || strings.HasSuffix(base, "_all")
+	}
 	out, err := exec.Command("apt-get", "download", "--print-uris", pkg).Output()
 	if err == nil {
 		// 'URL' name_version_arch.deb size hash

@@ -236,7 +236,7 @@ var LabModules = []string{
 	"sha3_generic", "sha512_generic", "jitterentropy_rng", "drbg",
 	"xfrm_user", "xfrm_interface", "esp4", "esp6", "veth",
 	"ctr", "gcm", "ghash_generic", "authenc", "seqiv", "echainiv", // with the Arch's CryptoModules
-	"cryptd", "pcrypt", "crypto_user",
+	"pcrypt", "crypto_user",
 	"sch_ingress", "cls_bpf",
 	"virtio_pci", "virtio_net",
 }
