@@ -9,7 +9,7 @@ PKGS          = ./...
 # Every Go module of the repository (each has its own go.mod).
 MODULES       = . dashboards examples/kubernetes deploy/helm
 
-.PHONY: all build test test-host test-vm test-e2e lab release generate lint vet fmt deps bench clean
+.PHONY: all build test test-host test-vm test-vm-arm64 test-e2e lab release generate lint vet fmt deps bench clean
 
 all: build test
 
@@ -34,6 +34,14 @@ test-host:
 
 test-vm:
 	$(GO) run ./lab/cmd/ipsec-lab test
+
+## test-vm-arm64: every TestLab* test inside Debian's arm64 kernels (6.1 and
+## 6.12) under qemu-system-aarch64, software emulation: slow, not part of
+## make test (see README). The IKE daemon tests need the host's daemons and
+## do not run there.
+test-vm-arm64:
+	bash scripts/install-deps.sh --arm64
+	$(GO) run ./lab/cmd/ipsec-lab test -arch arm64 -timeout 60m
 
 test-e2e:
 	cd dashboards && $(GO) test ./e2e -e2e -v -timeout 30m

@@ -52,11 +52,9 @@ func FetchDeb(pkg string, logf func(string, ...any)) (*Deb, error) {
 // only). Without lists: the newest version in the cache.
 func candidateDeb(pkg, cache string) (string, error) {
 	// A package of another architecture is name:arch, its file
-	// name_version_arch.deb, or _all for data its libraries depend on.
+	// name_version_arch.deb.
 	name, arch, _ := strings.Cut(pkg, ":")
-	ofArch := func(base string) bool {
-		return arch == "" || strings.HasSuffix(base, "_"+arch) || strings.HasSuffix(base, "_all")
-	}
+	ofArch := func(base string) bool { return arch == "" || strings.HasSuffix(base, "_"+arch) }
 	out, err := exec.Command("apt-get", "download", "--print-uris", pkg).Output()
 	if err == nil {
 		// 'URL' name_version_arch.deb size hash
@@ -171,7 +169,7 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 				continue
 			}
 			dep := m[1]
-			if _, arch, ok := strings.Cut(name, ":"); ok {
+			if _, arch, ok := strings.Cut(name, ":"); ok && !archAll(dep) {
 				dep += ":" + arch
 			}
 			if seen[dep] {
@@ -185,6 +183,13 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 		}
 	}
 	return out, nil
+}
+
+// archAll reports whether pkg is an Architecture: all package (data, such
+// as libtirpc-common), which apt knows by its plain name only.
+func archAll(pkg string) bool {
+	out, _ := exec.Command("apt-cache", "show", "--no-all-versions", pkg).Output()
+	return strings.Contains(string(out), "\nArchitecture: all\n")
 }
 
 // hostHasPackage reports whether pkg is installed on the host.
