@@ -195,7 +195,9 @@ func addIP(c *cpioWriter) error {
 // package, with the shared libraries and loader of that architecture's
 // packages.
 func addArchIP(c *cpioWriter, a Arch) error {
-	debs, err := FetchDebsWithLibraries([]string{a.pkg("iproute2")}, func(string, ...any) {})
+	// zlib1g: libelf's and libbpf's zlib, the one library package whose name
+	// does not start with lib.
+	debs, err := FetchDebsWithLibraries([]string{a.pkg("iproute2"), a.pkg("zlib1g")}, func(string, ...any) {})
 	if err != nil {
 		return err
 	}
