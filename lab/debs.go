@@ -150,6 +150,7 @@ var dependName = regexp.MustCompile(`^\s*([a-z0-9][a-z0-9+.-]+)`)
 func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, error) {
 	var out []*Deb
 	seen := map[string]bool{}
+	all := map[string]bool{} // package name -> Architecture: all
 	queue := append([]string(nil), pkgs...)
 	for len(queue) > 0 {
 		name := queue[0]
@@ -169,8 +170,14 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 				continue
 			}
 			dep := m[1]
-			if _, arch, ok := strings.Cut(name, ":"); ok && !archAll(dep) {
-				dep += ":" + arch
+			if _, arch, ok := strings.Cut(name, ":"); ok && !seen[dep] {
+				// Asked once per name: apt-cache takes seconds on a busy machine.
+				if _, known := all[dep]; !known {
+					all[dep] = archAll(dep)
+				}
+				if !all[dep] {
+					dep += ":" + arch
+				}
 			}
 			if seen[dep] {
 				continue
