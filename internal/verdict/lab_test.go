@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -101,6 +102,12 @@ func TestLabVerdictSpoofedFlood(t *testing.T) {
 		t.Fatalf("Load: %v", err)
 	}
 	defer func() { _ = v.Close() }()
+	// Every lab kernel has BPF trampolines (x86 since 5.5, arm64 since
+	// 6.0), so auto must take fentry there, not fall back to kprobes.
+	t.Logf("%s kernel %s: auto picked %s", runtime.GOARCH, scenario.Kernel(), v.Mode())
+	if v.Mode() != ModeFentry {
+		t.Errorf("auto picked %s on %s kernel %s, want %s", v.Mode(), runtime.GOARCH, scenario.Kernel(), ModeFentry)
+	}
 	p := scenario.NewPair(t)
 	e := p.ESP(t, scenario.ESPOptions{})
 	knowPeers(t, v, e.AB.Src, e.AB.Dst)
