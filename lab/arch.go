@@ -23,6 +23,9 @@ type Arch struct {
 	// LibDirs are where Debian keeps this architecture's shared libraries,
 	// in the order ldd reports them.
 	LibDirs []string
+	// PortModules are what the results port needs (modules on some
+	// kernels, built in on others).
+	PortModules []string
 	// CryptoModules are the accelerated AES and GHASH drivers the lab
 	// loads, and what they need (x86's use cryptd, which Debian's arm64
 	// kernels do not build).
@@ -56,6 +59,7 @@ var Arm64 = Arch{
 		return []string{"-device", "virtio-serial-pci", "-chardev", "file,id=results,path=" + file, "-device", "virtconsole,chardev=results"}
 	},
 	ResultsDevice: "/dev/hvc0",
+	PortModules:   []string{"virtio_pci", "virtio_console"}, // modules on 6.1, built in on 6.12
 	LibDirs:       []string{"/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"},
 	CryptoModules: []string{"aes_ce_blk", "ghash_ce"},
 }

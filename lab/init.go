@@ -21,6 +21,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
+for m in $(cat /lab/port-modules.list); do insmod "$m"; done
 stty -F %[6]s raw -echo
 exec 3>%[6]s
 echo "%[1]sinit $(uname -r)" >&3

@@ -140,20 +140,39 @@ func archBusybox(a Arch) (string, error) {
 
 // addModules copies the lab modules and writes /lab/modules.list, the load
 // order for the init script.
+//
+// The results port's modules (the Arch's PortModules, where they are not
+// built in) go first, in /lab/port-modules.list: the init script loads them
+// before it opens the port.
 func addModules(c *cpioWriter, k *Kernel) error {
+	port, err := k.Modules(k.Arch.PortModules)
+	if err != nil {
+		return err
+	}
 	mods, err := k.Modules(append(slices.Clone(LabModules), k.Arch.CryptoModules...))
 	if err != nil {
 		return err
 	}
-	var list []string
-	for _, m := range mods {
-		vm := path.Join("/lib/modules", k.Release, filepath.Base(m))
-		if err := c.CopyFile(vm, m); err != nil {
+	for _, l := range []struct {
+		file string
+		mods []string
+	}{{"/lab/port-modules.list", port}, {"/lab/modules.list", mods}} {
+		var list []string
+		for _, m := range l.mods {
+			vm := path.Join("/lib/modules", k.Release, filepath.Base(m))
+			if c.seen[clean(vm)] {
+				continue // a port module, already loaded
+			}
+			if err := c.CopyFile(vm, m); err != nil {
+				return err
+			}
+			list = append(list, vm)
+		}
+		if err := c.File(l.file, 0o644, []byte(strings.Join(list, "\n")+"\n")); err != nil {
 			return err
 		}
-		list = append(list, vm)
 	}
-	return c.File("/lab/modules.list", 0o644, []byte(strings.Join(list, "\n")+"\n"))
+	return nil
 }
 
 // addIP copies the host's iproute2 ip and the shared libraries ldd lists, at
