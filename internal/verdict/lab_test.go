@@ -18,14 +18,6 @@ import (
 	"github.com/ipsec-exporter/ipsec_exporter/lab/scenario"
 )
 
-// fentryAttaches says whether the lab kernel attaches fentry/fexit programs
-// to kernel functions. Measured: every x86 lab kernel and arm64 6.12 do;
-// Debian's arm64 6.1 refuses (fexit/xfrm_rcv_cb: "create raw tracepoint:
-// not supported"), so there auto must fall back to kprobes.
-func fentryAttaches() bool {
-	return runtime.GOARCH != "arm64" || scenario.Kernel() != "6.1"
-}
-
 // TestLabVerdicts runs every scenario in both hook modes. The programs are
 // loaded and attached once per mode (fentry attachment is slow under
 // emulation); the scenarios compare counter deltas, so they share the maps.
@@ -35,10 +27,10 @@ func TestLabVerdicts(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			start := time.Now()
 			v, err := Load(Options{Mode: mode, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
-			if mode == ModeFentry && !fentryAttaches() {
+			if mode == ModeFentry && !scenario.FentryAttaches() {
 				if err == nil {
 					_ = v.Close()
-					t.Fatalf("Load(fentry) worked on %s kernel %s, which refused it before: update fentryAttaches", runtime.GOARCH, scenario.Kernel())
+					t.Fatalf("Load(fentry) worked on %s kernel %s, which refused it before: update scenario.FentryAttaches", runtime.GOARCH, scenario.Kernel())
 				}
 				t.Skipf("%s kernel %s refuses fentry, as expected (auto takes kprobes): %v", runtime.GOARCH, scenario.Kernel(), err)
 			}
@@ -118,10 +110,7 @@ func TestLabVerdictSpoofedFlood(t *testing.T) {
 	}
 	defer func() { _ = v.Close() }()
 	// auto takes fentry where it attaches, and kprobes only where not.
-	want := ModeFentry
-	if !fentryAttaches() {
-		want = ModeKprobe
-	}
+	want := scenario.AutoHookMode()
 	t.Logf("%s kernel %s: auto picked %s", runtime.GOARCH, scenario.Kernel(), v.Mode())
 	if v.Mode() != want {
 		t.Errorf("auto picked %s on %s kernel %s, want %s", v.Mode(), runtime.GOARCH, scenario.Kernel(), want)
