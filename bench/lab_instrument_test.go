@@ -1,3 +1,7 @@
+//go:build amd64
+
+// x86 instructions (rep movsb, lock xadd) for the x86-only insnprof plugin.
+
 package bench
 
 import (

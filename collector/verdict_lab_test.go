@@ -61,8 +61,9 @@ func TestLabVerdictExporter(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if v := gauge(families, "ipsec_bpf_verdict_hook_mode", map[string]string{"mode": "fentry"}); v != 1 {
-		t.Errorf("hook mode fentry = %v, want 1 (auto picks fentry on the lab kernels)", v)
+	if mode := scenario.AutoHookMode(); gauge(families, "ipsec_bpf_verdict_hook_mode", map[string]string{"mode": mode}) != 1 {
+		t.Errorf("hook mode %s = %v, want 1 (what auto picks on this lab kernel)", mode,
+			gauge(families, "ipsec_bpf_verdict_hook_mode", map[string]string{"mode": mode}))
 	}
 	if v := gauge(families, "ipsec_bpf_verdict_programs_attached", nil); v < 8 {
 		t.Errorf("%v verdict programs attached, want at least 8", v)

@@ -11,15 +11,18 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 )
 
 // CI has no container daemon, so this test replays the Dockerfile's build
-// stage on the host the way `docker build` would run it: a fresh directory
-// holding only the build context (.dockerignore applied), the stage's ENV
-// and ARG values, each RUN through /bin/sh. It then checks the final stage
-// against what the build produced. It does not pull the base images.
+// stage on the host the way `docker buildx build --platform P` would run it
+// for every platform of .promu.yml: a fresh directory holding only the
+// build context (.dockerignore applied), the stage's ENV and ARG values
+// with the platform arguments BuildKit sets, each RUN through /bin/sh. It
+// then checks the final stage against what the build produced. It does not
+// pull the base images.
 
 type instruction struct {
 	cmd  string // upper case: FROM, RUN, ...
@@ -28,6 +31,7 @@ type instruction struct {
 
 type stage struct {
 	from, name   string
+	platform     string // FROM --platform=..., unexpanded
 	instructions []instruction
 }
 
@@ -67,7 +71,11 @@ func parseDockerfile(t *testing.T, p string) (globalArgs map[string]string, stag
 		switch {
 		case in.cmd == "FROM":
 			fields := strings.Fields(in.args)
-			s := &stage{from: fields[0]}
+			s := &stage{}
+			if p, ok := strings.CutPrefix(fields[0], "--platform="); ok {
+				s.platform, fields = p, fields[1:]
+			}
+			s.from = fields[0]
 			if len(fields) == 3 && strings.EqualFold(fields[1], "AS") {
 				s.name = fields[2]
 			}
@@ -209,9 +217,29 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 
+	for _, platform := range readPromu(t).Crossbuild.Platforms {
+		t.Run(strings.ReplaceAll(platform, "/", "_"), func(t *testing.T) {
+			replayDockerfile(t, root, globalArgs, stages, ignored, platform)
+		})
+	}
+}
+
+// The ELF machine of each GOARCH the image is built for.
+var elfMachine = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+func replayDockerfile(t *testing.T, root string, globalArgs map[string]string, stages []*stage, ignored func(string) bool, platform string) {
+	goos, goarch, _ := strings.Cut(platform, "/")
+	// What BuildKit defines for every stage that declares them.
+	buildArgs := map[string]string{
+		"BUILDPLATFORM": runtime.GOOS + "/" + runtime.GOARCH, "TARGETPLATFORM": platform,
+		"TARGETOS": goos, "TARGETARCH": goarch,
+	}
 	// Replay every stage but the last. "/" of each stage is a temp dir.
 	stageRoots := map[string]string{}
 	for _, s := range stages[:len(stages)-1] {
+		if s.platform != "$BUILDPLATFORM" {
+			t.Errorf("build stage %s runs on platform %q: want $BUILDPLATFORM (cross-compile, no emulation)", s.name, s.platform)
+		}
 		fsRoot := t.TempDir()
 		stageRoots[s.name] = fsRoot
 		workdir := "/"
@@ -234,6 +262,9 @@ func TestDockerfile(t *testing.T) {
 				}
 			case "ARG":
 				k, v, _ := strings.Cut(in.args, "=")
+				if b, ok := buildArgs[k]; ok {
+					v = b
+				}
 				args[k] = v
 			case "COPY":
 				fields := strings.Fields(in.args)
@@ -289,7 +320,7 @@ func TestDockerfile(t *testing.T) {
 				t.Fatalf("final stage COPY %q: want COPY --from=STAGE SRC DST", in.args)
 			}
 			built := filepath.Join(stageRoots[from], fields[1])
-			checkStatic(t, built)
+			checkStatic(t, built, elfMachine[goarch])
 			copiedTo = fields[2]
 		case "USER":
 			user = in.args
@@ -313,14 +344,18 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// checkStatic fails unless path is a statically linked ELF executable.
-func checkStatic(t *testing.T, path string) {
+// checkStatic fails unless path is a statically linked ELF executable for
+// the machine.
+func checkStatic(t *testing.T, path string, machine elf.Machine) {
 	t.Helper()
 	f, err := elf.Open(path)
 	if err != nil {
 		t.Fatalf("built binary: %v", err)
 	}
 	defer f.Close()
+	if f.Machine != machine {
+		t.Errorf("%s is built for %v, want %v", path, f.Machine, machine)
+	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			t.Errorf("%s has an ELF interpreter: not static", path)

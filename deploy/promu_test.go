@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -110,8 +111,10 @@ func TestPromuConfig(t *testing.T) {
 	if _, err := os.Stat(repoRoot + "/VERSION"); err != nil {
 		t.Errorf("promu reads the version from VERSION: %v", err)
 	}
-	if len(c.Crossbuild.Platforms) == 0 {
-		t.Error("no crossbuild platforms")
+	for _, want := range []string{"linux/amd64", "linux/arm64"} {
+		if !slices.Contains(c.Crossbuild.Platforms, want) {
+			t.Errorf("crossbuild platforms %v lack %s", c.Crossbuild.Platforms, want)
+		}
 	}
 	for _, p := range c.Crossbuild.Platforms {
 		if !strings.HasPrefix(p, "linux/") {
@@ -140,6 +143,7 @@ func TestCrossbuild(t *testing.T) {
 			if err := goBuild(out, ldflags, []string{"GOOS=" + goos, "GOARCH=" + goarch}); err != nil {
 				t.Fatal(err)
 			}
+			checkStatic(t, out, elfMachine[goarch])
 		})
 	}
 }

@@ -18,6 +18,10 @@ func ResolveAccel(ctx context.Context, accel string, k *Kernel, dir string, logf
 	if accel != "auto" {
 		return accel
 	}
+	if k.Arch.Foreign() {
+		logf("%s kernel on this host: software emulation (tcg)", k.Arch.Name)
+		return "tcg"
+	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		logf("no usable /dev/kvm (%v): software emulation (tcg)", err)

@@ -64,13 +64,15 @@ func FindTestPackages(root, pattern string) ([]TestPackage, error) {
 	return pkgs, nil
 }
 
-// goBuildEnv builds static linux/amd64 binaries, whatever the host.
-func goBuildEnv() []string {
-	return append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+// goBuildEnv builds static linux binaries of the architecture, whatever
+// the host.
+func goBuildEnv(a Arch) []string {
+	return append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+a.Name)
 }
 
-// BuildTests compiles each package's test binary into dir.
-func BuildTests(root, dir string, pkgs []TestPackage) error {
+// BuildTests compiles each package's test binary for the architecture into
+// dir.
+func BuildTests(root, dir string, pkgs []TestPackage, a Arch) error {
 	for i := range pkgs {
 		name := strings.ReplaceAll(pkgs[i].Rel, string(filepath.Separator), "_")
 		if name == "." {
@@ -79,7 +81,7 @@ func BuildTests(root, dir string, pkgs []TestPackage) error {
 		pkgs[i].Binary = filepath.Join(dir, name+".test")
 		cmd := exec.Command("go", "test", "-c", "-o", pkgs[i].Binary, "./"+pkgs[i].Rel)
 		cmd.Dir = root
-		cmd.Env = goBuildEnv()
+		cmd.Env = goBuildEnv(a)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go test -c %s: %w\n%s", pkgs[i].ImportPath, err, out)
 		}
@@ -87,11 +89,18 @@ func BuildTests(root, dir string, pkgs []TestPackage) error {
 	return nil
 }
 
-// BuildBinary builds the main package at pkg (relative to root) into out.
+// BuildBinary builds the main package at pkg (relative to root) into out,
+// for amd64.
 func BuildBinary(root, pkg, out string) error {
+	return BuildArchBinary(root, pkg, out, Amd64)
+}
+
+// BuildArchBinary builds the main package at pkg (relative to root) into
+// out, for the architecture.
+func BuildArchBinary(root, pkg, out string, a Arch) error {
 	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
-	cmd.Env = goBuildEnv()
+	cmd.Env = goBuildEnv(a)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}

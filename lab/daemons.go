@@ -72,11 +72,6 @@ func pluginFiles(names []string) []string {
 	return out
 }
 
-// hostLibDirs are where the host's shared libraries live (Debian amd64),
-// in the order ldd reports them, so a library Debian's ip also needs gets
-// the same VM path.
-var hostLibDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib"}
-
 // AddIKEDaemons adds strongSwan and Libreswan to the initramfs (fetched
 // first if the lab cache lacks them).
 func (ir *Initramfs) AddIKEDaemons(logf func(string, ...any)) error {
@@ -105,7 +100,7 @@ func IKEDaemonFiles(logf func(string, ...any)) (files, shared map[string]string,
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", d.name, err)
 		}
-		r := &libResolver{debs: debs, shared: shared}
+		r := &libResolver{arch: Amd64, debs: debs, shared: shared}
 		for _, f := range d.files {
 			host, ok := r.inPackages(f)
 			if !ok {
@@ -134,8 +129,12 @@ func IKEDaemonFiles(logf func(string, ...any)) (files, shared map[string]string,
 
 // libResolver finds an ELF file's shared libraries, transitively, the way
 // the dynamic loader would in the VM: its RUNPATH, then the fetched
-// packages' library directories, then the host's.
+// packages' library directories, then the host's (only for the host's
+// architecture). The directories are the architecture's LibDirs, in the
+// order ldd reports them, so a library Debian's ip also needs gets the same
+// VM path.
 type libResolver struct {
+	arch   Arch
 	debs   []*Deb
 	shared map[string]string // VM path -> host file, filled in
 	done   map[string]bool   // host files already resolved
@@ -156,12 +155,15 @@ func (r *libResolver) inPackages(p string) (string, bool) {
 // find looks a library up by name: in runpath (VM directories), the
 // fetched packages and the host.
 func (r *libResolver) find(name string, runpath []string) (vm, host string, ok bool) {
-	for _, dir := range append(runpath, hostLibDirs...) {
+	for _, dir := range append(runpath, r.arch.LibDirs...) {
 		if host, ok := r.inPackages(path.Join(dir, name)); ok {
 			return path.Join(dir, name), host, true
 		}
 	}
-	for _, dir := range hostLibDirs {
+	if r.arch.Foreign() {
+		return "", "", false
+	}
+	for _, dir := range r.arch.LibDirs {
 		p := filepath.Join(dir, name)
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
 			return p, p, true
@@ -192,8 +194,12 @@ func (r *libResolver) addNeeded(host string) error {
 				return fmt.Errorf("%s: interpreter: %w", host, err)
 			}
 			interp := strings.TrimRight(string(b), "\x00")
-			if _, err := os.Stat(interp); err != nil {
-				return fmt.Errorf("%s: interpreter %s: %w", host, interp, err)
+			if p, ok := r.inPackages(interp); ok {
+				r.shared[interp] = p
+				continue
+			}
+			if _, err := os.Stat(interp); err != nil || r.arch.Foreign() {
+				return fmt.Errorf("%s: interpreter %s not found", host, interp)
 			}
 			r.shared[interp] = interp
 		}

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -24,7 +23,8 @@ type Deb struct {
 
 // FetchDeb downloads the candidate version of pkg with apt-get download and
 // unpacks it into the lab cache (once: later calls find it there). Without
-// apt lists it falls back to the newest cached version.
+// apt lists it falls back to the newest cached version. pkg may name an
+// architecture (busybox-static:arm64).
 func FetchDeb(pkg string, logf func(string, ...any)) (*Deb, error) {
 	base, err := debsDir()
 	if err != nil {
@@ -136,8 +136,11 @@ func candidateDebs(pkgs []string, base string) (map[string]string, error) {
 			if len(f) < 2 || !strings.HasSuffix(f[1], ".deb") {
 				continue
 			}
-			if name, _, ok := strings.Cut(f[1], "_"); ok && slices.Contains(pkgs, name) {
-				stems[name] = strings.TrimSuffix(f[1], ".deb")
+			stem := strings.TrimSuffix(f[1], ".deb")
+			for _, pkg := range pkgs {
+				if isDebOf(stem, pkg) {
+					stems[pkg] = stem
+				}
 			}
 		}
 	}
@@ -154,20 +157,27 @@ func candidateDebs(pkgs []string, base string) (map[string]string, error) {
 	return stems, nil
 }
 
+// isDebOf reports whether stem (name_version_arch) is a file of pkg, which
+// may name an architecture (name:arch, a package of another architecture).
+func isDebOf(stem, pkg string) bool {
+	name, arch, _ := strings.Cut(pkg, ":")
+	return strings.HasPrefix(stem, name+"_") && (arch == "" || strings.HasSuffix(stem, "_"+arch))
+}
+
 // candidateDeb is candidateDebs for one package, which one apt call with
 // others did not resolve.
 func candidateDeb(pkg, base string) (string, error) {
 	out, err := aptCommand(base, "apt-get", "download", "--print-uris", pkg).CombinedOutput()
 	if err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(f[1], pkg+"_") && strings.HasSuffix(f[1], ".deb") {
+			if f := strings.Fields(line); len(f) >= 2 && strings.HasSuffix(f[1], ".deb") && isDebOf(strings.TrimSuffix(f[1], ".deb"), pkg) {
 				return strings.TrimSuffix(f[1], ".deb"), nil
 			}
 		}
 	}
 	var cached []string
 	for _, stem := range cachedDebs(base) {
-		if strings.HasPrefix(stem, pkg+"_") {
+		if isDebOf(stem, pkg) {
 			cached = append(cached, stem)
 		}
 	}
@@ -280,6 +290,8 @@ var dependName = regexp.MustCompile(`^\s*([a-z0-9][a-z0-9+.-]+)`)
 // that every shared library the daemons load is either on the host (like
 // the libraries of Debian's ip) or in a fetched tree. Other dependencies
 // (scripts, data, services) are left out: the lab runs the binaries only.
+// Packages of another architecture (iproute2:arm64) take their libraries
+// from that architecture's packages.
 func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, error) {
 	start := time.Now()
 	base, err := debsDir()
@@ -288,6 +300,7 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 	}
 	var out []*Deb
 	seen := map[string]bool{}
+	all := map[string]bool{} // package name -> Architecture: all
 	// Level by level of the dependency graph, so that apt is asked once
 	// per level, not once per package.
 	var level []string
@@ -311,14 +324,27 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 			out = append(out, d)
 			for _, clause := range strings.Split(d.Depends, ",") {
 				m := dependName.FindStringSubmatch(strings.Split(clause, "|")[0])
-				if m == nil || seen[m[1]] || !strings.HasPrefix(m[1], "lib") {
+				if m == nil || !strings.HasPrefix(m[1], "lib") {
 					continue
 				}
-				seen[m[1]] = true
-				if installed, err := hostHasPackage(m[1]); err != nil {
+				dep := m[1]
+				if _, arch, ok := strings.Cut(name, ":"); ok && !seen[dep] {
+					// Asked once per name: apt-cache takes seconds on a busy machine.
+					if _, known := all[dep]; !known {
+						all[dep] = archAll(dep)
+					}
+					if !all[dep] {
+						dep += ":" + arch
+					}
+				}
+				if seen[dep] {
+					continue
+				}
+				seen[dep] = true
+				if installed, err := hostHasPackage(dep); err != nil {
 					return nil, err
 				} else if !installed {
-					next = append(next, m[1])
+					next = append(next, dep)
 				}
 			}
 		}
@@ -326,6 +352,13 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 	}
 	logf("%d packages ready in %s", len(out), since(start))
 	return out, nil
+}
+
+// archAll reports whether pkg is an Architecture: all package (data, such
+// as libtirpc-common), which apt knows by its plain name only.
+func archAll(pkg string) bool {
+	out, _ := exec.Command("apt-cache", "show", "--no-all-versions", pkg).Output()
+	return strings.Contains(string(out), "\nArchitecture: all\n")
 }
 
 // hostHasPackage reports whether pkg is installed on the host.

@@ -6,7 +6,8 @@ import (
 )
 
 // InitScript is the VM's /init: mount the usual file systems, load the lab
-// modules, then run body with fd 3 on the results port (ttyS1) and power off.
+// modules, then run body with fd 3 on the results port (the Arch's
+// ResultsDevice) and power off.
 // Lines starting with Marker on fd 3 are for the host runner.
 func InitScript(k *Kernel, body string) string {
 	return fmt.Sprintf(`#!/bin/busybox sh
@@ -20,8 +21,9 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
-stty -F /dev/ttyS1 raw -echo
-exec 3>/dev/ttyS1
+for m in $(cat /lab/port-modules.list); do insmod "$m"; done
+stty -F %[6]s raw -echo
+exec 3>%[6]s
 echo "%[1]sinit $(uname -r)" >&3
 for m in $(cat /lab/modules.list); do
 	insmod "$m" >/dev/null 2>&1 || echo "%[1]smodfail $m" >&3
@@ -33,7 +35,7 @@ echo "%[1]sready $(cut -d' ' -f1 /proc/uptime)" >&3
 echo "%[1]sdone" >&3
 sync
 poweroff -f
-`, Marker, k.Spec.Name, VMExporter, VMIP, body)
+`, Marker, k.Spec.Name, VMExporter, VMIP, body, k.Arch.ResultsDevice)
 }
 
 // shellQuote quotes s for sh.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -65,7 +66,7 @@ func (ir *Initramfs) write(c *cpioWriter, k *Kernel) error {
 	if err := c.File("/etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")); err != nil {
 		return err
 	}
-	busybox, err := staticBusybox()
+	busybox, err := archBusybox(k.Arch)
 	if err != nil {
 		return err
 	}
@@ -75,7 +76,12 @@ func (ir *Initramfs) write(c *cpioWriter, k *Kernel) error {
 	if err := addModules(c, k); err != nil {
 		return err
 	}
-	if err := addIP(c); err != nil {
+	if k.Arch.Foreign() {
+		err = addArchIP(c, k.Arch)
+	} else {
+		err = addIP(c)
+	}
+	if err != nil {
 		return err
 	}
 	for vm, host := range ir.Files {
@@ -119,22 +125,54 @@ func staticBusybox() (string, error) {
 	return p, nil
 }
 
+// archBusybox is the host's static busybox, or for a foreign architecture
+// the one of its busybox-static package.
+func archBusybox(a Arch) (string, error) {
+	if !a.Foreign() {
+		return staticBusybox()
+	}
+	d, err := FetchDeb(a.pkg("busybox-static"), func(string, ...any) {})
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(d.Root, "bin", "busybox"), nil
+}
+
 // addModules copies the lab modules and writes /lab/modules.list, the load
 // order for the init script.
+//
+// The results port's modules (the Arch's PortModules, where they are not
+// built in) go first, in /lab/port-modules.list: the init script loads them
+// before it opens the port.
 func addModules(c *cpioWriter, k *Kernel) error {
-	mods, err := k.Modules(LabModules)
+	port, err := k.Modules(k.Arch.PortModules)
 	if err != nil {
 		return err
 	}
-	var list []string
-	for _, m := range mods {
-		vm := path.Join("/lib/modules", k.Release, filepath.Base(m))
-		if err := c.CopyFile(vm, m); err != nil {
+	mods, err := k.Modules(append(slices.Clone(LabModules), k.Arch.CryptoModules...))
+	if err != nil {
+		return err
+	}
+	for _, l := range []struct {
+		file string
+		mods []string
+	}{{"/lab/port-modules.list", port}, {"/lab/modules.list", mods}} {
+		var list []string
+		for _, m := range l.mods {
+			vm := path.Join("/lib/modules", k.Release, filepath.Base(m))
+			if c.seen[clean(vm)] {
+				continue // a port module, already loaded
+			}
+			if err := c.CopyFile(vm, m); err != nil {
+				return err
+			}
+			list = append(list, vm)
+		}
+		if err := c.File(l.file, 0o644, []byte(strings.Join(list, "\n")+"\n")); err != nil {
 			return err
 		}
-		list = append(list, vm)
 	}
-	return c.File("/lab/modules.list", 0o644, []byte(strings.Join(list, "\n")+"\n"))
+	return nil
 }
 
 // addIP copies the host's iproute2 ip and the shared libraries ldd lists, at
@@ -167,6 +205,37 @@ func addIP(c *cpioWriter) error {
 		}
 		if err := c.CopyFile(lib, lib); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// addArchIP adds Debian's ip of a foreign architecture, from its iproute2
+// package, with the shared libraries and loader of that architecture's
+// packages.
+func addArchIP(c *cpioWriter, a Arch) error {
+	// zlib1g: libelf's and libbpf's zlib, the one library package whose name
+	// does not start with lib.
+	debs, err := FetchDebsWithLibraries([]string{a.pkg("iproute2"), a.pkg("zlib1g")}, func(string, ...any) {})
+	if err != nil {
+		return err
+	}
+	r := &libResolver{arch: a, debs: debs, shared: map[string]string{}}
+	ip, ok := r.inPackages("/bin/ip")
+	if !ok {
+		return fmt.Errorf("%s has no /bin/ip", a.pkg("iproute2"))
+	}
+	if err := r.addNeeded(ip); err != nil {
+		return err
+	}
+	if err := c.CopyFile(VMIP, ip); err != nil {
+		return err
+	}
+	for vm, host := range r.shared {
+		if !c.seen[clean(vm)] {
+			if err := c.CopyFile(vm, host); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

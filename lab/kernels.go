@@ -21,21 +21,37 @@ var Kernels = []KernelSpec{
 	// ("Oops: int3") in about one boot in 70 (lab.md), and a 6.1 VM hung with
 	// a CPU stuck in asm_exc_int3 while BPF trampolines were being attached.
 	// Single-threaded TCG showed neither.
-	{Name: "6.1", Prefix: "linux-image-6.1.0-", Package: `^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$`, TCGSingleThread: true},
-	{Name: "6.12", Prefix: "linux-image-6.12.", Package: `^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$`, TCGSingleThread: true},
+	{Name: "6.1", Prefix: "linux-image-6.1.0-", Package: `^linux-image-6\.1\.0-[0-9]+-cloud-{arch}-unsigned$`, TCGSingleThread: true},
+	{Name: "6.12", Prefix: "linux-image-6.12.", Package: `^linux-image-6\.12\.[0-9]+\+deb12-cloud-{arch}-unsigned$`, TCGSingleThread: true},
 }
 
 // KernelSpec names a family of Debian kernel packages.
 type KernelSpec struct {
 	Name            string // short name used on the command line and in IPSEC_LAB_KERNEL
 	Prefix          string // for `apt-cache pkgnames`
-	Package         string // regexp the package name must match
+	Package         string // regexp the package name must match; {arch} is the Debian architecture
 	TCGSingleThread bool   // use -accel tcg,thread=single
+	Arch            Arch   // zero: Amd64 (see On)
+}
+
+// On is the spec for architecture a.
+func (s KernelSpec) On(a Arch) KernelSpec {
+	s.Arch = a
+	return s
+}
+
+// arch is the spec's architecture, Amd64 unless On chose another.
+func (s KernelSpec) arch() Arch {
+	if s.Arch.Name == "" {
+		return Amd64
+	}
+	return s.Arch
 }
 
 // Kernel is a fetched and unpacked kernel package.
 type Kernel struct {
 	Spec    KernelSpec
+	Arch    Arch
 	Package string // Debian package name
 	Version string // the package's Debian version
 	Root    string // unpacked package tree (boot/, lib/modules/)
@@ -98,7 +114,7 @@ func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Kernel{Spec: spec, Package: d.Name, Version: d.Version, Root: d.Root}
+	k := &Kernel{Spec: spec, Arch: spec.arch(), Package: d.Name, Version: d.Version, Root: d.Root}
 	mods, err := filepath.Glob(filepath.Join(k.Root, "lib/modules/*"))
 	if err != nil || len(mods) != 1 {
 		return nil, fmt.Errorf("kernel %s: want one lib/modules dir, have %v", k.Debian(), mods)
@@ -113,7 +129,7 @@ func Fetch(spec KernelSpec, logf func(string, ...any)) (*Kernel, error) {
 // version. Without apt lists it falls back to the newest package in the
 // cache (base).
 func newestPackage(spec KernelSpec, base string) (string, error) {
-	re := regexp.MustCompile(spec.Package)
+	re := regexp.MustCompile(strings.ReplaceAll(spec.Package, "{arch}", spec.arch().Name))
 	var names []string
 	out, err := aptCommand(base, "apt-cache", "pkgnames", spec.Prefix).Output()
 	if err == nil {
@@ -131,7 +147,7 @@ func newestPackage(spec KernelSpec, base string) (string, error) {
 		}
 	}
 	if len(names) == 0 {
-		return "", fmt.Errorf("no package matches %s in the apt lists and none is in the lab cache %s: run `make deps` (apt-get update; bookworm and bookworm-security in the apt sources)", spec.Package, base)
+		return "", fmt.Errorf("no package matches %s in the apt lists and none is in the lab cache %s: run `make deps` (apt-get update; bookworm and bookworm-security in the apt sources)", re, base)
 	}
 	sort.Slice(names, func(i, j int) bool { return VersionLess(names[i], names[j]) })
 	return names[len(names)-1], nil
@@ -230,8 +246,8 @@ func (k *Kernel) plainModule(p string) (string, error) {
 var LabModules = []string{
 	"sha3_generic", "sha512_generic", "jitterentropy_rng", "drbg",
 	"xfrm_user", "xfrm_interface", "esp4", "esp6", "veth",
-	"aesni_intel", "ctr", "gcm", "ghash_generic", "ghash_clmulni_intel", "authenc", "seqiv", "echainiv",
-	"cryptd", "pcrypt", "crypto_user",
+	"ctr", "gcm", "ghash_generic", "authenc", "seqiv", "echainiv", // with the Arch's CryptoModules
+	"pcrypt", "crypto_user",
 	"sch_ingress", "cls_bpf",
 	"virtio_pci", "virtio_net",
 }

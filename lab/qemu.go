@@ -27,8 +27,8 @@ type VM struct {
 	Accel       string // "tcg" or "kvm" (ResolveAccel turns "auto" into one)
 	CPUs        int
 	MemoryMB    int
-	Console     string        // host file for the console (ttyS0)
-	Results     string        // host file for the results port (ttyS1)
+	Console     string        // host file for the console (the Arch's Console)
+	Results     string        // host file for the results port (its ResultsDevice)
 	HostFwd     []string      // user-mode networking forwards, e.g. "tcp:127.0.0.1:10871-:10871"
 	Timeout     time.Duration // the whole run; the VM is killed after it
 	BootTimeout time.Duration // until the init script reports itself (0: DefaultBootTimeout)
@@ -71,22 +71,23 @@ func (vm *VM) args() []string {
 	if accel == "" {
 		accel = "tcg"
 	}
-	cpu := "max" // TCG: everything it can emulate (aes, pclmulqdq, avx2)
+	arch := vm.Kernel.Arch
+	cpu := arch.TCGCPU
 	if accel == "kvm" {
 		cpu = "host" // "max" makes qemu 7.2 abort under some KVMs (MSR 0x10a)
 	}
 	if accel == "tcg" && vm.Kernel.Spec.TCGSingleThread {
 		accel = "tcg,thread=single"
 	}
-	args := []string{
+	args := append(slices.Clone(arch.Machine),
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(vm.CPUs), "-m", strconv.Itoa(vm.MemoryMB),
 		"-kernel", vm.Kernel.Vmlinuz, "-initrd", vm.Initrd,
 		"-append", vm.cmdline(accel),
-		"-serial", "file:" + vm.Console,
-		"-serial", "file:" + vm.Results,
-	}
+		"-serial", "file:"+vm.Console,
+	)
+	args = append(args, arch.ResultsPort(vm.Results)...)
 	if len(vm.HostFwd) > 0 {
 		nd := "user,id=n0"
 		for _, f := range vm.HostFwd {
@@ -101,8 +102,8 @@ func (vm *VM) args() []string {
 // which -no-reboot turns into exit; oopses and soft lockups panic, so a
 // broken kernel ends the VM early instead of at the timeout.
 func (vm *VM) cmdline(accel string) string {
-	c := "console=ttyS0 loglevel=5 panic=-1 oops=panic softlockup_panic=1 random.trust_cpu=on rdinit=/init"
-	if strings.HasPrefix(accel, "tcg") {
+	c := "console=" + vm.Kernel.Arch.Console + " loglevel=5 panic=-1 oops=panic softlockup_panic=1 random.trust_cpu=on rdinit=/init"
+	if strings.HasPrefix(accel, "tcg") && vm.Kernel.Arch.Name == "amd64" {
 		if khz := hostTSCkHz(); khz > 0 {
 			// Under TCG the guest's TSC is the host's. On a loaded host the
 			// kernel's PIT calibration came out 33x too low, the guest clock
@@ -155,7 +156,7 @@ func (vm *VM) Run(ctx context.Context) Outcome {
 	}
 	ctx, cancel := context.WithTimeout(ctx, vm.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", vm.args()...)
+	cmd := exec.CommandContext(ctx, vm.Kernel.Arch.Qemu, vm.args()...)
 	var stderr bytes.Buffer
 	cmd.Stdout = &stderr
 	cmd.Stderr = &stderr

@@ -15,9 +15,9 @@ import (
 
 // TestOptions configure a VM test run (`ipsec-lab test`).
 type TestOptions struct {
-	Kernels []KernelSpec
-	Run     string // -test.run regexp
-	Pkg     string // package pattern, as for go list
+	Kernels []KernelSpec // all of one architecture (KernelSpec.On)
+	Run     string       // -test.run regexp
+	Pkg     string       // package pattern, as for go list
 	Accel   string
 	CPUs    int
 	Timeout time.Duration // per VM
@@ -64,7 +64,11 @@ func Test(ctx context.Context, o TestOptions) error {
 	// Keep the logs, drop the big files.
 	defer os.RemoveAll(bin)
 	logf("work directory %s", work)
-	ir, err := buildTestInitramfs(root, bin, pkgs, logf)
+	arch := Amd64
+	if len(o.Kernels) > 0 {
+		arch = o.Kernels[0].arch()
+	}
+	ir, err := buildTestInitramfs(root, bin, pkgs, arch, logf)
 	if err != nil {
 		return err
 	}
@@ -80,23 +84,27 @@ func Test(ctx context.Context, o TestOptions) error {
 // buildTestInitramfs builds the exporter and the test binaries into bin and
 // returns the initramfs contents every kernel shares: the exporter and the
 // IKE daemons (testScript adds the tests).
-func buildTestInitramfs(root, bin string, pkgs []TestPackage, logf func(string, ...any)) (*Initramfs, error) {
+func buildTestInitramfs(root, bin string, pkgs []TestPackage, arch Arch, logf func(string, ...any)) (*Initramfs, error) {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return nil, err
 	}
 	logf("building the exporter and %d test package(s)", len(pkgs))
 	exporter := filepath.Join(bin, "ipsec_exporter")
-	if err := BuildBinary(root, ".", exporter); err != nil {
+	if err := BuildArchBinary(root, ".", exporter, arch); err != nil {
 		return nil, err
 	}
-	if err := BuildTests(root, bin, pkgs); err != nil {
+	if err := BuildTests(root, bin, pkgs, arch); err != nil {
 		return nil, err
 	}
 	ir := &Initramfs{
 		Files: map[string]string{VMExporter: exporter},
 		Trees: map[string]string{},
 	}
-	if err := ir.AddIKEDaemons(logf); err != nil {
+	if arch.Foreign() {
+		// The IKE daemons come from the host's packages (amd64); the tests
+		// that need them skip where they are absent.
+		logf("%s: no IKE daemons in the VM", arch.Name)
+	} else if err := ir.AddIKEDaemons(logf); err != nil {
 		return nil, err
 	}
 	return ir, nil

@@ -5,18 +5,22 @@
 # Prometheus and Alertmanager (promtool, amtool) for the rules tests, the
 # end-to-end run and the monitoring beside `make lab`; strace and systemd
 # (systemd-analyze) for the systemd unit's tests.
-# With --bpf also the pinned clang and llvm for `make generate`.
+# With --bpf also the pinned clang and llvm for `make generate`; with --arm64
+# qemu-system-arm and dpkg's arm64 architecture, whose packages (kernels,
+# busybox-static:arm64, iproute2:arm64) the arm64 lab downloads.
 # Idempotent and quick when everything is there: apt runs only for what is
 # missing. Called by `make deps`.
 set -euo pipefail
 
+arm64=false
 packages=(qemu-system-x86 busybox-static kmod iproute2 cpio xz-utils
 	prometheus prometheus-alertmanager strace systemd)
 for arg in "$@"; do
 	case "$arg" in
 	--bpf) packages+=(clang-14 llvm-14 libbpf-dev) ;;
+	--arm64) packages+=(qemu-system-arm) arm64=true ;;
 	-h | --help)
-		echo "usage: $0 [--bpf]   (--bpf: also clang-14, llvm-14 and libbpf-dev for make generate)"
+		echo "usage: $0 [--bpf] [--arm64]   (--bpf: also clang-14, llvm-14 and libbpf-dev for make generate; --arm64: qemu-system-arm and the arm64 apt lists for make test-vm-arm64)"
 		exit 0
 		;;
 	*)
@@ -52,6 +56,9 @@ lists_ok=true
 if command -v apt-cache >/dev/null && ! kernels_known; then
 	lists_ok=false
 fi
+if $arm64 && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+	lists_ok=false
+fi
 
 if [ ${#missing[@]} -eq 0 ] && $lists_ok; then
 	say "everything is installed (${packages[*]})"
@@ -75,6 +82,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+if $arm64 && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+	say "dpkg --add-architecture arm64"
+	"${sudo[@]}" dpkg --add-architecture arm64
+fi
 say "apt-get update"
 "${sudo[@]}" apt-get update -qq
 if [ ${#missing[@]} -gt 0 ]; then

@@ -5,8 +5,8 @@
 // Benchmark code only: the exporter never imports it.
 package baseline
 
-// The BPF object is built from ../../bpf/ with the pinned clang, like
-// internal/verdict's; the generated benchreference_x86_bpfel.{go,o} are
-// committed and never edited. amd64 only: bpf/vmlinux.h is x86's.
-// ($DOLLAR is go generate's way of passing a literal $ to the shell.)
-//go:generate sh -c "go tool bpf2go -cc $DOLLAR{BPF_CLANG:-clang-14} -strip $DOLLAR{BPF_STRIP:-llvm-strip-14} -cflags '-O2 -g -Wall -Werror' -target amd64 benchReference ../../bpf/bench_reference.bpf.c"
+// The BPF objects are built from ../../bpf/ with the pinned clang, like
+// internal/verdict's, one per architecture (kprobes read pt_regs): the
+// generated benchreference_{x86,arm64}_bpfel.{go,o} are committed and never
+// edited.
+//go:generate go tool bpf2go -cflags "-O2 -g -Wall -Werror" -target amd64,arm64 benchReference ../../bpf/bench_reference.bpf.c

@@ -1,8 +1,9 @@
 package verdict
 
-// The BPF object is built from ../../bpf/ with a pinned clang: `make
-// generate` passes the Makefile's CLANG as BPF_CLANG (default clang-14).
-// The generated xfrmverdict_x86_bpfel.{go,o} are committed and never edited.
-// amd64 only: bpf/vmlinux.h and the kprobe argument macros are x86's.
-// ($DOLLAR is go generate's way of passing a literal $ to the shell.)
-//go:generate sh -c "go tool bpf2go -cc $DOLLAR{BPF_CLANG:-clang-14} -strip $DOLLAR{BPF_STRIP:-llvm-strip-14} -cflags '-O2 -g -Wall -Werror' -target amd64 -type verdict_key -type verdict_value -type verdict_dir -type verdict_result -type verdict_error -type known_peer_key xfrmVerdict ../../bpf/xfrm_verdict.bpf.c"
+// The BPF objects are built from ../../bpf/ with a pinned clang: `make
+// generate` sets BPF2GO_CC to the Makefile's CLANG (clang-14), and bpf2go
+// takes the llvm-strip of the same version. One object per architecture,
+// xfrmverdict_{x86,arm64}_bpfel.{go,o}, committed and never edited: the
+// kprobe argument macros read pt_regs, whose layout is the architecture's,
+// and bpf/vmlinux.h picks that architecture's kernel types.
+//go:generate go tool bpf2go -cflags "-O2 -g -Wall -Werror" -target amd64,arm64 -type verdict_key -type verdict_value -type verdict_dir -type verdict_result -type verdict_error -type known_peer_key xfrmVerdict ../../bpf/xfrm_verdict.bpf.c

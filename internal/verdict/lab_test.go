@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -26,6 +27,13 @@ func TestLabVerdicts(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			start := time.Now()
 			v, err := Load(Options{Mode: mode, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+			if mode == ModeFentry && !scenario.FentryAttaches() {
+				if err == nil {
+					_ = v.Close()
+					t.Fatalf("Load(fentry) worked on %s kernel %s, which refused it before: update scenario.FentryAttaches", runtime.GOARCH, scenario.Kernel())
+				}
+				t.Skipf("%s kernel %s refuses fentry, as expected (auto takes kprobes): %v", runtime.GOARCH, scenario.Kernel(), err)
+			}
 			if err != nil {
 				t.Fatalf("Load(%s) on %s: %v", mode, scenario.Kernel(), err)
 			}
@@ -101,6 +109,12 @@ func TestLabVerdictSpoofedFlood(t *testing.T) {
 		t.Fatalf("Load: %v", err)
 	}
 	defer func() { _ = v.Close() }()
+	// auto takes fentry where it attaches, and kprobes only where not.
+	want := scenario.AutoHookMode()
+	t.Logf("%s kernel %s: auto picked %s", runtime.GOARCH, scenario.Kernel(), v.Mode())
+	if v.Mode() != want {
+		t.Errorf("auto picked %s on %s kernel %s, want %s", v.Mode(), runtime.GOARCH, scenario.Kernel(), want)
+	}
 	p := scenario.NewPair(t)
 	e := p.ESP(t, scenario.ESPOptions{})
 	knowPeers(t, v, e.AB.Src, e.AB.Dst)

@@ -4,10 +4,11 @@
 package wire
 
 // The BPF object is built from ../../bpf/ with a pinned clang: `make
-// generate` passes the Makefile's CLANG as BPF_CLANG (default clang-14).
-// The generated wire_bpfel.{go,o} are committed and never edited. The
-// program needs only uapi headers (no vmlinux.h, no CO-RE), so one bpfel
-// object serves every little-endian architecture; Debian keeps asm/ under
-// the multiarch include directory, hence the -I.
-// ($DOLLAR is go generate's way of passing a literal $ to the shell.)
-//go:generate sh -c "go tool bpf2go -cc $DOLLAR{BPF_CLANG:-clang-14} -strip $DOLLAR{BPF_STRIP:-llvm-strip-14} -cflags '-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu' -target bpfel -type wire_counter -type peer_key -type peer_counters wire ../../bpf/wire.bpf.c"
+// generate` sets BPF2GO_CC to the Makefile's CLANG (clang-14), and bpf2go
+// takes the llvm-strip of the same version. The generated wire_bpfel.{go,o}
+// are committed and never edited. The program needs only uapi headers (no
+// vmlinux.h, no CO-RE, no pt_regs), so one bpfel object serves amd64 and
+// arm64 alike. Debian keeps asm/types.h (which only includes the generic
+// one, the same on every architecture) under the build host's multiarch
+// directory: both are named, clang skips the one that does not exist.
+//go:generate go tool bpf2go -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" -target bpfel -type wire_counter -type peer_key -type peer_counters wire ../../bpf/wire.bpf.c

@@ -19,7 +19,8 @@ import (
 
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage:
-  ipsec-lab test [-kernel 6.1|6.12] [-run REGEX] [-pkg PATTERN]   run the TestLab tests in VMs
+  ipsec-lab test [-kernel 6.1|6.12] [-arch amd64|arm64] [-run REGEX] [-pkg PATTERN]
+                                                                    run the TestLab tests in VMs
   ipsec-lab run [-kernel 6.12] [-port 10871] [-prometheus-port 19090] [-alertmanager-port 19093]
                                                                     interactive lab with the exporter,
                                                                     Prometheus and Alertmanager on the host
@@ -67,6 +68,7 @@ func kernels(names string) ([]lab.KernelSpec, error) {
 func test(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("test", flag.ExitOnError)
 	kernel := fs.String("kernel", "", "kernels to run, comma-separated (default: all of "+names()+")")
+	archName := fs.String("arch", lab.Amd64.Name, "architecture of the kernels and binaries: amd64 or arm64 (arm64: software emulation, qemu-system-aarch64)")
 	run := fs.String("run", "^TestLab", "run only tests matching this regexp (go test -run)")
 	pkg := fs.String("pkg", "./...", "package pattern to search for TestLab tests")
 	accel := fs.String("accel", "auto", "qemu accelerator: auto (KVM if a probe boot works, else tcg), tcg or kvm")
@@ -88,6 +90,13 @@ func test(ctx context.Context, args []string) error {
 	specs, err := kernels(*kernel)
 	if err != nil {
 		return err
+	}
+	arch, err := lab.FindArch(*archName)
+	if err != nil {
+		return err
+	}
+	for i := range specs {
+		specs[i] = specs[i].On(arch)
 	}
 	return lab.Test(ctx, lab.TestOptions{
 		Kernels: specs, Run: *run, Pkg: *pkg, Accel: *accel, CPUs: *cpus, Timeout: *timeout,
