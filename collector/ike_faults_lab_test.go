@@ -28,9 +28,10 @@ func viciExporter(t *testing.T, d scenario.IKEDaemon) *exporterProcess {
 func TestLabIKEDeadPeer(t *testing.T) {
 	scenario.RequireVM(t)
 	exp := startLabExporter(t, nil)
-	for _, dp := range scenario.DaemonPairs {
+	for i, dp := range scenario.DaemonPairs {
 		t.Run(dp.Name, func(t *testing.T) {
-			p := scenario.NewPair(t)
+			t.Parallel() // see labPair
+			p := labPair(t, i)
 			exp.samples(t)
 			e := p.IKE(t, dp.A, dp.B, scenario.IKEOptions{DPD: 2 * time.Second})
 			if got := p.A.Ping(t, e.BAddr, 5); got != 5 {
@@ -142,9 +143,10 @@ func TestLabIKEDeadPeer(t *testing.T) {
 func TestLabIKEWrongPSK(t *testing.T) {
 	scenario.RequireVM(t)
 	exp := startLabExporter(t, nil)
-	for _, dp := range scenario.DaemonPairs {
+	for i, dp := range scenario.DaemonPairs {
 		t.Run(dp.Name, func(t *testing.T) {
-			p := scenario.NewPair(t)
+			t.Parallel() // see labPair
+			p := labPair(t, i)
 			evA, evB := p.A.WatchXfrmEvents(t), p.B.WatchXfrmEvents(t)
 			before := exp.samples(t)
 			e := p.IKE(t, dp.A, dp.B, scenario.IKEOptions{WrongPSK: true, Trap: true})
