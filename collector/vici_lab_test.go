@@ -24,7 +24,6 @@ import (
 // came up.
 func TestLabVici(t *testing.T) {
 	scenario.RequireVM(t)
-	n := 0 // subtests so far
 	for _, dp := range scenario.DaemonPairs {
 		if dp.A != scenario.StrongSwanKind {
 			continue // the vici collector reads strongSwan only
@@ -34,11 +33,8 @@ func TestLabVici(t *testing.T) {
 			if tunnel {
 				name = dp.Name + "/tunnel"
 			}
-			i := n // this subtest's, not the loop's last (the subtests run later)
-			n++
 			t.Run(name, func(t *testing.T) {
-				t.Parallel() // see labPair; each subtest has its own exporter
-				p := labPair(t, i)
+				p := scenario.NewPair(t)
 				e := p.IKE(t, dp.A, dp.B, scenario.IKEOptions{Tunnel: tunnel, ChildRekey: 40 * time.Minute, ChildLifetime: time.Hour})
 				charon := e.A.(*scenario.Charon)
 				loadDownConnection(t, charon.VICI)
