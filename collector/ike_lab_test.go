@@ -48,9 +48,10 @@ func sumPrefix(c scenario.Counters, prefix string) uint64 {
 func TestLabIKERekeys(t *testing.T) {
 	scenario.RequireVM(t)
 	exp := startLabExporter(t, nil)
-	for _, dp := range scenario.DaemonPairs {
+	for i, dp := range scenario.DaemonPairs {
 		t.Run(dp.Name, func(t *testing.T) {
-			p := scenario.NewPair(t)
+			t.Parallel() // see labPair
+			p := labPair(t, i)
 			evA, evB := p.A.WatchXfrmEvents(t), p.B.WatchXfrmEvents(t)
 			before := exp.samples(t) // finds A and B: their events count from here
 			xA0, xB0 := p.A.XfrmStat(t), p.B.XfrmStat(t)
@@ -110,6 +111,17 @@ func TestLabIKERekeys(t *testing.T) {
 				outDrops(xA), inDrops(xA), outDrops(xB), inDrops(xB), xA, xB, e.Established.Round(time.Millisecond), time.Since(start).Round(time.Second))
 		})
 	}
+}
+
+// labPair is the Pair of the i-th of a test's parallel subtests (the IKE
+// tests mostly wait on daemon timers: rekeys, DPD, retransmits, so their
+// pairings run at once). Each has its own namespaces, daemons, directories
+// and sockets, and its own subnet 10.77.<i+1>.0/24: the one exporter of the
+// test watches them all, and its verdict series are keyed by peer address
+// alone, so two pairs on one subnet would count into each other's.
+func labPair(t *testing.T, i int) *scenario.Pair {
+	t.Helper()
+	return scenario.NewPairNamed(t, "a", "b", uint8(1+i))
 }
 
 // watchSPIs polls A's kernel for the connection's A->B SPIs until the test

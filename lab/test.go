@@ -125,7 +125,10 @@ func testScript(ir *Initramfs, pkgs []TestPackage, run string, timeout time.Dura
 		fmt.Fprintf(&body, "mkdir -p %s && cd %s\n", vmDir, vmDir)
 		fmt.Fprintf(&body, "echo %s >&3\n", shellQuote(Marker+"pkg-start "+p.ImportPath))
 		body.WriteString("s=$(cut -d' ' -f1 /proc/uptime)\n")
-		fmt.Fprintf(&body, "%s -test.v -test.run %s -test.timeout %s </dev/null >&3 2>&3\n",
+		// -test.parallel 4: the IKE tests' parallel subtests (up to 4 per
+		// test) mostly wait on daemon timers, not on the VM's 2 CPUs, whose
+		// count would otherwise be the limit.
+		fmt.Fprintf(&body, "%s -test.v -test.run %s -test.timeout %s -test.parallel 4 </dev/null >&3 2>&3\n",
 			vmBin, shellQuote(run), timeout)
 		// pkg-end PKG EXIT START END (guest uptime in seconds)
 		fmt.Fprintf(&body, "echo %s\"$? $s $(cut -d' ' -f1 /proc/uptime)\" >&3\n", shellQuote(Marker+"pkg-end "+p.ImportPath+" "))
