@@ -331,7 +331,7 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 				if _, arch, ok := strings.Cut(name, ":"); ok && !seen[dep] {
 					// Asked once per name: apt-cache takes seconds on a busy machine.
 					if _, known := all[dep]; !known {
-						all[dep] = archAll(dep)
+						all[dep] = archAll(base, dep)
 					}
 					if !all[dep] {
 						dep += ":" + arch
@@ -356,8 +356,8 @@ func FetchDebsWithLibraries(pkgs []string, logf func(string, ...any)) ([]*Deb, e
 
 // archAll reports whether pkg is an Architecture: all package (data, such
 // as libtirpc-common), which apt knows by its plain name only.
-func archAll(pkg string) bool {
-	out, _ := exec.Command("apt-cache", "show", "--no-all-versions", pkg).Output()
+func archAll(base, pkg string) bool {
+	out, _ := aptCommand(base, "apt-cache", "show", "--no-all-versions", pkg).Output()
 	return strings.Contains(string(out), "\nArchitecture: all\n")
 }
 
