@@ -259,8 +259,11 @@ func (w *Watcher) scanLocked(fresh bool) {
 		}
 	}
 	if prev != nil {
-		w.stats.Appeared += uint64(len(ch.Added))
-		w.stats.Vanished += uint64(len(ch.Removed))
+		// Counted by ID: a namespace read under another of its names (a scan
+		// that ran while the first name was still being mounted) is the same
+		// namespace under a new label, neither gone nor new.
+		w.stats.Appeared += uint64(countNotIn(ch.Added, prev))
+		w.stats.Vanished += uint64(countNotIn(ch.Removed, next))
 	}
 	w.stats.Namespaces = len(next)
 	w.stats.Skipped = skipped
@@ -283,6 +286,17 @@ func (w *Watcher) scanLocked(fresh bool) {
 	for _, id := range ids {
 		w.subs[id](ch)
 	}
+}
+
+// countNotIn counts the namespaces of ns whose ID is not in other.
+func countNotIn(ns, other []Namespace) int {
+	n := 0
+	for _, x := range ns {
+		if !slices.ContainsFunc(other, func(o Namespace) bool { return o.ID == x.ID }) {
+			n++
+		}
+	}
+	return n
 }
 
 // list examines the directory's entries (the selected ones), sorted by
