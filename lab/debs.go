@@ -17,6 +17,7 @@ import (
 type Deb struct {
 	Name    string // package name
 	Version string // Debian version
+	Arch    string // Debian architecture: amd64, arm64, all
 	Root    string // unpacked tree
 	Depends string // the package's Depends field, as dpkg-deb -f prints it
 }
@@ -70,8 +71,8 @@ func fetchStem(stem, base string, step *debStep, logf func(string, ...any)) (*De
 	dir := filepath.Join(base, stem)
 	d.Root = filepath.Join(dir, "root")
 	if _, err := os.Stat(filepath.Join(dir, ".ready")); err != nil {
-		logf("fetching %s=%s", d.Name, d.Version)
-		if err := unpackDeb(d.Name+"="+d.Version, dir, step, logf); err != nil {
+		logf("fetching %s", d.pin())
+		if err := unpackDeb(d.pin(), dir, step, logf); err != nil {
 			return nil, err
 		}
 	}
@@ -94,7 +95,18 @@ func parseDebStem(stem string) (*Deb, error) {
 	if err != nil {
 		return nil, fmt.Errorf("package file %s.deb: %w", stem, err)
 	}
-	return &Deb{Name: f[0], Version: version}, nil
+	return &Deb{Name: f[0], Version: version, Arch: f[2]}, nil
+}
+
+// pin names exactly this package for apt-get download. The architecture
+// matters: name=version alone means the host's architecture, and most
+// library packages have the same version on amd64 and arm64, so an arm64
+// lab would unpack amd64 libraries under arm64 names.
+func (d *Deb) pin() string {
+	if d.Arch == "" || d.Arch == "all" {
+		return d.Name + "=" + d.Version
+	}
+	return d.Name + ":" + d.Arch + "=" + d.Version
 }
 
 // aptCommand is the apt tool (apt-get, apt-cache) with its binary package

@@ -2,7 +2,9 @@ package lab
 
 import (
 	"crypto/sha256"
+	"debug/elf"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -326,5 +328,53 @@ func TestFetchDebianKernel(t *testing.T) {
 	}
 	if len(mods) < 10 {
 		t.Errorf("the lab modules resolved to %d files: %v", len(mods), mods)
+	}
+}
+
+// TestFetchForeignLibraries fetches an arm64 library package with its
+// library closure into an empty cache, as the arm64 lab does for its ip,
+// and checks that every shared object unpacked is an AArch64 one: a
+// library package has the same version on both architectures, and a pin
+// without the architecture fetched the host's (CI: "ip needs libbpf.so.1,
+// which neither the host nor the fetched packages have").
+func TestFetchForeignLibraries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: downloads packages from Debian's archive")
+	}
+	requireApt(t)
+	if out, err := exec.Command("dpkg", "--print-foreign-architectures").Output(); err != nil || !strings.Contains(string(out), "arm64") {
+		t.Skip("dpkg has no arm64 architecture (make deps with --arm64 adds it)")
+	}
+	t.Setenv("IPSEC_LAB_CACHE", t.TempDir())
+	debs, err := FetchDebsWithLibraries([]string{"libbpf1:arm64"}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objects int
+	for _, d := range debs {
+		if d.Arch != "arm64" && d.Arch != "all" {
+			t.Errorf("%s %s: architecture %q", d.Name, d.Version, d.Arch)
+		}
+		err := filepath.WalkDir(d.Root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || !e.Type().IsRegular() || !strings.Contains(e.Name(), ".so") {
+				return err
+			}
+			f, err := elf.Open(p)
+			if err != nil {
+				return nil // a linker script or data
+			}
+			defer f.Close()
+			objects++
+			if f.Machine != elf.EM_AARCH64 {
+				t.Errorf("%s: %s, want AArch64 (package %s)", p, f.Machine, d.Name)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if objects < 3 {
+		t.Errorf("%d shared objects in %d packages: libbpf1:arm64 and its libraries (libelf1, zlib1g) want at least 3", objects, len(debs))
 	}
 }
