@@ -573,7 +573,13 @@ static __always_inline void on_kfree_skb(struct sk_buff *skb, int reason)
 	struct xv_pending *p = pending_slot(skb);
 	if (!p)
 		return;
-	if (p->skb == (__u64)skb && (!dst || x == (struct xfrm_state *)p->x)) {
+	/* A GSO skb is never sequenced itself (xfrm_output hands it to
+	 * xfrm_output_gso, which segments it and kfree_skb()s it, NOT_SPECIFIED).
+	 * Its slot may still hold a segment that once lived at the same address,
+	 * and __skb_gso_segment wrote SKB_GSO_CB(skb)->mac_offset (the headroom)
+	 * at cb offset 32, where xfrm_skb_cb keeps seq.output.low: a headroom
+	 * equal to that segment's sequence number looked like its failure. */
+	if (p->skb == (__u64)skb && (!dst || x == (struct xfrm_state *)p->x) && !gso_size(skb)) {
 		__u32 seq = 0;
 		bpf_probe_read_kernel(&seq, 4,
 				      (void *)skb + bpf_core_field_offset(struct sk_buff, cb) +

@@ -70,7 +70,7 @@ func fetchStem(stem, base string, step *debStep, logf func(string, ...any)) (*De
 	}
 	dir := filepath.Join(base, stem)
 	d.Root = filepath.Join(dir, "root")
-	if _, err := os.Stat(filepath.Join(dir, ".ready")); err != nil {
+	if !readyFor(dir, d.pin()) {
 		logf("fetching %s", d.pin())
 		if err := unpackDeb(d.pin(), dir, step, logf); err != nil {
 			return nil, err
@@ -264,16 +264,25 @@ func unpackDeb(pin, dir string, step *debStep, logf func(string, ...any)) error 
 	if err := os.Remove(debs[0]); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, ".ready"), nil, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, ".ready"), []byte(pin), 0o644); err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, ".ready")); err == nil {
+	if readyFor(dir, pin) {
 		return nil // another run was faster
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
 	return os.Rename(tmp, dir)
+}
+
+// readyFor reports whether dir holds the unpacked package pin: its .ready
+// file names the pin it was fetched by. A tree from before pins named the
+// architecture (an empty .ready) may hold the host's architecture under
+// another's name, so it is fetched again.
+func readyFor(dir, pin string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, ".ready"))
+	return err == nil && string(b) == pin
 }
 
 func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }

@@ -196,7 +196,7 @@ func TestFetchDrift(t *testing.T) {
 	if b, err := os.ReadFile(k.Vmlinuz); err != nil || string(b) != "kernel 0.0.2-2" {
 		t.Errorf("vmlinuz of the rebuild: %q, %v", b, err)
 	}
-	want := []string{"fetching linux-image-0.0.0-2-labtest-unsigned=0.0.2-1", "fetching linux-image-0.0.0-2-labtest-unsigned=0.0.2-2"}
+	want := []string{"fetching linux-image-0.0.0-2-labtest-unsigned:amd64=0.0.2-1", "fetching linux-image-0.0.0-2-labtest-unsigned:amd64=0.0.2-2"}
 	if strings.Join(log.lines, "|") != strings.Join(want, "|") {
 		t.Errorf("fetches %q, want %q", log.lines, want)
 	}
@@ -222,7 +222,7 @@ func TestFetchVanished(t *testing.T) {
 	if err == nil {
 		t.Fatal("a package the archive does not have was fetched")
 	}
-	for _, want := range []string{"linux-image-0.0.0-3-labtest-unsigned=0.0.3-1", "no longer has it", "run `apt-get update`"} {
+	for _, want := range []string{"linux-image-0.0.0-3-labtest-unsigned:amd64=0.0.3-1", "no longer has it", "run `apt-get update`"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
