@@ -70,9 +70,9 @@ func fetchStem(stem, base string, step *debStep, logf func(string, ...any)) (*De
 	}
 	dir := filepath.Join(base, stem)
 	d.Root = filepath.Join(dir, "root")
-	if !readyFor(dir, d.pin()) {
-		logf("fetching %s", d.pin())
-		if err := unpackDeb(d.pin(), dir, step, logf); err != nil {
+	if pin := d.pin(); !readyFor(dir, pin) {
+		logf("fetching %s", pin)
+		if err := unpackDeb(pin, dir, step, logf); err != nil {
 			return nil, err
 		}
 	}
@@ -121,12 +121,13 @@ func aptCommand(base, tool string, args ...string) *exec.Cmd {
 }
 
 // cachedDebs are the file names (name_version_arch, see parseDebStem) of
-// the packages fully unpacked in base.
+// the packages fully unpacked in base by their exact pin (readyFor), the
+// ones fetchStem would use without fetching.
 func cachedDebs(base string) []string {
 	var stems []string
 	entries, _ := os.ReadDir(base)
 	for _, e := range entries {
-		if _, err := os.Stat(filepath.Join(base, e.Name(), ".ready")); err == nil {
+		if d, err := parseDebStem(e.Name()); err == nil && readyFor(filepath.Join(base, e.Name()), d.pin()) {
 			stems = append(stems, e.Name())
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -376,5 +377,29 @@ func TestFetchForeignLibraries(t *testing.T) {
 	}
 	if objects < 3 {
 		t.Errorf("%d shared objects in %d packages: libbpf1:arm64 and its libraries (libelf1, zlib1g) want at least 3", objects, len(debs))
+	}
+}
+
+// TestCachedDebsWantTheirPin: a tree whose .ready does not name the pin of
+// its own file name (an empty one, from before pins named the
+// architecture) is not offered as cached; one that does is.
+func TestCachedDebsWantTheirPin(t *testing.T) {
+	base := t.TempDir()
+	for stem, ready := range map[string]string{
+		"libmnl0_1.0.4-3_arm64":   "libmnl0:arm64=1.0.4-3",
+		"libelf1_0.188-2.1_arm64": "",
+		"tzdata_2024a-0_all":      "tzdata=2024a-0",
+	} {
+		if err := os.MkdirAll(filepath.Join(base, stem), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(base, stem, ".ready"), []byte(ready), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := cachedDebs(base)
+	slices.Sort(got)
+	if want := []string{"libmnl0_1.0.4-3_arm64", "tzdata_2024a-0_all"}; !slices.Equal(got, want) {
+		t.Errorf("cached %q, want %q", got, want)
 	}
 }
