@@ -44,19 +44,4 @@ static __always_inline void counter_add_bh(__u64 *packets, __u64 *bytes, __u64 n
 	*bytes += len;
 }
 
-/* counter_slot returns the value of key in a hash map, inserting zero (the
- * map's value type, all zeros) when the key is new. NULL means the map is
- * full: the caller counts the overflow. Another context that inserts the same
- * key in between is not an error: its slot is used. */
-static __always_inline void *counter_slot(void *map, const void *key, const void *zero)
-{
-	void *v = bpf_map_lookup_elem(map, key);
-	if (v)
-		return v;
-	long err = bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
-	if (err && err != -17 /* -EEXIST */)
-		return 0;
-	return bpf_map_lookup_elem(map, key);
-}
-
 #endif /* COUNTERS_H */

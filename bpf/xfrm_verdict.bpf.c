@@ -86,7 +86,8 @@ int BPF_PROG(fexit_xfrm_resolve_and_create_bundle, struct xfrm_policy **pols, in
 	long r = (long)ret;
 	if (r != -EAGAIN)
 		return 0;
-	__u8 fam = 0, daddr[16] = {};
+	__u8 fam = 0;
+	__u32 daddr[4] = {};
 	read_flow_daddr(fl, family, &fam, daddr);
 	on_bundle_failed(fam, daddr, r);
 	return 0;

@@ -26,6 +26,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "counters.h"
+#include "verdict_counters.h"
 
 /* Stable numbers: user space maps them to label values (internal/verdict,
  * which gets these enums from the object's BTF through bpf2go -type). */
@@ -71,28 +72,6 @@ enum verdict_error {
 #define IPSKB_XFRM_TRANSFORMED 4
 #define IP6SKB_XFRM_TRANSFORMED 1
 
-struct verdict_key {
-	__u8 direction; /* enum verdict_dir */
-	__u8 family;	/* 4 or 6 */
-	__u8 result;	/* enum verdict_result */
-	__u8 pad;
-	__u8 peer[16]; /* IPv4 in the first 4 bytes */
-};
-
-struct verdict_value {
-	__u64 packets;
-	__u64 bytes;
-};
-
-/* The counters user space reads. max_entries is set at load time from
- * --bpf.verdict-map-size. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct verdict_key);
-	__type(value, struct verdict_value);
-} verdicts SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ERR_MAX);
@@ -132,7 +111,7 @@ struct {
 
 /* known_or_unknown returns family when peer is a known peer, else 0 with
  * peer zeroed: the unknown peer. */
-static __always_inline __u8 known_or_unknown(__u8 family, __u8 *peer)
+static __always_inline __u8 known_or_unknown(__u8 family, __u32 *peer)
 {
 	__u32 zero = 0;
 	void *set = bpf_map_lookup_elem(&known_peers, &zero);
@@ -163,7 +142,7 @@ struct xv_decrypt {
 	__u64 hint_skb; /* a failure-only audit call named the reason */
 	__u64 hint_x;
 	__u64 rejected_skb; /* counted rejected at xfrm_rcv_cb(0) */
-	__u8 ok_peer[16];
+	__u32 ok_peer[4];
 	__u8 ok_family;
 	__u8 hint;
 	__u8 pad[6];
@@ -193,7 +172,7 @@ struct xv_pending {
 	__u8 family;
 	__u8 done; /* the failure was counted */
 	__u8 pad[2];
-	__u8 peer[16];
+	__u32 peer[4];
 };
 
 struct {
@@ -208,7 +187,7 @@ struct xv_bundle_args {
 	__u64 active;
 	__u8 family;
 	__u8 pad[7];
-	__u8 daddr[16];
+	__u32 daddr[4];
 };
 
 struct {
@@ -225,7 +204,7 @@ static __always_inline void count_error(__u32 kind)
 		__sync_fetch_and_add(v, 1);
 }
 
-static __always_inline void emit(__u8 dir, __u8 family, const __u8 *peer, __u8 result, __u64 bytes)
+static __always_inline void emit(__u8 dir, __u8 family, const __u32 *peer, __u8 result, __u64 bytes)
 {
 	struct verdict_key k = {};
 	k.direction = dir;
@@ -233,8 +212,7 @@ static __always_inline void emit(__u8 dir, __u8 family, const __u8 *peer, __u8 r
 	k.result = result;
 	__builtin_memcpy(k.peer, peer, 16);
 
-	struct verdict_value zero = {};
-	struct verdict_value *v = counter_slot(&verdicts, &k, &zero);
+	struct verdict_value *v = verdict_counter(&k);
 	if (!v) {
 		count_error(ERR_MAP_FULL);
 		return;
@@ -288,10 +266,9 @@ static __always_inline struct xv_pending *pending_slot(const struct sk_buff *skb
 
 /* The SA's addresses: id.daddr is where an outbound SA sends to,
  * props.saddr where an inbound SA's packets come from; both are the peer. */
-static __always_inline __u8 sa_peer(struct xfrm_state *x, bool outbound, bool btf, __u8 *peer)
+static __always_inline __u8 sa_peer(struct xfrm_state *x, bool outbound, bool btf, __u32 *p)
 {
 	__u16 family = XV_READ(btf, x, props.family);
-	__u32 *p = (__u32 *)peer;
 	xfrm_address_t a;
 
 	if (family != AF_INET && family != AF_INET6)
@@ -356,7 +333,7 @@ static __always_inline void set_decrypt_hint(__u64 skb, __u64 x, __u8 result)
 
 /* The outer IP header is still at skb->network_header when xfrm_input
  * drops a packet before an SA took it (the SA's inner mode moves it). */
-static __always_inline __u8 packet_source(struct sk_buff *skb, __u8 *peer)
+static __always_inline __u8 packet_source(struct sk_buff *skb, __u32 *peer)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
@@ -470,7 +447,8 @@ static __always_inline void on_rcv_cb(struct sk_buff *skb, int err, bool ret_kno
 		s->rejected_skb = 0;
 		return;
 	}
-	__u8 peer[16] = {}, family = 0, result;
+	__u32 peer[4] = {};
+	__u8 family = 0, result;
 	struct xfrm_state *x;
 	if (s->hint_skb == self) {
 		result = s->hint;
@@ -608,7 +586,7 @@ static __always_inline void on_kfree_skb(struct sk_buff *skb, int reason)
 		result = RESULT_EXPIRED;
 	else if (BPF_CORE_READ(x, km.state) != XFRM_STATE_VALID)
 		result = RESULT_INVALID_STATE;
-	__u8 peer[16] = {};
+	__u32 peer[4] = {};
 	__u8 fam = sa_peer(x, true, false, peer);
 	emit(DIR_ENCRYPT, fam, peer, result, BPF_CORE_READ(skb, len));
 }
@@ -618,7 +596,7 @@ static __always_inline void on_kfree_skb(struct sk_buff *skb, int reason)
  * for it (larval drop) and the packet goes to a blackhole route. Only route
  * lookups that match an IPsec policy get here. No SA means no SA peer: the
  * flow's destination is the peer. */
-static __always_inline void on_bundle_failed(__u8 family, __u8 *daddr, long ret)
+static __always_inline void on_bundle_failed(__u8 family, __u32 *daddr, long ret)
 {
 	if (ret != -EAGAIN)
 		return;
@@ -626,7 +604,7 @@ static __always_inline void on_bundle_failed(__u8 family, __u8 *daddr, long ret)
 	emit(DIR_ENCRYPT, family, daddr, RESULT_NO_STATE, 0);
 }
 
-static __always_inline void read_flow_daddr(const struct flowi *fl, __u16 family, __u8 *fam, __u8 *daddr)
+static __always_inline void read_flow_daddr(const struct flowi *fl, __u16 family, __u8 *fam, __u32 *daddr)
 {
 	if (family == AF_INET) {
 		*fam = 4;

@@ -81,6 +81,20 @@ func isPerCPU(t ebpf.MapType) bool {
 // lookups where the kernel has them (5.6+), else by iteration; the choice is
 // made at the first read and kept.
 func (r *Reader[K, V]) Each(f func(key K, values []V)) error {
+	return r.each(-1, f)
+}
+
+// EachFirst is Each for the first n keys of an array (indexes 0..n-1): a
+// table filled from index 0 upwards is read without its unused rest.
+func (r *Reader[K, V]) EachFirst(n int, f func(key K, values []V)) error {
+	if n <= 0 {
+		return nil
+	}
+	return r.each(n, f)
+}
+
+// each reads up to limit keys (all when limit < 0).
+func (r *Reader[K, V]) each(limit int, f func(K, []V)) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ncpu == 0 {
@@ -94,7 +108,7 @@ func (r *Reader[K, V]) Each(f func(key K, values []V)) error {
 		}
 	}
 	if !r.noBatch {
-		err := r.batch(f)
+		err := r.batch(limit, f)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			return err
 		}
@@ -102,17 +116,20 @@ func (r *Reader[K, V]) Each(f func(key K, values []V)) error {
 	}
 	var key K
 	it := r.m.Iterate()
-	if r.perCPU {
-		for it.Next(&key, &r.one) {
-			f(key, r.one)
+	if !r.perCPU && len(r.one) != 1 {
+		r.one = make([]V, 1)
+	}
+	for seen := 0; limit < 0 || seen < limit; seen++ {
+		var ok bool
+		if r.perCPU {
+			ok = it.Next(&key, &r.one)
+		} else {
+			ok = it.Next(&key, &r.one[0])
 		}
-	} else {
-		if len(r.one) != 1 {
-			r.one = make([]V, 1)
+		if !ok {
+			break
 		}
-		for it.Next(&key, &r.one[0]) {
-			f(key, r.one)
-		}
+		f(key, r.one)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iterating map %s: %w", r.m, err)
@@ -128,7 +145,7 @@ func (r *Reader[K, V]) ForceIteration() {
 	r.noBatch = true
 }
 
-func (r *Reader[K, V]) batch(f func(K, []V)) error {
+func (r *Reader[K, V]) batch(limit int, f func(K, []V)) error {
 	// No more keys per batch than the map holds: a small map (the wire
 	// program has one of 14 slots per interface) gets small buffers.
 	chunk := min(batchChunk, max(1, int(r.m.MaxEntries())))
@@ -137,11 +154,16 @@ func (r *Reader[K, V]) batch(f func(K, []V)) error {
 		r.values = make([]V, chunk*r.ncpu)
 	}
 	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := r.m.BatchLookup(&cursor, r.keys, r.values, nil)
+	for done := 0; limit < 0 || done < limit; {
+		c := chunk
+		if limit >= 0 {
+			c = min(chunk, limit-done)
+		}
+		n, err := r.m.BatchLookup(&cursor, r.keys[:c], r.values[:c*r.ncpu], nil)
 		for i := range n {
 			f(r.keys[i], r.values[i*r.ncpu:(i+1)*r.ncpu])
 		}
+		done += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil
 		}
@@ -149,6 +171,7 @@ func (r *Reader[K, V]) batch(f func(K, []V)) error {
 			return fmt.Errorf("batch lookup of map %s: %w", r.m, err)
 		}
 	}
+	return nil
 }
 
 // SumUint64 returns entry key of a per-CPU array of u64 counters, summed

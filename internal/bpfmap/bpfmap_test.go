@@ -104,6 +104,44 @@ func TestReaderPlainArray(t *testing.T) {
 	}
 }
 
+// EachFirst reads indexes 0..n-1 of a per-CPU array, across batch
+// boundaries (batchChunk), and nothing beyond.
+func TestReaderEachFirst(t *testing.T) {
+	m := newMap(t, &ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 1000})
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range uint32(1000) {
+		v := make([]pair, ncpu)
+		v[0] = pair{Packets: uint64(k), Bytes: 1}
+		if err := m.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewReader[uint32, pair](m)
+	for _, via := range []string{"batch", "iteration"} {
+		if via == "iteration" {
+			r.ForceIteration()
+		}
+		for _, n := range []int{0, 1, batchChunk, batchChunk + 1, 999, 1000, 5000} {
+			var keys []uint32
+			if err := r.EachFirst(n, func(k uint32, v []pair) {
+				if v[0].Packets != uint64(k) {
+					t.Errorf("%s n=%d: key %d holds %+v", via, n, k, v[0])
+				}
+				keys = append(keys, k)
+			}); err != nil {
+				t.Fatalf("%s n=%d: %v", via, n, err)
+			}
+			want := min(n, 1000)
+			if len(keys) != want || (want > 0 && keys[want-1] != uint32(want-1)) {
+				t.Errorf("%s n=%d: read %d keys (last %v), want 0..%d", via, n, len(keys), keys[max(0, len(keys)-1):], want-1)
+			}
+		}
+	}
+}
+
 func TestSumUint64(t *testing.T) {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {

@@ -61,10 +61,12 @@ func (d Dir) Join(elem ...string) Dir {
 }
 
 // Maps pins the named maps of spec by name in d: a later load finds them
-// there and shares them instead of creating new ones. A pinned map that no
-// longer fits its spec (the layout or size changed) is unpinned first, and
-// its name returned, so that the caller logs the reset of its counters.
-// Pass the options to the collection's load.
+// there and shares them instead of creating new ones. The named maps are
+// one set, read together (a table in several maps, its fill level in
+// another): when a pinned one no longer fits its spec (the layout or size
+// changed), every pinned map of the set is unpinned, and their names
+// returned, so that the caller logs the reset of its counters. Pass the
+// options to the collection's load.
 func (d Dir) Maps(spec *ebpf.CollectionSpec, names ...string) (ebpf.MapOptions, []string, error) {
 	if !d.Enabled() {
 		return ebpf.MapOptions{}, nil, nil
@@ -72,30 +74,42 @@ func (d Dir) Maps(spec *ebpf.CollectionSpec, names ...string) (ebpf.MapOptions, 
 	if err := os.MkdirAll(string(d), 0o700); err != nil {
 		return ebpf.MapOptions{}, nil, fmt.Errorf("creating pin directory: %w", err)
 	}
-	var reset []string
+	var pinned []string
+	why := map[string]error{}
 	for _, name := range names {
 		ms := spec.Maps[name]
 		if ms == nil {
 			return ebpf.MapOptions{}, nil, fmt.Errorf("no map %q to pin", name)
 		}
 		ms.Pinning = ebpf.PinByName
-		path := filepath.Join(string(d), ms.Name)
-		old, err := ebpf.LoadPinnedMap(path, nil)
+		old, err := ebpf.LoadPinnedMap(filepath.Join(string(d), ms.Name), nil)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
+		pinned = append(pinned, name)
 		if err == nil {
 			err = ms.Compatible(old)
 			_ = old.Close()
 		}
-		if err == nil {
-			continue
+		if err != nil { // incompatible, or not a map at all
+			why[name] = err
 		}
-		// Incompatible, or not a map at all: the counters cannot continue.
-		if rmErr := os.Remove(path); rmErr != nil {
-			return ebpf.MapOptions{}, nil, fmt.Errorf("unpinning %s (%v): %w", path, err, rmErr)
+	}
+	if len(why) == 0 {
+		return ebpf.MapOptions{PinPath: string(d)}, nil, nil
+	}
+	// The counters cannot continue: none of the set's maps can.
+	var reset []string
+	for _, name := range pinned {
+		path := filepath.Join(string(d), spec.Maps[name].Name)
+		if err := os.Remove(path); err != nil {
+			return ebpf.MapOptions{}, nil, fmt.Errorf("unpinning %s: %w", path, err)
 		}
-		reset = append(reset, fmt.Sprintf("%s (%v)", name, err))
+		if err := why[name]; err != nil {
+			reset = append(reset, fmt.Sprintf("%s (%v)", name, err))
+		} else {
+			reset = append(reset, name+" (with the others)")
+		}
 	}
 	return ebpf.MapOptions{PinPath: string(d)}, reset, nil
 }

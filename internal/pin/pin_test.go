@@ -84,6 +84,45 @@ func TestMapsContinueAndReset(t *testing.T) {
 	}
 }
 
+// A set of maps is reset together: when one of them changed, the others'
+// pins go too, though they still fit (a table's fill level kept beside a
+// new, empty table would point past its end).
+func TestMapsResetTogether(t *testing.T) {
+	d := pintest.Dir(t).Join("object")
+	load := func(tableSize uint32) (level uint64, reset []string) {
+		spec := &ebpf.CollectionSpec{Maps: map[string]*ebpf.MapSpec{
+			"table": {Name: "table", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: tableSize},
+			"level": {Name: "level", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1},
+		}}
+		opts, reset, err := d.Maps(spec, "table", "level")
+		if err != nil {
+			t.Fatal(err)
+		}
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer coll.Close()
+		if err := coll.Maps["level"].Lookup(uint32(0), &level); err != nil {
+			t.Fatal(err)
+		}
+		if err := coll.Maps["level"].Put(uint32(0), level+5); err != nil {
+			t.Fatal(err)
+		}
+		return level, reset
+	}
+	if level, reset := load(8); level != 0 || reset != nil {
+		t.Fatalf("first load: level %d, reset %v", level, reset)
+	}
+	if level, reset := load(8); level != 5 || reset != nil {
+		t.Fatalf("same layout: level %d, reset %v; want 5, none", level, reset)
+	}
+	level, reset := load(16)
+	if level != 0 || len(reset) != 2 || !strings.HasPrefix(reset[0], "table (") || reset[1] != "level (with the others)" {
+		t.Errorf("table resized: level %d, reset %q; want 0, table and level", level, reset)
+	}
+}
+
 func TestZeroDirPinsNothing(t *testing.T) {
 	var d pin.Dir
 	opts, reset, err := d.Maps(&ebpf.CollectionSpec{}, "absent")

@@ -15,6 +15,9 @@ import (
 	"github.com/ipsec-exporter/ipsec_exporter/internal/pin"
 )
 
+// linksDir is the pin directory's subdirectory of the links.
+const linksDir = "links"
+
 // Hook modes.
 const (
 	ModeAuto   = "auto"
@@ -99,9 +102,13 @@ func Load(opts Options) (*Verdicts, error) {
 	if err != nil {
 		return nil, err
 	}
-	links := opts.Pins.Join("links")
-	// The programs' map specs must match the created maps to replace them.
-	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = opts.MapSize
+	links := opts.Pins.Join(linksDir)
+	// The programs' map specs must match the created maps to replace them,
+	// and their constants the table's size.
+	if err := sizeTable(spec, opts.MapSize); err != nil {
+		_ = maps.Close()
+		return nil, err
+	}
 	modes := []string{opts.Mode}
 	switch opts.Mode {
 	case ModeAuto, "":
@@ -335,6 +342,7 @@ func (v *Verdicts) attachOne(spec *ebpf.CollectionSpec, h *Hook) error {
 	one := &ebpf.CollectionSpec{
 		Maps:      spec.Maps,
 		Programs:  map[string]*ebpf.ProgramSpec{h.Program: spec.Programs[h.Program]},
+		Variables: spec.Variables, // the table's size (sizeTable): .rodata is made from them
 		Types:     spec.Types,
 		ByteOrder: spec.ByteOrder,
 	}

@@ -84,9 +84,10 @@ type Entry struct {
 // Maps are the counters the programs write. They load on kernels that
 // refuse tracing programs, which is how the collector is tested on such hosts.
 type Maps struct {
-	objs     xfrmVerdictMaps
-	verdicts *bpfmap.Reader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue]
-	peerSet  *ebpf.MapSpec // the known-peer set's spec: each replacement is a new map of it
+	objs    xfrmVerdictMaps
+	counts  *bpfmap.Reader[uint32, xfrmVerdictVerdictValue] // verdict_counts, by counter number
+	keys    *bpfmap.Reader[uint32, xfrmVerdictVerdictKey]   // verdict_keys, by counter number
+	peerSet *ebpf.MapSpec                                   // the known-peer set's spec: each replacement is a new map of it
 
 	peersMu   sync.Mutex
 	peers     int    // addresses in the current known-peer set
@@ -94,6 +95,7 @@ type Maps struct {
 
 	mu       sync.Mutex
 	lastLen  int                      // keys at the last read: the next read's capacity
+	sums     []verdictCounter         // per counter number, reused from read to read
 	exported map[okKey]verdictCounter // the ok last returned per key (never goes down)
 }
 
@@ -109,15 +111,42 @@ type verdictCounter struct{ packets, bytes uint64 }
 // DefaultMapSize is the default number of {direction, peer, result} keys.
 const DefaultMapSize = 16384
 
-// The bounds of the counter map's size. The kernel preallocates every key's
-// value on every possible CPU when the map is created (16 bytes each plus
-// the key and hash overhead, ~100 bytes per key and CPU): 262144 keys are
-// about 25 MiB per CPU, and start-up stalls while the kernel allocates far
-// more. 0 keys is no map at all.
+// The bounds of the counter table's size (bpf/verdict_counters.h). The
+// kernel allocates it when the maps are created: 16 bytes per key and
+// possible CPU for the counts, 20 for the key, 128 for its four index slots
+// (the default: 256 KiB per CPU plus 2.3 MiB; 262144 keys: 4 MiB per CPU
+// plus 37 MiB). 0 keys is no table at all.
 const (
 	MinMapSize = 1
 	MaxMapSize = 262144
 )
+
+// indexSize is the number of index slots for mapSize keys: a power of two,
+// at least four times the keys, so that a key is found within INDEX_PROBES
+// slots of its hash even when every counter is in use (at twice, 16 probes
+// ran out at 94% of 16384 random keys: TestTableFillsToCapacity).
+func indexSize(mapSize uint32) uint32 {
+	n := uint32(2)
+	for n < 4*mapSize {
+		n *= 2
+	}
+	return n
+}
+
+// sizeTable gives spec's counter table room for mapSize keys: the map sizes
+// and the constants the programs probe with.
+func sizeTable(spec *ebpf.CollectionSpec, mapSize uint32) error {
+	spec.Maps[xfrmVerdictMapVerdictCounts].MaxEntries = mapSize
+	spec.Maps[xfrmVerdictMapVerdictKeys].MaxEntries = mapSize
+	spec.Maps[xfrmVerdictMapVerdictIndex].MaxEntries = indexSize(mapSize)
+	if err := spec.Variables[xfrmVerdictVarCounterCapacity].Set(mapSize); err != nil {
+		return fmt.Errorf("setting the verdict table's capacity: %w", err)
+	}
+	if err := spec.Variables[xfrmVerdictVarIndexMask].Set(indexSize(mapSize) - 1); err != nil {
+		return fmt.Errorf("setting the verdict table's index size: %w", err)
+	}
+	return nil
+}
 
 // NewMaps creates the maps of the verdict object, with room for mapSize
 // counter keys.
@@ -135,9 +164,10 @@ func NewMaps(mapSize uint32) (*Maps, error) {
 // variables that only carry the enums' types into the BTF
 // (TestEveryMapDecided).
 var (
-	countingMaps  = []string{xfrmVerdictMapVerdicts, xfrmVerdictMapVerdictErrors}
+	countingMaps = []string{xfrmVerdictMapVerdictCounts, xfrmVerdictMapVerdictKeys, xfrmVerdictMapVerdictIndex,
+		xfrmVerdictMapVerdictUsed, xfrmVerdictMapVerdictErrors}
 	transientMaps = []string{xfrmVerdictMapDecryptState, xfrmVerdictMapPendingEncrypt, xfrmVerdictMapBundleScratch,
-		xfrmVerdictMapAddressScratch, xfrmVerdictMapKnownPeers, ".bss"}
+		xfrmVerdictMapAddressScratch, xfrmVerdictMapKnownPeers, ".bss", ".rodata"}
 )
 
 func newMaps(spec *ebpf.CollectionSpec, mapSize uint32, pins pin.Dir, logger *slog.Logger) (*Maps, error) {
@@ -148,7 +178,9 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32, pins pin.Dir, logger *sl
 		return nil, fmt.Errorf("verdict map size %d out of bounds [%d, %d]", mapSize, MinMapSize, MaxMapSize)
 	}
 	spec = spec.Copy()
-	spec.Maps[xfrmVerdictMapVerdicts].MaxEntries = mapSize
+	if err := sizeTable(spec, mapSize); err != nil {
+		return nil, err
+	}
 	pinOpts, reset, err := pins.Maps(spec, countingMaps...)
 	if err != nil {
 		return nil, err
@@ -156,11 +188,19 @@ func newMaps(spec *ebpf.CollectionSpec, mapSize uint32, pins pin.Dir, logger *sl
 	if len(reset) > 0 && logger != nil {
 		logger.Warn("pinned verdict counters reset: their layout changed, so the counts start again at 0", "maps", reset, "pin_path", string(pins))
 	}
+	// Maps an earlier version pinned and this one does not have (the
+	// counter hash map before the table) would only hold memory.
+	if gone, err := pins.Prune(append(slices.Clone(countingMaps), linksDir)); err != nil {
+		return nil, err
+	} else if len(gone) > 0 && logger != nil {
+		logger.Info("unpinned verdict maps the programs in use do not have", "maps", gone, "pin_path", string(pins))
+	}
 	m := &Maps{}
 	if err := spec.LoadAndAssign(&m.objs, &ebpf.CollectionOptions{Maps: pinOpts}); err != nil {
 		return nil, fmt.Errorf("creating BPF maps: %w", err)
 	}
-	m.verdicts = bpfmap.NewReader[xfrmVerdictVerdictKey, xfrmVerdictVerdictValue](m.objs.Verdicts)
+	m.counts = bpfmap.NewReader[uint32, xfrmVerdictVerdictValue](m.objs.VerdictCounts)
+	m.keys = bpfmap.NewReader[uint32, xfrmVerdictVerdictKey](m.objs.VerdictKeys)
 	m.peerSet = spec.Maps[xfrmVerdictMapKnownPeers].InnerMap.Copy()
 	return m, nil
 }
@@ -220,7 +260,10 @@ func (m *Maps) KnownPeers() (size int, leftOut uint64) {
 // replacements are the maps every program of the object shares.
 func (m *Maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		xfrmVerdictMapVerdicts:       m.objs.Verdicts,
+		xfrmVerdictMapVerdictCounts:  m.objs.VerdictCounts,
+		xfrmVerdictMapVerdictKeys:    m.objs.VerdictKeys,
+		xfrmVerdictMapVerdictIndex:   m.objs.VerdictIndex,
+		xfrmVerdictMapVerdictUsed:    m.objs.VerdictUsed,
 		xfrmVerdictMapVerdictErrors:  m.objs.VerdictErrors,
 		xfrmVerdictMapDecryptState:   m.objs.DecryptState,
 		xfrmVerdictMapPendingEncrypt: m.objs.PendingEncrypt,
@@ -230,8 +273,8 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 	}
 }
 
-// MaxEntries is the capacity of the counter map.
-func (m *Maps) MaxEntries() uint32 { return m.objs.Verdicts.MaxEntries() }
+// MaxEntries is the capacity of the counter table: the number of keys.
+func (m *Maps) MaxEntries() uint32 { return m.objs.VerdictCounts.MaxEntries() }
 
 // Close releases the maps.
 func (m *Maps) Close() error { return m.objs.Close() }
@@ -276,27 +319,61 @@ func (m *Maps) Read() ([]Entry, error) {
 }
 
 // raw returns every key as the programs wrote it, internal results
-// included, summed over CPUs.
+// included, summed over CPUs and over the counters a key has (two programs
+// adding a new key at once can give it two, bpf/verdict_counters.h).
 func (m *Maps) raw() ([]Entry, error) {
+	var used uint64
+	if err := m.objs.VerdictUsed.Lookup(uint32(0), &used); err != nil {
+		return nil, fmt.Errorf("reading the verdict table's size: %w", err)
+	}
+	n := int(min(used, uint64(m.MaxEntries())))
+	// The counts first, the keys after: a counter whose count is not zero
+	// had its key written before it was counted.
+	if cap(m.sums) < n {
+		m.sums = make([]verdictCounter, n)
+	}
+	sums := m.sums[:n]
+	clear(sums)
+	err := m.counts.EachFirst(n, func(i uint32, perCPU []xfrmVerdictVerdictValue) {
+		if int(i) >= n {
+			return
+		}
+		for _, v := range perCPU {
+			sums[i].packets += v.Packets
+			sums[i].bytes += v.Bytes
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading verdict counts: %w", err)
+	}
 	entries := make([]Entry, 0, m.lastLen)
-	err := m.verdicts.Each(func(k xfrmVerdictVerdictKey, perCPU []xfrmVerdictVerdictValue) {
+	at := make(map[xfrmVerdictVerdictKey]int, m.lastLen)
+	err = m.keys.EachFirst(n, func(i uint32, key []xfrmVerdictVerdictKey) {
+		if int(i) >= n || sums[i] == (verdictCounter{}) {
+			return // not counted yet: its key may still be being written
+		}
+		k := key[0]
+		if j, seen := at[k]; seen {
+			entries[j].Packets += sums[i].packets
+			entries[j].Bytes += sums[i].bytes
+			return
+		}
 		result := xfrmVerdictVerdictResult(k.Result)
 		e := Entry{
 			Direction: nameOf(directionNames, xfrmVerdictVerdictDir(k.Direction)),
 			Result:    nameOf(resultNames, result),
 			Peer:      peerAddr(k.Family, k.Peer),
+			Packets:   sums[i].packets,
+			Bytes:     sums[i].bytes,
 		}
 		if name, ok := internalResults[result]; ok {
 			e.Result = name
 		}
-		for _, v := range perCPU {
-			e.Packets += v.Packets
-			e.Bytes += v.Bytes
-		}
+		at[k] = len(entries)
 		entries = append(entries, e)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("reading verdicts: %w", err)
+		return nil, fmt.Errorf("reading verdict keys: %w", err)
 	}
 	m.lastLen = len(entries)
 	return entries, nil
@@ -335,23 +412,41 @@ func (m *Maps) Errors() (map[string]uint64, error) {
 	return out, nil
 }
 
-// Set writes entries into the counter map, each on CPU 0 (the other CPUs'
-// slots zero). For tests and tools that need real maps with known contents;
-// the BPF programs are the only writers in production.
+// Set adds entries to the counter table, each as a counter of its own on
+// CPU 0 (the other CPUs' slots zero), as a program that added the key
+// would. It does not index them: a program that counts the same key later
+// adds a counter of its own, which Read sums with this one. For tests and
+// tools that need real maps with known contents; the BPF programs are the
+// only writers in production.
 func (m *Maps) Set(entries []Entry) error {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return fmt.Errorf("counting CPUs: %w", err)
+	}
+	var used uint64
+	if err := m.objs.VerdictUsed.Lookup(uint32(0), &used); err != nil {
+		return fmt.Errorf("reading the verdict table's size: %w", err)
 	}
 	for _, e := range entries {
 		k, err := entryKey(e)
 		if err != nil {
 			return err
 		}
+		if used >= uint64(m.MaxEntries()) {
+			return fmt.Errorf("writing verdict %+v: the table's %d counters are in use", e, m.MaxEntries())
+		}
+		n := uint32(used)
 		v := make([]xfrmVerdictVerdictValue, ncpu)
 		v[0] = xfrmVerdictVerdictValue{Packets: e.Packets, Bytes: e.Bytes}
-		if err := m.objs.Verdicts.Put(k, v); err != nil {
+		if err := m.objs.VerdictKeys.Put(n, k); err != nil {
+			return fmt.Errorf("writing verdict key %+v: %w", e, err)
+		}
+		if err := m.objs.VerdictCounts.Put(n, v); err != nil {
 			return fmt.Errorf("writing verdict %+v: %w", e, err)
+		}
+		used++
+		if err := m.objs.VerdictUsed.Put(uint32(0), used); err != nil {
+			return fmt.Errorf("writing the verdict table's size: %w", err)
 		}
 	}
 	return nil

@@ -61,12 +61,17 @@ func TestPinnedCountersContinue(t *testing.T) {
 	}
 	_ = m.Close()
 
-	m, err = newMaps(spec, 128, pins, nil)
+	// The table is one set of maps: its fill level starts again with it,
+	// so the one counter of a table of size 1 is free again.
+	m, err = newMaps(spec, 1, pins, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
 	if got, err := m.Read(); err != nil || len(got) != 0 {
 		t.Errorf("after a size change: %+v %v, want no counters (reset)", got, err)
+	}
+	if err := m.Set(want); err != nil {
+		t.Errorf("after a size change the table has no room: %v", err)
 	}
 }

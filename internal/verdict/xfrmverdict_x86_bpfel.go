@@ -60,6 +60,13 @@ const (
 	xfrmVerdictVerdictResultRESULT_NONE          xfrmVerdictVerdictResult = 255
 )
 
+type xfrmVerdictVerdictSlot struct {
+	_   structs.HostLayout
+	Tag uint64
+	Key xfrmVerdictVerdictKey
+	Pad uint32
+}
+
 type xfrmVerdictVerdictValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -71,7 +78,7 @@ type xfrmVerdictXvBundleArgs struct {
 	Active uint64
 	Family uint8
 	Pad    [7]uint8
-	Daddr  [16]uint8
+	Daddr  [4]uint32
 }
 
 type xfrmVerdictXvDecrypt struct {
@@ -82,7 +89,7 @@ type xfrmVerdictXvDecrypt struct {
 	HintSkb     uint64
 	HintX       uint64
 	RejectedSkb uint64
-	OkPeer      [16]uint8
+	OkPeer      [4]uint32
 	OkFamily    uint8
 	Hint        uint8
 	Pad         [6]uint8
@@ -97,7 +104,7 @@ type xfrmVerdictXvPending struct {
 	Family uint8
 	Done   uint8
 	Pad    [2]uint8
-	Peer   [16]uint8
+	Peer   [4]uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -109,8 +116,11 @@ const (
 	xfrmVerdictMapDecryptState                         = "decrypt_state"
 	xfrmVerdictMapKnownPeers                           = "known_peers"
 	xfrmVerdictMapPendingEncrypt                       = "pending_encrypt"
+	xfrmVerdictMapVerdictCounts                        = "verdict_counts"
 	xfrmVerdictMapVerdictErrors                        = "verdict_errors"
-	xfrmVerdictMapVerdicts                             = "verdicts"
+	xfrmVerdictMapVerdictIndex                         = "verdict_index"
+	xfrmVerdictMapVerdictKeys                          = "verdict_keys"
+	xfrmVerdictMapVerdictUsed                          = "verdict_used"
 	xfrmVerdictProgFentryXfrmAuditStateIcvfail         = "fentry_xfrm_audit_state_icvfail"
 	xfrmVerdictProgFentryXfrmAuditStateNotfound        = "fentry_xfrm_audit_state_notfound"
 	xfrmVerdictProgFentryXfrmAuditStateReplay          = "fentry_xfrm_audit_state_replay"
@@ -128,6 +138,8 @@ const (
 	xfrmVerdictProgKretprobeXfrmResolveAndCreateBundle = "kretprobe_xfrm_resolve_and_create_bundle"
 	xfrmVerdictProgRawTracepointKfreeSkb               = "raw_tracepoint_kfree_skb"
 	xfrmVerdictProgTpBtfKfreeSkb                       = "tp_btf_kfree_skb"
+	xfrmVerdictVarCounterCapacity                      = "counter_capacity"
+	xfrmVerdictVarIndexMask                            = "index_mask"
 	xfrmVerdictVarUnusedKnownPeerKey                   = "unused_known_peer_key"
 	xfrmVerdictVarUnusedVerdictDir                     = "unused_verdict_dir"
 	xfrmVerdictVarUnusedVerdictError                   = "unused_verdict_error"
@@ -204,14 +216,19 @@ type xfrmVerdictMapSpecs struct {
 	DecryptState   *ebpf.MapSpec `ebpf:"decrypt_state"`
 	KnownPeers     *ebpf.MapSpec `ebpf:"known_peers"`
 	PendingEncrypt *ebpf.MapSpec `ebpf:"pending_encrypt"`
+	VerdictCounts  *ebpf.MapSpec `ebpf:"verdict_counts"`
 	VerdictErrors  *ebpf.MapSpec `ebpf:"verdict_errors"`
-	Verdicts       *ebpf.MapSpec `ebpf:"verdicts"`
+	VerdictIndex   *ebpf.MapSpec `ebpf:"verdict_index"`
+	VerdictKeys    *ebpf.MapSpec `ebpf:"verdict_keys"`
+	VerdictUsed    *ebpf.MapSpec `ebpf:"verdict_used"`
 }
 
 // xfrmVerdictVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xfrmVerdictVariableSpecs struct {
+	CounterCapacity     *ebpf.VariableSpec `ebpf:"counter_capacity"`
+	IndexMask           *ebpf.VariableSpec `ebpf:"index_mask"`
 	UnusedKnownPeerKey  *ebpf.VariableSpec `ebpf:"unused_known_peer_key"`
 	UnusedVerdictDir    *ebpf.VariableSpec `ebpf:"unused_verdict_dir"`
 	UnusedVerdictError  *ebpf.VariableSpec `ebpf:"unused_verdict_error"`
@@ -243,8 +260,11 @@ type xfrmVerdictMaps struct {
 	DecryptState   *ebpf.Map `ebpf:"decrypt_state"`
 	KnownPeers     *ebpf.Map `ebpf:"known_peers"`
 	PendingEncrypt *ebpf.Map `ebpf:"pending_encrypt"`
+	VerdictCounts  *ebpf.Map `ebpf:"verdict_counts"`
 	VerdictErrors  *ebpf.Map `ebpf:"verdict_errors"`
-	Verdicts       *ebpf.Map `ebpf:"verdicts"`
+	VerdictIndex   *ebpf.Map `ebpf:"verdict_index"`
+	VerdictKeys    *ebpf.Map `ebpf:"verdict_keys"`
+	VerdictUsed    *ebpf.Map `ebpf:"verdict_used"`
 }
 
 func (m *xfrmVerdictMaps) Close() error {
@@ -254,8 +274,11 @@ func (m *xfrmVerdictMaps) Close() error {
 		m.DecryptState,
 		m.KnownPeers,
 		m.PendingEncrypt,
+		m.VerdictCounts,
 		m.VerdictErrors,
-		m.Verdicts,
+		m.VerdictIndex,
+		m.VerdictKeys,
+		m.VerdictUsed,
 	)
 }
 
@@ -263,6 +286,8 @@ func (m *xfrmVerdictMaps) Close() error {
 //
 // It can be passed to loadXfrmVerdictObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xfrmVerdictVariables struct {
+	CounterCapacity     *ebpf.Variable `ebpf:"counter_capacity"`
+	IndexMask           *ebpf.Variable `ebpf:"index_mask"`
 	UnusedKnownPeerKey  *ebpf.Variable `ebpf:"unused_known_peer_key"`
 	UnusedVerdictDir    *ebpf.Variable `ebpf:"unused_verdict_dir"`
 	UnusedVerdictError  *ebpf.Variable `ebpf:"unused_verdict_error"`
