@@ -2,10 +2,11 @@
 /*
  * Exact IPsec verdicts: one per packet per SA, ok or failed with a reason.
  *
- * Minimum kernel: 5.5 with CONFIG_DEBUG_INFO_BTF, for both sets: CO-RE
+ * Minimum kernel: 5.17 with CONFIG_DEBUG_INFO_BTF, for both sets: CO-RE
  * needs the kernel's BTF, bpf_probe_read_kernel and the fentry/fexit/tp_btf
  * trampolines arrived in 5.5; the drop reason of kfree_skb, which the encrypt
- * side tests, in 5.17; xfrm_state.repl_mode in 5.14. The kprobe set is the
+ * side tests, and bpf_get_func_arg in 5.17; xfrm_state.repl_mode in 5.14; the
+ * counter table's atomics with a result in 5.12. The kprobe set is the
  * fallback where trampolines do not attach (some architectures, locked-down
  * kernels). Tested on Debian's 6.1 and 6.12 in the lab (see README.md).
  * Both sets live in this one object; user space loads one of them
@@ -68,7 +69,12 @@ int BPF_PROG(fentry_xfrm_audit_state_replay, struct xfrm_state *x, struct sk_buf
 SEC("fentry/xfrm_replay_overflow")
 int BPF_PROG(fentry_xfrm_replay_overflow, struct xfrm_state *x, struct sk_buff *skb)
 {
-	on_replay_overflow(x, skb, true);
+	/* skb as a number, for its pending slot: bpf_get_func_arg (5.17) is
+	 * inlined into a load from the trampoline's frame, where address_of
+	 * costs a per-CPU map lookup (a helper call before 6.10). */
+	__u64 skb_addr = 0;
+	bpf_get_func_arg(ctx, 1, &skb_addr);
+	on_replay_overflow(x, skb, skb_addr, true);
 	return 0;
 }
 
@@ -135,7 +141,7 @@ int BPF_KPROBE(kprobe_xfrm_audit_state_replay, struct xfrm_state *x, struct sk_b
 SEC("kprobe/xfrm_replay_overflow")
 int BPF_KPROBE(kprobe_xfrm_replay_overflow, struct xfrm_state *x, struct sk_buff *skb)
 {
-	on_replay_overflow(x, skb, false);
+	on_replay_overflow(x, skb, (__u64)skb, false); /* kprobe arguments are numbers */
 	return 0;
 }
 

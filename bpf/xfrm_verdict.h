@@ -248,13 +248,17 @@ static __always_inline __u64 address_of(const void *p)
 	return *(volatile __u64 *)slot;
 }
 
-/* pending_slot is the pending_encrypt slot of an skb (slab objects: the
- * low bits are alignment, fold higher ones in). */
-static __always_inline struct xv_pending *pending_slot(const struct sk_buff *skb)
+/* pending_slot_at is the pending_encrypt slot of the skb at address a
+ * (slab objects: the low bits are alignment, fold higher ones in). */
+static __always_inline struct xv_pending *pending_slot_at(__u64 a)
 {
-	__u64 a = address_of(skb);
 	__u32 idx = ((__u32)(a >> 8) ^ (__u32)(a >> 21)) & (PENDING_SLOTS - 1);
 	return bpf_map_lookup_elem(&pending_encrypt, &idx);
+}
+
+static __always_inline struct xv_pending *pending_slot(const struct sk_buff *skb)
+{
+	return pending_slot_at(address_of(skb));
 }
 
 /* XV_READ reads a field of a kernel object. btf (a constant at every call
@@ -491,10 +495,10 @@ static __always_inline __u32 next_output_seq(struct xfrm_state *x, bool btf)
  * skb->len to x->curlft.bytes when it returns 0, once per SA per packet or
  * GSO segment, for sync and async crypto. The ok is counted here; a drop
  * after this point (also the sequence overflow this call may find) takes it
- * back. */
-static __always_inline void on_replay_overflow(struct xfrm_state *x, struct sk_buff *skb, bool btf)
+ * back. skb_addr is skb as a number (pending_slot_at). */
+static __always_inline void on_replay_overflow(struct xfrm_state *x, struct sk_buff *skb, __u64 skb_addr, bool btf)
 {
-	struct xv_pending *p = pending_slot(skb);
+	struct xv_pending *p = pending_slot_at(skb_addr);
 	if (!p)
 		return;
 	__u8 family = sa_peer(x, true, btf, p->peer);

@@ -201,24 +201,37 @@ func (r *run) targets(ks []string, c workloadCosts) table {
 		"TestLabBenchBPFCost, ours_fentry", runs("ours_fentry", 2))
 	row("verdict program runs per good ESP packet, kprobe mode", "<= 3", "TestLabBenchBPFCost, ours_kprobe",
 		runs("ours_kprobe", 3))
-	row("verdict program runs per packet of non-IPsec traffic", "0 (drops only)", "insnprof, plain_tcp, verdict",
+	row("verdict program runs per packet of non-IPsec traffic, except at drops", "0 (drops only)",
+		"insnprof, plain_tcp, verdict: runs outside kfree_skb (runs at kfree_skb in brackets)",
 		func(k string) verdict {
 			vc := c.get(k, "plain_tcp", "verdict")
 			if vc == nil {
 				return judge("–", false, false)
 			}
-			v := vc.pluginPerPacket(func(w *windowCost) float64 { return float64(w.programRuns()) })
-			return judge(num(v, 3), v == 0, !math.IsNaN(v))
+			v := vc.pluginPerPacket(func(w *windowCost) float64 { return float64(w.programRuns() - w.dropRuns()) })
+			if math.IsNaN(v) {
+				return judge("–", false, false)
+			}
+			drops := vc.pluginPerPacket(func(w *windowCost) float64 { return float64(w.dropRuns()) })
+			return judge(num(v, 3)+" (+"+num(drops, 3)+")", v == 0, true)
 		})
+	// All in is what insnprof charged the hooks (trampolines, kprobe
+	// traps, dispatch, programs, helpers): the per-hook measure. The
+	// window's extra instructions per packet (in brackets) also hold the
+	// path's own round-to-round variation, which in bulk TCP exceeds the
+	// programs' cost.
 	row("verdict programs all in, per ESP packet", "<= 25% of 0c5c223 (6.1 <= 1,056; 6.12 <= 941)",
-		"tcp, verdict - none per packet, same round", func(k string) verdict {
+		"insnprof hooks/pkt, tcp, verdict (window extra/pkt in brackets)", func(k string) verdict {
 			vc := c.get(k, "tcp", "verdict")
 			base, ok := verdictAllIn0c5c223[k]
 			if vc == nil || !ok {
 				return judge("–", false, false)
 			}
-			v := vc.extra()
-			return judge(fmt.Sprintf("%s = %.0f%%", num(v, 0), 100*v/base), v <= base/4, !math.IsNaN(v))
+			v := vc.hooksPerPacket()
+			if math.IsNaN(v) {
+				return judge("–", false, false)
+			}
+			return judge(fmt.Sprintf("%s = %.0f%% (%s)", num(v, 0), 100*v/base, num(vc.extra(), 0)), v <= base/4, true)
 		})
 	row("verdict program bodies, per ESP packet (kernel accounting)", "<= 600", "TestLabBenchBPFCost, ours_fentry",
 		func(k string) verdict {
@@ -226,29 +239,35 @@ func (r *run) targets(ks []string, c workloadCosts) table {
 			return judge(num(ns, 0), ns <= 600, n > 0)
 		})
 	for _, w := range [][2]string{{"tcp", "ESP"}, {"plain_tcp", "plaintext"}} {
-		row("wire program all in, per "+w[1]+" packet", "<= 300", w[0]+", wire - none per packet, same round",
+		row("wire program all in, per "+w[1]+" packet", "<= 300",
+			"insnprof hooks/pkt, "+w[0]+", wire (window extra/pkt in brackets)",
 			func(k string) verdict {
 				vc := c.get(k, w[0], "wire")
 				if vc == nil {
 					return judge("–", false, false)
 				}
-				v := vc.extra()
-				return judge(num(v, 0), v <= 300, !math.IsNaN(v))
+				v := vc.hooksPerPacket()
+				if math.IsNaN(v) {
+					return judge("–", false, false)
+				}
+				return judge(num(v, 0)+" ("+num(vc.extra(), 0)+")", v <= 300, true)
 			})
 	}
-	row("wire on a plaintext packet to a non-peer / an empty TC program", "close to 1", "plain_tcp, wire and tc_empty",
+	row("wire on a plaintext packet to a non-peer / an empty TC program", "close to 1",
+		"insnprof hooks/pkt, plain_tcp, wire and tc_empty",
 		func(k string) verdict {
 			w, e := c.get(k, "plain_tcp", "wire"), c.get(k, "plain_tcp", "tc_empty")
 			if w == nil || e == nil {
 				return judge("–", false, false)
 			}
-			ratio := w.extra() / e.extra()
+			ratio := w.hooksPerPacket() / e.hooksPerPacket()
 			return verdict{Value: num(ratio, 2), State: "reported"}
 		})
 	for _, w := range []struct {
 		workload, what string
 		limit          float64
-	}{{"tcp", "ESP", 0.02}, {"plain_tcp", "plain TCP, no IPsec", 0.01}} {
+	}{{"tcp", "ESP, bulk TCP", 0.02}, {"udp64", "ESP, 64-byte UDP", 0.02}, {"peers1000", "ESP, 64-byte UDP to 1,000 peers", 0.02},
+		{"plain_tcp", "plain TCP, no IPsec", 0.01}} {
 		limit := w.limit
 		row("whole exporter (auto mode + wire): throughput loss, "+w.what, "<= "+pct(limit), w.workload+", exporter vs none, same round",
 			func(k string) verdict {

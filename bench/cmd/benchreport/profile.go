@@ -323,6 +323,17 @@ func (w *windowCost) hooksAllIn() (insns, entries uint64) {
 	return insns, entries
 }
 
+// dropRuns is the part of programRuns at the kfree_skb tracepoint: drops.
+func (w *windowCost) dropRuns() uint64 {
+	var n uint64
+	for _, p := range w.programs {
+		if strings.Contains(p.hook, "kfree_skb") {
+			n += p.runs
+		}
+	}
+	return n
+}
+
 // programRuns is how often the window's programs were entered.
 func (w *windowCost) programRuns() uint64 {
 	var n uint64

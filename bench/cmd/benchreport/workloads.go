@@ -54,6 +54,15 @@ func (v *variantCost) pluginPerPacket(f func(*windowCost) float64) float64 {
 	})
 }
 
+// hooksPerPacket is the median over rounds of what insnprof charged the
+// hooks, per packet: NaN without a profile.
+func (v *variantCost) hooksPerPacket() float64 {
+	return v.pluginPerPacket(func(w *windowCost) float64 {
+		insns, _ := w.hooksAllIn()
+		return float64(insns)
+	})
+}
+
 // workloadCosts is kernel -> workload -> variant -> cost, from the window
 // records and the insnprof profiles.
 type workloadCosts map[string]map[string]map[string]*variantCost
