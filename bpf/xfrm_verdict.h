@@ -142,10 +142,9 @@ struct xv_decrypt {
 	__u64 hint_skb; /* a failure-only audit call named the reason */
 	__u64 hint_x;
 	__u64 rejected_skb; /* counted rejected at xfrm_rcv_cb(0) */
-	__u32 ok_peer[4];
-	__u8 ok_family;
+	struct verdict_key ok_key; /* counted in place: no copy per packet */
 	__u8 hint;
-	__u8 pad[6];
+	__u8 pad[3];
 };
 
 struct {
@@ -169,10 +168,9 @@ struct xv_pending {
 	__u64 x;
 	__u64 bytes;
 	__u32 seq; /* XFRM_SKB_CB(skb)->seq.output.low the packet gets */
-	__u8 family;
+	struct verdict_key ok_key; /* counted in place: no copy per packet */
 	__u8 done; /* the failure was counted */
-	__u8 pad[2];
-	__u32 peer[4];
+	__u8 pad[3];
 };
 
 struct {
@@ -204,6 +202,16 @@ static __always_inline void count_error(__u32 kind)
 		__sync_fetch_and_add(v, 1);
 }
 
+static __always_inline void count_key(const struct verdict_key *k, __u64 bytes)
+{
+	struct verdict_value *v = verdict_counter(k);
+	if (!v) {
+		count_error(ERR_MAP_FULL);
+		return;
+	}
+	counter_add_atomic(&v->packets, &v->bytes, 1, bytes);
+}
+
 static __always_inline void emit(__u8 dir, __u8 family, const __u32 *peer, __u8 result, __u64 bytes)
 {
 	struct verdict_key k = {};
@@ -211,13 +219,7 @@ static __always_inline void emit(__u8 dir, __u8 family, const __u32 *peer, __u8 
 	k.family = family;
 	k.result = result;
 	__builtin_memcpy(k.peer, peer, 16);
-
-	struct verdict_value *v = verdict_counter(&k);
-	if (!v) {
-		count_error(ERR_MAP_FULL);
-		return;
-	}
-	counter_add_atomic(&v->packets, &v->bytes, 1, bytes);
+	count_key(&k, bytes);
 }
 
 static __always_inline struct xv_decrypt *decrypt_state_get(void)
@@ -273,30 +275,40 @@ static __always_inline struct xv_pending *pending_slot(const struct sk_buff *skb
 static __always_inline __u8 sa_peer(struct xfrm_state *x, bool outbound, bool btf, __u32 *p)
 {
 	__u16 family = XV_READ(btf, x, props.family);
-	xfrm_address_t a;
+	xfrm_address_t *a = outbound ? &x->id.daddr : &x->props.saddr;
 
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	if (btf)
-		a = outbound ? x->id.daddr : x->props.saddr;
-	else if (outbound)
-		bpf_core_read(&a, sizeof(a), &x->id.daddr);
-	else
-		bpf_core_read(&a, sizeof(a), &x->props.saddr);
+	/* The whole key is compared: an IPv4 peer's other 12 bytes must be
+	 * zero, also in a slot an IPv6 peer used before. */
 	if (family == AF_INET) {
-		/* The whole key is compared: the other 12 bytes must be zero,
-		 * also in a slot an IPv6 peer used before. */
-		p[0] = a.a4;
+		p[0] = btf ? a->a4 : BPF_CORE_READ(a, a4);
 		p[1] = 0;
 		p[2] = 0;
 		p[3] = 0;
 		return 4;
 	}
-	p[0] = a.a6[0];
-	p[1] = a.a6[1];
-	p[2] = a.a6[2];
-	p[3] = a.a6[3];
+	if (btf) {
+		p[0] = a->a6[0];
+		p[1] = a->a6[1];
+		p[2] = a->a6[2];
+		p[3] = a->a6[3];
+	} else {
+		bpf_core_read(p, 16, a);
+	}
 	return 6;
+}
+
+/* ok_key fills k, where the ok is counted in place, as dir's ok key with
+ * the SA's peer; false when the SA's family is neither IPv4 nor IPv6. */
+static __always_inline bool ok_key(struct verdict_key *k, __u8 dir, struct xfrm_state *x, bool outbound, bool btf)
+{
+	__u8 family = sa_peer(x, outbound, btf, (__u32 *)k->peer);
+	k->direction = dir;
+	k->family = family;
+	k->result = RESULT_OK;
+	k->pad = 0;
+	return family != 0;
 }
 
 /* ---- decrypt ------------------------------------------------------------ */
@@ -312,14 +324,12 @@ static __always_inline void on_replay_recheck(struct xfrm_state *x, struct sk_bu
 	struct xv_decrypt *s = decrypt_state_get();
 	if (!s)
 		return;
-	__u8 family = sa_peer(x, false, btf, s->ok_peer);
-	if (!family)
+	if (!ok_key(&s->ok_key, DIR_DECRYPT, x, false, btf))
 		return;
-	s->ok_family = family;
 	s->ok_skb = (__u64)skb;
 	s->ok_x = (__u64)x;
 	s->ok_bytes = XV_READ(btf, skb, len);
-	emit(DIR_DECRYPT, family, s->ok_peer, RESULT_OK, s->ok_bytes);
+	count_key(&s->ok_key, s->ok_bytes);
 }
 
 /* The failure-only audit calls name the reason of the drop that follows in
@@ -439,8 +449,8 @@ static __always_inline void on_rcv_cb(struct sk_buff *skb, int err, bool ret_kno
 	__u64 self = (__u64)skb;
 	if (err == 0) {
 		if (ret_known && ret != 0 && s->ok_skb == self) {
-			emit(DIR_DECRYPT, s->ok_family, s->ok_peer, RESULT_RETRACTED, s->ok_bytes);
-			emit(DIR_DECRYPT, s->ok_family, s->ok_peer, RESULT_REJECTED, BPF_CORE_READ(skb, len));
+			emit(DIR_DECRYPT, s->ok_key.family, (const __u32 *)s->ok_key.peer, RESULT_RETRACTED, s->ok_bytes);
+			emit(DIR_DECRYPT, s->ok_key.family, (const __u32 *)s->ok_key.peer, RESULT_REJECTED, BPF_CORE_READ(skb, len));
 			s->rejected_skb = self;
 		}
 		s->ok_skb = 0;
@@ -469,7 +479,7 @@ static __always_inline void on_rcv_cb(struct sk_buff *skb, int err, bool ret_kno
 	/* The ok of the failing SA is taken back; an earlier SA of a bundle
 	 * that passed keeps its ok, as the kernel keeps its counters. */
 	if (s->ok_skb == self && s->ok_x == (__u64)x)
-		emit(DIR_DECRYPT, s->ok_family, s->ok_peer, RESULT_RETRACTED, s->ok_bytes);
+		emit(DIR_DECRYPT, s->ok_key.family, (const __u32 *)s->ok_key.peer, RESULT_RETRACTED, s->ok_bytes);
 	if (x)
 		family = sa_peer(x, false, false, peer);
 	else
@@ -501,16 +511,14 @@ static __always_inline void on_replay_overflow(struct xfrm_state *x, struct sk_b
 	struct xv_pending *p = pending_slot_at(skb_addr);
 	if (!p)
 		return;
-	__u8 family = sa_peer(x, true, btf, p->peer);
-	if (!family)
+	if (!ok_key(&p->ok_key, DIR_ENCRYPT, x, true, btf))
 		return;
-	p->family = family;
 	p->skb = (__u64)skb;
 	p->x = (__u64)x;
 	p->bytes = XV_READ(btf, skb, len);
 	p->seq = next_output_seq(x, btf);
 	p->done = 0;
-	emit(DIR_ENCRYPT, family, p->peer, RESULT_OK, p->bytes);
+	count_key(&p->ok_key, p->bytes);
 }
 
 /* transformed: xfrm_output marked the skb (IPCB/IP6CB flags, by the
@@ -567,16 +575,16 @@ static __always_inline void on_kfree_skb(struct sk_buff *skb, int reason)
 				      (void *)skb + bpf_core_field_offset(struct sk_buff, cb) +
 					      bpf_core_field_offset(struct xfrm_skb_cb, seq.output.low));
 		if (seq == p->seq) {
-			if (p->done || !transformed(skb, p->family == 4 ? AF_INET : AF_INET6))
+			if (p->done || !transformed(skb, p->ok_key.family == 4 ? AF_INET : AF_INET6))
 				return;
 			p->done = 1;
-			emit(DIR_ENCRYPT, p->family, p->peer, RESULT_RETRACTED, p->bytes);
+			emit(DIR_ENCRYPT, p->ok_key.family, (const __u32 *)p->ok_key.peer, RESULT_RETRACTED, p->bytes);
 			__u8 result = RESULT_OUTPUT_ERROR;
 			if (seq == 0)
 				result = RESULT_SEQ_OVERFLOW;
 			else if (dst)
 				result = RESULT_PROTO_ERROR;
-			emit(DIR_ENCRYPT, p->family, p->peer, result, BPF_CORE_READ(skb, len));
+			emit(DIR_ENCRYPT, p->ok_key.family, (const __u32 *)p->ok_key.peer, result, BPF_CORE_READ(skb, len));
 			return;
 		}
 	}

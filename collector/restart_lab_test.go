@@ -77,7 +77,7 @@ func TestLabRestartCounts(t *testing.T) {
 			}
 			if c.pinned {
 				// SIGTERM keeps what is pinned: that is the point.
-				for _, f := range []string{"verdict/verdicts", "verdict/links", "wire/netns-" + p.A.Name + "/eth0/wire_counters"} {
+				for _, f := range []string{"verdict/verdict_counts", "verdict/verdict_keys", "verdict/links", "wire/netns-" + p.A.Name + "/eth0/wire_counters"} {
 					if _, err := os.Stat(filepath.Join(pins, f)); err != nil {
 						t.Errorf("after SIGTERM: %v", err)
 					}

@@ -89,22 +89,21 @@ type xfrmVerdictXvDecrypt struct {
 	HintSkb     uint64
 	HintX       uint64
 	RejectedSkb uint64
-	OkPeer      [4]uint32
-	OkFamily    uint8
+	OkKey       xfrmVerdictVerdictKey
 	Hint        uint8
-	Pad         [6]uint8
+	Pad         [3]uint8
 }
 
 type xfrmVerdictXvPending struct {
-	_      structs.HostLayout
-	Skb    uint64
-	X      uint64
-	Bytes  uint64
-	Seq    uint32
-	Family uint8
-	Done   uint8
-	Pad    [2]uint8
-	Peer   [4]uint32
+	_     structs.HostLayout
+	Skb   uint64
+	X     uint64
+	Bytes uint64
+	Seq   uint32
+	OkKey xfrmVerdictVerdictKey
+	Done  uint8
+	Pad   [3]uint8
+	_     [4]byte
 }
 
 // Names of all BPF objects in the ELF.
