@@ -11,11 +11,12 @@
 // access), one per-CPU array slot per packet, and the peer map consulted
 // only for plaintext whose remote address passes a one-word filter.
 //
-// Minimum kernel: 5.7 for __sk_buff.gso_segs with bpf_skb_load_bytes_relative
-// (4.18) and direct packet access for classifiers (4.7) — both Debian 6.1 and
-// 6.12 have them. tcx (6.6) is optional: the Go side falls back to clsact +
-// cls_bpf. Only uapi headers are used: a classifier needs no kernel
-// internals, so no CO-RE and no vmlinux.h.
+// Minimum kernel: 5.7 for __sk_buff.gso_size (gso_segs is 5.1), with
+// bpf_skb_load_bytes_relative (4.18) and direct packet access for
+// classifiers (4.7) — both Debian 6.1 and 6.12 have them. tcx (6.6) is
+// optional: the Go side falls back to clsact + cls_bpf. Only uapi headers
+// are used: a classifier needs no kernel internals, so no CO-RE and no
+// vmlinux.h.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -369,7 +370,17 @@ static __always_inline int count(struct __sk_buff *skb, const __u8 direction)
 	    decrypted(skb))
 		return TC_ACT_UNSPEC;
 
-	__u64 packets = skb->gso_segs ? skb->gso_segs : 1;
+	// A GSO skb stands for gso_segs packets on the wire; any other for
+	// one. The kernel trusts gso_segs only when gso_size is set
+	// (skb_is_gso() is gso_size != 0, qdisc_pkt_len_init reads gso_segs
+	// only then), and leaves a stale gso_segs behind when it clears
+	// gso_size (napi_gro_complete of a one-packet flow, napi_reuse_skb);
+	// __sk_buff.gso_segs reads shinfo->gso_segs unconditionally.
+	// A GSO skb from an untrusted source (SKB_GSO_DODGY: tap, packet
+	// socket) may have gso_segs 0 until segmented: one, as before.
+	__u64 packets = 1;
+	if (skb->gso_size && skb->gso_segs)
+		packets = skb->gso_segs;
 	__u32 slot = direction * WIRE_CLASSES + (class & ~CHECK_PEER);
 	// Per-CPU, written by TC programs only (bottom halves disabled).
 	struct wire_counter *c = bpf_map_lookup_elem(&wire_counters, &slot);
