@@ -21,6 +21,12 @@ var (
 // BPF needs root (CAP_BPF) here.
 func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Programs, *instance) {
 	t.Helper()
+	p := loadPrograms(t, peerMapSize)
+	return p, newInstance(t, p, slot, ethernet)
+}
+
+func loadPrograms(t *testing.T, peerMapSize uint32) *Programs {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("loading the wire program needs root (CAP_BPF, CAP_NET_ADMIN)")
 	}
@@ -29,23 +35,42 @@ func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Progr
 		t.Fatalf("Load: %v", err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+func newInstance(t *testing.T, p *Programs, slot uint32, ethernet bool) *instance {
+	t.Helper()
 	i, err := p.instance(slot, ethernet, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = i.Close() })
-	return p, i
+	return i
 }
 
 // TestClassify runs the programs on crafted frames (BPF_PROG_TEST_RUN) and
 // checks the class each one is counted as, the unprotected-peer counting, and
 // that the verdict is always TC_ACT_UNSPEC: once reading the headers in
 // place (an Ethernet interface), once through bpf_skb_load_bytes_relative
-// (the path of other link types and of headers outside the linear data).
+// (the path of other link types and of headers outside the linear data);
+// and once more in place as on a kernel without bpf_cast_to_kern_ctx (6.1),
+// whose ingress program asks bpf_skb_get_xfrm_state about every packet.
 func TestClassify(t *testing.T) {
-	for _, ethernet := range []bool{true, false} {
-		t.Run(map[bool]string{true: "in place", false: "helper"}[ethernet], func(t *testing.T) {
-			o, inst := loadInstance(t, 0, 3, ethernet)
+	for _, c := range []struct {
+		name                string
+		ethernet, kernelCtx bool
+	}{
+		{"in place", true, true},
+		{"helper", false, true},
+		{"in place without kernel ctx", true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := loadPrograms(t, 0)
+			if c.kernelCtx && !o.kernelCtx {
+				t.Skip("the kernel has no bpf_cast_to_kern_ctx (6.2+)")
+			}
+			o.kernelCtx = c.kernelCtx
+			inst := newInstance(t, o, 3, c.ethernet)
 			if _, err := o.SetPeers(map[uint32][]netip.Addr{3: {peer4, peer6}, 4: {other4}}); err != nil {
 				t.Fatal(err)
 			}

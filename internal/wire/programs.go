@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
@@ -36,6 +37,7 @@ type Programs struct {
 	peers      *ebpf.Map // wire_peers
 	peerReader *bpfmap.Reader[wirePeerKey, wirePeerCounters]
 	filter     *ebpf.Map // the section of wire_peer_filter
+	kernelCtx  bool      // the kernel has bpf_cast_to_kern_ctx
 
 	mu      sync.Mutex
 	present map[wirePeerKey]bool // what wire_peers holds, as set by SetPeers
@@ -60,7 +62,7 @@ func Load(peerMapSize uint32) (*Programs, error) {
 		peerMapSize = DefaultPeerMapSize
 	}
 	spec.Maps[wireMapWirePeers].MaxEntries = peerMapSize
-	p := &Programs{spec: spec, present: map[wirePeerKey]bool{}}
+	p := &Programs{spec: spec, present: map[wirePeerKey]bool{}, kernelCtx: hasKernelCtx()}
 	if p.peers, err = ebpf.NewMap(spec.Maps[wireMapWirePeers]); err != nil {
 		return nil, fmt.Errorf("creating the peer map: %w", err)
 	}
@@ -73,6 +75,18 @@ func Load(peerMapSize uint32) (*Programs, error) {
 		return nil, fmt.Errorf("creating the peer filter: %w", err)
 	}
 	return p, nil
+}
+
+// hasKernelCtx tells whether the kernel has the kfunc bpf_cast_to_kern_ctx
+// (6.2+), with which the ingress program tests for a secpath with one load
+// instead of a helper call; without kernel BTF it has none.
+func hasKernelCtx() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var fn *btf.Func
+	return spec.TypeByName("bpf_cast_to_kern_ctx", &fn) == nil
 }
 
 // Close releases the shared maps; instances hold their own references.
@@ -114,6 +128,11 @@ func (p *Programs) instance(netnsSlot uint32, ethernet bool, pins pin.Dir) (*ins
 	}
 	if err := spec.Variables[wireVarEthernet].Set(eth); err != nil {
 		return nil, err
+	}
+	if p.kernelCtx {
+		if err := spec.Variables[wireVarKernelCtx].Set(uint8(1)); err != nil {
+			return nil, err
+		}
 	}
 	pinOpts, reset, err := pins.Maps(spec, countingMaps...)
 	if err != nil {
@@ -200,6 +219,7 @@ const peerFilterBits = 18
 func filterOf(keys ...map[wirePeerKey]bool) *wirePeerFilter {
 	f := &wirePeerFilter{}
 	for _, set := range keys {
+		f.Peers += uint64(len(set))
 		for k := range set {
 			b := filterBit(k)
 			f.Words[b>>6] |= 1 << (b & 63)

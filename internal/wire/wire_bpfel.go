@@ -20,6 +20,7 @@ type wirePeerCounters struct {
 
 type wirePeerFilter struct {
 	_     structs.HostLayout
+	Peers uint64
 	Words [4096]uint64
 }
 
@@ -65,6 +66,7 @@ const (
 	wireProgWireEgress       = "wire_egress"
 	wireProgWireIngress      = "wire_ingress"
 	wireVarEthernet          = "ethernet"
+	wireVarKernelCtx         = "kernel_ctx"
 	wireVarNetnsSlot         = "netns_slot"
 	wireVarWireClassType     = "wire_class_type"
 	wireVarWireDirectionType = "wire_direction_type"
@@ -130,6 +132,7 @@ type wireMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type wireVariableSpecs struct {
 	Ethernet          *ebpf.VariableSpec `ebpf:"ethernet"`
+	KernelCtx         *ebpf.VariableSpec `ebpf:"kernel_ctx"`
 	NetnsSlot         *ebpf.VariableSpec `ebpf:"netns_slot"`
 	WireClassType     *ebpf.VariableSpec `ebpf:"wire_class_type"`
 	WireDirectionType *ebpf.VariableSpec `ebpf:"wire_direction_type"`
@@ -172,6 +175,7 @@ func (m *wireMaps) Close() error {
 // It can be passed to loadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type wireVariables struct {
 	Ethernet          *ebpf.Variable `ebpf:"ethernet"`
+	KernelCtx         *ebpf.Variable `ebpf:"kernel_ctx"`
 	NetnsSlot         *ebpf.Variable `ebpf:"netns_slot"`
 	WireClassType     *ebpf.Variable `ebpf:"wire_class_type"`
 	WireDirectionType *ebpf.Variable `ebpf:"wire_direction_type"`
