@@ -23,7 +23,6 @@
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/pkt_cls.h>
-#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -67,11 +66,14 @@ volatile const __u32 netns_slot = 0;
 // the network header is at data + ETH_HLEN and can be read in place. Other
 // link types read through bpf_skb_load_bytes_relative.
 volatile const __u8 ethernet = 1;
-// kernel_ctx: the kernel has bpf_cast_to_kern_ctx (6.2+), so the ingress
-// program reads skb->active_extensions itself and calls
-// bpf_skb_get_xfrm_state only for a packet that has a secpath (see
-// decrypted). Off, the kfunc call is dead code the verifier removes.
-volatile const __u8 kernel_ctx = 0;
+// sec_path_ext: 1 << SKB_EXT_SEC_PATH, the secpath's bit in
+// skb->active_extensions (the enum's value depends on the kernel's config:
+// user space reads it from the kernel's BTF), when the kernel has
+// bpf_cast_to_kern_ctx (6.2+) and the process may read through it; then the
+// ingress program tests the bit itself and calls bpf_skb_get_xfrm_state only
+// for a packet that has a secpath (see decrypted). 0: the kfunc call is
+// dead code the verifier removes, and the helper is asked every time.
+volatile const __u8 sec_path_ext = 0;
 
 // This interface's counters, indexed by direction * WIRE_CLASSES + class:
 // a fixed key space, so nothing can overflow. Each interface's instance
@@ -138,13 +140,7 @@ struct sk_buff {
 	__u8 active_extensions;
 } __attribute__((preserve_access_index));
 
-// The kernel's skb extensions: only the one decrypted tests, its value
-// relocated by CO-RE (it depends on CONFIG_BRIDGE_NETFILTER).
-enum skb_ext_id {
-	SKB_EXT_SEC_PATH = 1,
-};
-
-// Weak: 6.1 does not have it; kernel_ctx is then 0 and the call dead code.
+// Weak: 6.1 does not have it; sec_path_ext is then 0 and the call dead code.
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
 // Where the network header is: in place, or only through the helper.
@@ -368,7 +364,7 @@ static __always_inline void count_unprotected(const struct remote *r, const __u8
 //
 // A packet without a secpath was not decrypted. The secpath is an skb
 // extension (5.4+): bit SKB_EXT_SEC_PATH of skb->active_extensions, one load
-// through bpf_cast_to_kern_ctx (6.2+; CO-RE finds the field and the bit).
+// through bpf_cast_to_kern_ctx (6.2+; CO-RE finds the field).
 // The helper gives the answer only through a call that, for the packet
 // without a secpath -- nearly all of them --, clears its 28-byte output:
 // it is asked only when the bit is set (a secpath may hold no state yet).
@@ -376,10 +372,9 @@ static __always_inline int decrypted(struct __sk_buff *skb)
 {
 	struct bpf_xfrm_state x;
 
-	if (kernel_ctx) {
+	if (sec_path_ext) {
 		struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
-		if (!(k->active_extensions &
-		      (1 << bpf_core_enum_value(enum skb_ext_id, SKB_EXT_SEC_PATH))))
+		if (!(k->active_extensions & sec_path_ext))
 			return 0;
 	}
 	return bpf_skb_get_xfrm_state(skb, 0, &x, sizeof(x), 0) == 0;
@@ -396,7 +391,9 @@ static __always_inline int count(struct __sk_buff *skb, const __u8 direction)
 	// In place only when the frame's own EtherType is the protocol the
 	// kernel parsed: an untagged frame, or one whose tag the kernel
 	// moved to skb->vlan_tci.
-	__be16 protocol = skb->protocol;
+	// 32 bits: the context field is, and the kernel's 16-bit value needs
+	// no masking before the compares.
+	__u32 protocol = skb->protocol;
 	if (ethernet && data + ETH_HLEN <= p.end && *(__be16 *)(data + 12) == protocol)
 		p.net = data + ETH_HLEN;
 

@@ -66,10 +66,12 @@ func TestClassify(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := loadPrograms(t, 0)
-			if c.kernelCtx && !o.kernelCtx {
+			if c.kernelCtx && o.secPathExt == 0 {
 				t.Skip("the kernel has no bpf_cast_to_kern_ctx (6.2+)")
 			}
-			o.kernelCtx = c.kernelCtx
+			if !c.kernelCtx {
+				o.secPathExt = 0
+			}
 			inst := newInstance(t, o, 3, c.ethernet)
 			if _, err := o.SetPeers(map[uint32][]netip.Addr{3: {peer4, peer6}, 4: {other4}}); err != nil {
 				t.Fatal(err)

@@ -66,8 +66,8 @@ const (
 	wireProgWireEgress       = "wire_egress"
 	wireProgWireIngress      = "wire_ingress"
 	wireVarEthernet          = "ethernet"
-	wireVarKernelCtx         = "kernel_ctx"
 	wireVarNetnsSlot         = "netns_slot"
+	wireVarSecPathExt        = "sec_path_ext"
 	wireVarWireClassType     = "wire_class_type"
 	wireVarWireDirectionType = "wire_direction_type"
 	wireVarWirePeerFilter    = "wire_peer_filter"
@@ -132,8 +132,8 @@ type wireMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type wireVariableSpecs struct {
 	Ethernet          *ebpf.VariableSpec `ebpf:"ethernet"`
-	KernelCtx         *ebpf.VariableSpec `ebpf:"kernel_ctx"`
 	NetnsSlot         *ebpf.VariableSpec `ebpf:"netns_slot"`
+	SecPathExt        *ebpf.VariableSpec `ebpf:"sec_path_ext"`
 	WireClassType     *ebpf.VariableSpec `ebpf:"wire_class_type"`
 	WireDirectionType *ebpf.VariableSpec `ebpf:"wire_direction_type"`
 	WirePeerFilter    *ebpf.VariableSpec `ebpf:"wire_peer_filter"`
@@ -175,8 +175,8 @@ func (m *wireMaps) Close() error {
 // It can be passed to loadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type wireVariables struct {
 	Ethernet          *ebpf.Variable `ebpf:"ethernet"`
-	KernelCtx         *ebpf.Variable `ebpf:"kernel_ctx"`
 	NetnsSlot         *ebpf.Variable `ebpf:"netns_slot"`
+	SecPathExt        *ebpf.Variable `ebpf:"sec_path_ext"`
 	WireClassType     *ebpf.Variable `ebpf:"wire_class_type"`
 	WireDirectionType *ebpf.Variable `ebpf:"wire_direction_type"`
 	WirePeerFilter    *ebpf.Variable `ebpf:"wire_peer_filter"`
