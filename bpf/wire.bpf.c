@@ -11,11 +11,12 @@
 // access), one per-CPU array slot per packet, and the peer map consulted
 // only for plaintext whose remote address passes a one-word filter.
 //
-// Minimum kernel: 5.7 for __sk_buff.gso_segs with bpf_skb_load_bytes_relative
-// (4.18) and direct packet access for classifiers (4.7) — both Debian 6.1 and
-// 6.12 have them. tcx (6.6) is optional: the Go side falls back to clsact +
-// cls_bpf. Only uapi headers are used: a classifier needs no kernel
-// internals, so no CO-RE and no vmlinux.h.
+// Minimum kernel: 5.7 for __sk_buff.gso_size (gso_segs is 5.1), with
+// bpf_skb_load_bytes_relative (4.18) and direct packet access for
+// classifiers (4.7) — both Debian 6.1 and 6.12 have them. tcx (6.6) is
+// optional: the Go side falls back to clsact + cls_bpf. Only uapi headers
+// are used: a classifier needs no kernel internals, so no CO-RE and no
+// vmlinux.h.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -65,6 +66,14 @@ volatile const __u32 netns_slot = 0;
 // the network header is at data + ETH_HLEN and can be read in place. Other
 // link types read through bpf_skb_load_bytes_relative.
 volatile const __u8 ethernet = 1;
+// sec_path_ext: 1 << SKB_EXT_SEC_PATH, the secpath's bit in
+// skb->active_extensions (the enum's value depends on the kernel's config:
+// user space reads it from the kernel's BTF), when the kernel has
+// bpf_cast_to_kern_ctx (6.2+) and the process may read through it; then the
+// ingress program tests the bit itself and calls bpf_skb_get_xfrm_state only
+// for a packet that has a secpath (see decrypted). 0: the kfunc call is
+// dead code the verifier removes, and the helper is asked every time.
+volatile const __u8 sec_path_ext = 0;
 
 // This interface's counters, indexed by direction * WIRE_CLASSES + class:
 // a fixed key space, so nothing can overflow. Each interface's instance
@@ -108,10 +117,12 @@ struct {
 // a peer. 2^18 bits: with 10,000 peers, 4% of plaintext goes on to the
 // lookup. A global in a data section of its own (a one-element array map
 // that every instance shares): the program addresses it directly, without a
-// map lookup.
+// map lookup. peers is non-zero when any peer has bits set: on a node
+// without IPsec peers plaintext skips even the hash.
 #define PEER_FILTER_BITS 18
 #define PEER_FILTER_WORDS (1 << (PEER_FILTER_BITS - 6))
 struct peer_filter {
+	__u64 peers;
 	__u64 words[PEER_FILTER_WORDS];
 };
 struct peer_filter wire_peer_filter SEC(".data.wire_peer_filter") = {};
@@ -122,6 +133,15 @@ struct peer_filter wire_peer_filter SEC(".data.wire_peer_filter") = {};
 #define IPV6_FRAG_OFFSET_MASK 0xfff8
 #define MAX_IPV6_EXT_HEADERS 6
 #define ESP_HEADER_LEN 8 // SPI and sequence number
+
+// The kernel's own sk_buff, through bpf_cast_to_kern_ctx: only the field
+// decrypted reads, its offset relocated by CO-RE from the kernel's BTF.
+struct sk_buff {
+	__u8 active_extensions;
+} __attribute__((preserve_access_index));
+
+// Weak: 6.1 does not have it; sec_path_ext is then 0 and the call dead code.
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
 // Where the network header is: in place, or only through the helper.
 struct pkt {
@@ -234,52 +254,52 @@ struct ipv6_ext {
 	__be16 frag_off; // only meaningful in a fragment header
 };
 
-// remote is the address to look up as a peer, as the four words of an
-// IPv6 address (IPv4 mapped), and the words xor-folded for the filter.
+// remote is the address to look up as a peer: where it is in the network
+// header (in the packet, or in the copy of it), and whether it is IPv4.
+// It is read only for plaintext that IPsec could have protected: ESP, the
+// common case on a tunnel's uplink, never touches it.
 struct remote {
-	__be32 w[4];
-	__u32 fold;
+	const __be32 *a;
+	int v4;
 };
 
-static __always_inline __u8 classify_ipv4(struct pkt *p, const __u8 direction, struct remote *r)
+// The network header when it is copied out of the packet (see hdr).
+union net_hdr {
+	struct ipv4_hdr v4;
+	struct ipv6_hdr v6;
+};
+
+static __always_inline __u8 classify_ipv4(struct pkt *p, const __u8 direction, struct remote *r,
+					  union net_hdr *buf)
 {
-	struct ipv4_hdr buf;
-	struct ipv4_hdr *ip = hdr(p, 0, &buf, sizeof(buf));
+	struct ipv4_hdr *ip = hdr(p, 0, &buf->v4, sizeof(buf->v4));
 	if (!ip)
 		return WIRE_PLAINTEXT;
-	__u32 ihl = sizeof(buf);
+	__u32 ihl = sizeof(buf->v4);
 	if (ip->ver_ihl != 0x45) { // options, or not IPv4 at all
 		if (ip->ver_ihl >> 4 != 4)
 			return WIRE_PLAINTEXT;
 		ihl = (ip->ver_ihl & 0x0f) * 4;
-		if (ihl < sizeof(buf))
+		if (ihl < sizeof(buf->v4))
 			return WIRE_PLAINTEXT;
 	}
-	// Four stores: cheaper than deciding whether they are needed.
-	r->w[0] = 0;
-	r->w[1] = 0;
-	r->w[2] = bpf_htonl(0xffff);
-	r->w[3] = direction == WIRE_INGRESS ? ip->saddr : ip->daddr;
-	r->fold = r->w[3] ^ bpf_htonl(0xffff);
+	r->a = direction == WIRE_INGRESS ? &ip->saddr : &ip->daddr;
+	r->v4 = 1;
 	return classify_l4(p, ip->protocol, ihl, (ip->frag_off & bpf_htons(IP_OFFSET_MASK)) == 0);
 }
 
-static __always_inline __u8 classify_ipv6(struct pkt *p, const __u8 direction, struct remote *r)
+static __always_inline __u8 classify_ipv6(struct pkt *p, const __u8 direction, struct remote *r,
+					  union net_hdr *buf)
 {
-	struct ipv6_hdr buf;
 	struct ipv6_ext ebuf;
-	__u32 off = sizeof(buf);
+	__u32 off = sizeof(buf->v6);
 	int first = 1;
 
-	struct ipv6_hdr *ip6 = hdr(p, 0, &buf, sizeof(buf));
+	struct ipv6_hdr *ip6 = hdr(p, 0, &buf->v6, sizeof(buf->v6));
 	if (!ip6 || (ip6->ver_tc_flow & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
 		return WIRE_PLAINTEXT;
-	__be32 *a = direction == WIRE_INGRESS ? ip6->saddr : ip6->daddr;
-	r->w[0] = a[0];
-	r->w[1] = a[1];
-	r->w[2] = a[2];
-	r->w[3] = a[3];
-	r->fold = a[0] ^ a[1] ^ a[2] ^ a[3];
+	r->a = direction == WIRE_INGRESS ? ip6->saddr : ip6->daddr;
+	r->v4 = 0;
 	__u8 proto = ip6->nexthdr;
 	// Extension headers are rare: most packets leave at the first test.
 #pragma unroll
@@ -307,23 +327,30 @@ static __always_inline __u8 classify_ipv6(struct pkt *p, const __u8 direction, s
 }
 
 // filter_bit is the peer filter's bit for a remote address in this
-// namespace: a multiplicative hash of the folded address. internal/wire's
-// filterBit computes the same.
-static __always_inline __u32 filter_bit(const struct remote *r)
+// namespace: a multiplicative hash of the address's four words (IPv4
+// mapped) xor-folded. internal/wire's filterBit computes the same.
+static __always_inline __u32 filter_bit(__u32 fold)
 {
-	__u32 x = r->fold ^ (netns_slot * 0x85ebca6bu);
+	__u32 x = fold ^ (netns_slot * 0x85ebca6bu);
 	return (x * 0x9e3779b1u) >> (32 - PEER_FILTER_BITS);
 }
 
 static __always_inline void count_unprotected(const struct remote *r, const __u8 direction, __u64 packets,
 					      __u64 bytes)
 {
-	__u32 bit = filter_bit(r);
+	// ::ffff:a.b.c.d folds to a.b.c.d ^ htonl(0xffff).
+	__u32 fold = r->v4 ? r->a[0] ^ bpf_htonl(0xffff) : r->a[0] ^ r->a[1] ^ r->a[2] ^ r->a[3];
+	__u32 bit = filter_bit(fold);
 	if (!(wire_peer_filter.words[bit >> 6] & (1ull << (bit & 63))))
 		return;
 
 	struct peer_key key = {.netns = netns_slot};
-	__builtin_memcpy(key.addr, r->w, 16);
+	if (r->v4) {
+		__be32 mapped[4] = {0, 0, bpf_htonl(0xffff), r->a[0]};
+		__builtin_memcpy(key.addr, mapped, 16);
+	} else {
+		__builtin_memcpy(key.addr, r->a, 16);
+	}
 	struct peer_counters *c = bpf_map_lookup_elem(&wire_peers, &key);
 	if (!c)
 		return;
@@ -334,10 +361,22 @@ static __always_inline void count_unprotected(const struct remote *r, const __u8
 // packet of a tunnel-mode SA re-enters the receive path on the same device
 // (xfrm_input -> gro_cells_receive) and passes the ingress hook a second
 // time. Its ESP packet was counted; the inner one is not on the wire.
+//
+// A packet without a secpath was not decrypted. The secpath is an skb
+// extension (5.4+): bit SKB_EXT_SEC_PATH of skb->active_extensions, one load
+// through bpf_cast_to_kern_ctx (6.2+; CO-RE finds the field).
+// The helper gives the answer only through a call that, for the packet
+// without a secpath -- nearly all of them --, clears its 28-byte output:
+// it is asked only when the bit is set (a secpath may hold no state yet).
 static __always_inline int decrypted(struct __sk_buff *skb)
 {
 	struct bpf_xfrm_state x;
 
+	if (sec_path_ext) {
+		struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+		if (!(k->active_extensions & sec_path_ext))
+			return 0;
+	}
 	return bpf_skb_get_xfrm_state(skb, 0, &x, sizeof(x), 0) == 0;
 }
 
@@ -345,20 +384,23 @@ static __always_inline int count(struct __sk_buff *skb, const __u8 direction)
 {
 	void *data = (void *)(long)skb->data;
 	struct pkt p = {.skb = skb, .end = (void *)(long)skb->data_end};
+	union net_hdr buf;
 	struct remote r;
 	__u8 class;
 
 	// In place only when the frame's own EtherType is the protocol the
 	// kernel parsed: an untagged frame, or one whose tag the kernel
 	// moved to skb->vlan_tci.
-	__be16 protocol = skb->protocol;
+	// 32 bits: the context field is, and the kernel's 16-bit value needs
+	// no masking before the compares.
+	__u32 protocol = skb->protocol;
 	if (ethernet && data + ETH_HLEN <= p.end && *(__be16 *)(data + 12) == protocol)
 		p.net = data + ETH_HLEN;
 
 	if (protocol == bpf_htons(ETH_P_IP))
-		class = classify_ipv4(&p, direction, &r);
+		class = classify_ipv4(&p, direction, &r, &buf);
 	else if (protocol == bpf_htons(ETH_P_IPV6))
-		class = classify_ipv6(&p, direction, &r);
+		class = classify_ipv6(&p, direction, &r, &buf);
 	else
 		class = WIRE_NON_IP;
 
@@ -369,13 +411,25 @@ static __always_inline int count(struct __sk_buff *skb, const __u8 direction)
 	    decrypted(skb))
 		return TC_ACT_UNSPEC;
 
-	__u64 packets = skb->gso_segs ? skb->gso_segs : 1;
+	// A GSO skb stands for gso_segs packets on the wire; any other for
+	// one. The kernel trusts gso_segs only when gso_size is set
+	// (skb_is_gso() is gso_size != 0, qdisc_pkt_len_init reads gso_segs
+	// only then), and leaves a stale gso_segs behind when it clears
+	// gso_size (napi_gro_complete of a one-packet flow, napi_reuse_skb);
+	// __sk_buff.gso_segs reads shinfo->gso_segs unconditionally.
+	// A GSO skb from an untrusted source (SKB_GSO_DODGY: tap, packet
+	// socket) may have gso_segs 0 until segmented: one, as before.
+	// gso_segs first: a non-GSO skb has 0 or 1 and needs no second load.
+	__u32 segs = skb->gso_segs;
+	__u64 packets = 1;
+	if (segs > 1 && skb->gso_size)
+		packets = segs;
 	__u32 slot = direction * WIRE_CLASSES + (class & ~CHECK_PEER);
 	// Per-CPU, written by TC programs only (bottom halves disabled).
 	struct wire_counter *c = bpf_map_lookup_elem(&wire_counters, &slot);
 	if (c)
 		counter_add_bh(&c->packets, &c->bytes, packets, skb->len);
-	if (class & CHECK_PEER)
+	if ((class & CHECK_PEER) && wire_peer_filter.peers)
 		count_unprotected(&r, direction, packets, skb->len);
 	return TC_ACT_UNSPEC;
 }

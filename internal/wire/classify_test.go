@@ -21,6 +21,12 @@ var (
 // BPF needs root (CAP_BPF) here.
 func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Programs, *instance) {
 	t.Helper()
+	p := loadPrograms(t, peerMapSize)
+	return p, newInstance(t, p, slot, ethernet)
+}
+
+func loadPrograms(t *testing.T, peerMapSize uint32) *Programs {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("loading the wire program needs root (CAP_BPF, CAP_NET_ADMIN)")
 	}
@@ -29,23 +35,44 @@ func loadInstance(t *testing.T, peerMapSize, slot uint32, ethernet bool) (*Progr
 		t.Fatalf("Load: %v", err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+func newInstance(t *testing.T, p *Programs, slot uint32, ethernet bool) *instance {
+	t.Helper()
 	i, err := p.instance(slot, ethernet, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = i.Close() })
-	return p, i
+	return i
 }
 
 // TestClassify runs the programs on crafted frames (BPF_PROG_TEST_RUN) and
 // checks the class each one is counted as, the unprotected-peer counting, and
 // that the verdict is always TC_ACT_UNSPEC: once reading the headers in
 // place (an Ethernet interface), once through bpf_skb_load_bytes_relative
-// (the path of other link types and of headers outside the linear data).
+// (the path of other link types and of headers outside the linear data);
+// and once more in place as on a kernel without bpf_cast_to_kern_ctx (6.1),
+// whose ingress program asks bpf_skb_get_xfrm_state about every packet.
 func TestClassify(t *testing.T) {
-	for _, ethernet := range []bool{true, false} {
-		t.Run(map[bool]string{true: "in place", false: "helper"}[ethernet], func(t *testing.T) {
-			o, inst := loadInstance(t, 0, 3, ethernet)
+	for _, c := range []struct {
+		name                string
+		ethernet, kernelCtx bool
+	}{
+		{"in place", true, true},
+		{"helper", false, true},
+		{"in place without kernel ctx", true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := loadPrograms(t, 0)
+			if c.kernelCtx && o.secPathExt == 0 {
+				t.Skip("the kernel has no bpf_cast_to_kern_ctx (6.2+)")
+			}
+			if !c.kernelCtx {
+				o.secPathExt = 0
+			}
+			inst := newInstance(t, o, 3, c.ethernet)
 			if _, err := o.SetPeers(map[uint32][]netip.Addr{3: {peer4, peer6}, 4: {other4}}); err != nil {
 				t.Fatal(err)
 			}
@@ -68,6 +95,7 @@ func testClassify(t *testing.T, o *Programs, inst *instance) {
 		ingress   bool
 		class     Class
 		gsoSegs   uint32
+		gsoSize   uint32
 		wantPeer  netip.Addr // counted as unprotected traffic to this peer
 		wantCount uint64     // packets; 1 unless GSO
 	}{
@@ -98,7 +126,12 @@ func testClassify(t *testing.T, o *Programs, inst *instance) {
 		// so a version mismatch stands in for a header that cannot be read.
 		{name: "v4 ethertype, v6 header", frame: ether(0x0800, ipv6(protoESP, local6, peer6, spi)), class: ClassPlaintext},
 		{name: "v4 bad ihl", frame: func() []byte { f := v4(protoESP, spi); f[14] = 0x43; return f }(), class: ClassPlaintext},
-		{name: "v4 gso", frame: v4(protoTCP, make([]byte, 100)), gsoSegs: 5, class: ClassPlaintext, wantPeer: peer4, wantCount: 5},
+		{name: "v4 gso", frame: v4(protoTCP, make([]byte, 100)), gsoSegs: 5, gsoSize: 20, class: ClassPlaintext, wantPeer: peer4, wantCount: 5},
+		// A stale gso_segs on a non-GSO skb (gso_size 0) is one packet:
+		// the kernel leaves gso_segs behind when it clears gso_size.
+		{name: "v4 stale gso_segs", frame: v4(protoESP, spi), gsoSegs: 5, class: ClassESP},
+		// A GSO skb not yet validated (SKB_GSO_DODGY) may have gso_segs 0.
+		{name: "v4 gso without segs", frame: v4(protoTCP, make([]byte, 100)), gsoSize: 20, class: ClassPlaintext, wantPeer: peer4},
 		{name: "arp", frame: ether(0x0806, make([]byte, 28)), class: ClassNonIP},
 
 		{name: "v6 esp", frame: v6(protoESP, spi), class: ClassESP},
@@ -128,7 +161,7 @@ func testClassify(t *testing.T, o *Programs, inst *instance) {
 				want = 1
 			}
 			wireBefore, peerBefore := snapshot(t, o, inst)
-			ctx := skbContext{GSOSegs: tc.gsoSegs}
+			ctx := skbContext{GSOSegs: tc.gsoSegs, GSOSize: tc.gsoSize}
 			ret, err := inst.program(dir).Run(&ebpf.RunOptions{Data: tc.frame, Context: ctx})
 			if err != nil {
 				t.Fatalf("Run: %v", err)
@@ -172,8 +205,9 @@ func testClassify(t *testing.T, o *Programs, inst *instance) {
 	}
 }
 
-// skbContext is the prefix of struct __sk_buff up to gso_segs that
-// BPF_PROG_TEST_RUN accepts as context.
+// skbContext is the prefix of struct __sk_buff up to gso_size that
+// BPF_PROG_TEST_RUN accepts as context: the kernel copies gso_segs and
+// gso_size into the test skb's shared info (convert___skb_to_skb, 5.7+).
 type skbContext struct {
 	Len            uint32
 	PktType        uint32
@@ -205,6 +239,8 @@ type skbContext struct {
 	Tstamp         uint64
 	WireLen        uint32
 	GSOSegs        uint32
+	Sk             uint64 // a pointer in the kernel; must be zero
+	GSOSize        uint32
 }
 
 func snapshot(t *testing.T, o *Programs, i *instance) ([numDirections][numClasses]Counter, map[PeerKey]Counter) {

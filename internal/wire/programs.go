@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/ipsec-exporter/ipsec_exporter/internal/bpfmap"
@@ -36,6 +37,7 @@ type Programs struct {
 	peers      *ebpf.Map // wire_peers
 	peerReader *bpfmap.Reader[wirePeerKey, wirePeerCounters]
 	filter     *ebpf.Map // the section of wire_peer_filter
+	secPathExt uint8     // sec_path_ext: the secpath's bit, 0 without bpf_cast_to_kern_ctx
 
 	mu      sync.Mutex
 	present map[wirePeerKey]bool // what wire_peers holds, as set by SetPeers
@@ -60,7 +62,7 @@ func Load(peerMapSize uint32) (*Programs, error) {
 		peerMapSize = DefaultPeerMapSize
 	}
 	spec.Maps[wireMapWirePeers].MaxEntries = peerMapSize
-	p := &Programs{spec: spec, present: map[wirePeerKey]bool{}}
+	p := &Programs{spec: spec, present: map[wirePeerKey]bool{}, secPathExt: secPathExt()}
 	if p.peers, err = ebpf.NewMap(spec.Maps[wireMapWirePeers]); err != nil {
 		return nil, fmt.Errorf("creating the peer map: %w", err)
 	}
@@ -73,6 +75,45 @@ func Load(peerMapSize uint32) (*Programs, error) {
 		return nil, fmt.Errorf("creating the peer filter: %w", err)
 	}
 	return p, nil
+}
+
+// secPathExt is the value of sec_path_ext for this kernel and process:
+// 1 << SKB_EXT_SEC_PATH when the kernel has the kfunc bpf_cast_to_kern_ctx
+// (6.2+) and the process may read through the pointer it gives; else 0 (no
+// kernel BTF, or no such enum value: the same).
+func secPathExt() uint8 {
+	if !perfmonCapable() {
+		return 0
+	}
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return 0
+	}
+	var fn *btf.Func
+	var ext *btf.Enum
+	if spec.TypeByName("bpf_cast_to_kern_ctx", &fn) != nil || spec.TypeByName("skb_ext_id", &ext) != nil {
+		return 0
+	}
+	for _, v := range ext.Values {
+		if v.Name == "SKB_EXT_SEC_PATH" && v.Value < 8 { // active_extensions is a u8
+			return 1 << v.Value
+		}
+	}
+	return 0
+}
+
+// perfmonCapable tells whether the process has CAP_PERFMON or CAP_SYS_ADMIN:
+// the verifier lets a program read through a kernel pointer, as the
+// ingress program does after bpf_cast_to_kern_ctx, only then (allow_ptr_leaks);
+// without, the program asks the helper about every packet, and loads.
+func perfmonCapable() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	has := func(c int) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	return has(unix.CAP_PERFMON) || has(unix.CAP_SYS_ADMIN)
 }
 
 // Close releases the shared maps; instances hold their own references.
@@ -113,6 +154,9 @@ func (p *Programs) instance(netnsSlot uint32, ethernet bool, pins pin.Dir) (*ins
 		eth = 1
 	}
 	if err := spec.Variables[wireVarEthernet].Set(eth); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables[wireVarSecPathExt].Set(p.secPathExt); err != nil {
 		return nil, err
 	}
 	pinOpts, reset, err := pins.Maps(spec, countingMaps...)
@@ -200,6 +244,7 @@ const peerFilterBits = 18
 func filterOf(keys ...map[wirePeerKey]bool) *wirePeerFilter {
 	f := &wirePeerFilter{}
 	for _, set := range keys {
+		f.Peers += uint64(len(set))
 		for k := range set {
 			b := filterBit(k)
 			f.Words[b>>6] |= 1 << (b & 63)

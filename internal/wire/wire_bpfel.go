@@ -20,6 +20,7 @@ type wirePeerCounters struct {
 
 type wirePeerFilter struct {
 	_     structs.HostLayout
+	Peers uint64
 	Words [4096]uint64
 }
 
@@ -66,6 +67,7 @@ const (
 	wireProgWireIngress      = "wire_ingress"
 	wireVarEthernet          = "ethernet"
 	wireVarNetnsSlot         = "netns_slot"
+	wireVarSecPathExt        = "sec_path_ext"
 	wireVarWireClassType     = "wire_class_type"
 	wireVarWireDirectionType = "wire_direction_type"
 	wireVarWirePeerFilter    = "wire_peer_filter"
@@ -131,6 +133,7 @@ type wireMapSpecs struct {
 type wireVariableSpecs struct {
 	Ethernet          *ebpf.VariableSpec `ebpf:"ethernet"`
 	NetnsSlot         *ebpf.VariableSpec `ebpf:"netns_slot"`
+	SecPathExt        *ebpf.VariableSpec `ebpf:"sec_path_ext"`
 	WireClassType     *ebpf.VariableSpec `ebpf:"wire_class_type"`
 	WireDirectionType *ebpf.VariableSpec `ebpf:"wire_direction_type"`
 	WirePeerFilter    *ebpf.VariableSpec `ebpf:"wire_peer_filter"`
@@ -173,6 +176,7 @@ func (m *wireMaps) Close() error {
 type wireVariables struct {
 	Ethernet          *ebpf.Variable `ebpf:"ethernet"`
 	NetnsSlot         *ebpf.Variable `ebpf:"netns_slot"`
+	SecPathExt        *ebpf.Variable `ebpf:"sec_path_ext"`
 	WireClassType     *ebpf.Variable `ebpf:"wire_class_type"`
 	WireDirectionType *ebpf.Variable `ebpf:"wire_direction_type"`
 	WirePeerFilter    *ebpf.Variable `ebpf:"wire_peer_filter"`
