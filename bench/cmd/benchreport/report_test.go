@@ -64,9 +64,10 @@ func TestReport(t *testing.T) {
 		"| verdict program bodies net of the empty programs' accounting, per ESP packet | <= 600 | 370 (500 - 130) (met) |",
 		"| wire program all in, per ESP packet | <= 300 | – (not measured) |",
 		"| wire program all in, per plaintext packet | <= 300 | – (not measured) |",
-		"| whole exporter (auto mode + wire): throughput loss, ESP, bulk TCP | <= 2.0% | 2.4% (**missed**) |",
+		// Loss is judged on insnprof's charge too.
+		"| whole exporter (auto mode + wire): throughput loss, ESP, bulk TCP | <= 2.0% | – (not measured) |",
 		"| whole exporter (auto mode + wire): throughput loss, ESP, 64-byte UDP | <= 2.0% | – (not measured) |",
-		"| whole exporter (auto mode + wire): throughput loss, plain TCP, no IPsec | <= 1.0% | 2.0% (**missed**) |",
+		"| whole exporter (auto mode + wire): throughput loss, plain TCP, no IPsec | <= 1.0% | – (not measured) |",
 		"| 50k-SA scrape / bare XFRM_MSG_GETSA dump, same run | <= 1.5 | 1.40 (met) |",
 		"| exporter RSS with 50k SAs | <= 80 MiB | 90.0 MiB (**missed**) |",
 		"| verdict program runs per packet of non-IPsec traffic, except at drops | 0 (drops only) | – (not measured) |",
@@ -101,6 +102,8 @@ func TestReportJudgesHooks(t *testing.T) {
 		2: hooks(800 * 1000), 4: hooks(780 * 2000),
 		6: hooks(250 * 1000), 8: hooks(350 * 2000),
 		10: hooks(220 * 1100), 12: hooks(110 * 1000),
+		// 1,000 and 1,100 per packet over none's 40,000: 2.4% and 2.7%.
+		16: hooks(1000 * 1000), 18: hooks(1100 * 2000),
 		14: {programs: map[string]*programCost{
 			"tp_btf_kfree_skb":            {hook: "tp_btf kfree_skb", runs: 5},
 			"fentry_xfrm_replay_overflow": {hook: "fentry xfrm_replay_overflow", runs: 0},
@@ -111,6 +114,12 @@ func TestReportJudgesHooks(t *testing.T) {
 		win("tcp", "none", 1, 1, 1000, 40000e3), win("tcp", "verdict", 1, 2, 1000, 40400e3),
 		win("tcp", "none", 2, 3, 2000, 80000e3), win("tcp", "verdict", 2, 4, 2000, 80800e3),
 		win("tcp", "wire", 1, 6, 1000, 39000e3), win("tcp", "wire", 2, 8, 2000, 78000e3),
+		// The windows say -1.3% and +0.5%: the path's own variation.
+		win("tcp", "exporter", 1, 16, 1000, 39500e3), win("tcp", "exporter", 2, 18, 2000, 80400e3),
+		// 3 runs: within the bound the issue allows with a reason; 3.004
+		// (a drop now and then) is 3.00 as printed.
+		{Kind: "bpf_cost", Kernel: "6.12", Variant: "ours_fentry", Round: 1, Packets: 100, RunNs: 50000, Runs: 300},
+		{Kind: "bpf_cost", Kernel: "6.12", Variant: "ours_kprobe", Round: 1, Packets: 1000, RunNs: 700000, Runs: 3004},
 		{Kind: "workload", Kernel: "6.12", Workload: "plain_tcp", Text: "plain TCP", Normalise: "byte"},
 		win("plain_tcp", "none", 1, 9, 1000, 30000e3),
 		win("plain_tcp", "wire", 1, 10, 1100, 30200e3), win("plain_tcp", "tc_empty", 1, 12, 1000, 30100e3),
@@ -138,6 +147,9 @@ func TestReportJudgesHooks(t *testing.T) {
 		"| wire program all in, per plaintext packet | <= 300 | 220 (182) (met) |",
 		"| wire on a plaintext packet to a non-peer / an empty TC program | close to 1 | 2.00 (reported) |",
 		"| verdict program runs per packet of non-IPsec traffic, except at drops | 0 (drops only) | 0.000 (+0.005) (met) |",
+		"| whole exporter (auto mode + wire): throughput loss, ESP, bulk TCP | <= 2.0% | 2.6% (-0.4%) (**missed**) |",
+		"| verdict program runs per good ESP packet, fentry mode | <= 2 (one per direction; <= 4 if justified) | 3.00 (within the justified 4: bpf/README.md, Design) |",
+		"| verdict program runs per good ESP packet, kprobe mode | <= 3 | 3.00 (met) |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q", want)

@@ -15,6 +15,7 @@ type roundCost struct {
 	perPacket float64 // guest instructions per packet, everything
 	extra     float64 // perPacket - none's perPacket, same round
 	loss      float64 // extra / perPacket: the share of the time the programs took
+	none      float64 // none's guest instructions per packet, same workload and round
 	plugin    *windowCost
 	packets   uint64
 }
@@ -38,6 +39,23 @@ func (v *variantCost) median(f func(roundCost) float64) float64 {
 func (v *variantCost) extra() float64 { return v.median(func(r roundCost) float64 { return r.extra }) }
 
 func (v *variantCost) loss() float64 { return v.median(func(r roundCost) float64 { return r.loss }) }
+
+// hookLoss is the throughput the hooks cost by insnprof's charge: per
+// round, hooks/pkt over (none's insns/pkt + hooks/pkt), median over rounds.
+// Unlike loss it does not hold the path's own variation between windows
+// (bulk TCP's segment and ACK counts differ from round to round by more
+// than the programs cost); it leaves out what the hooks cost the path
+// indirectly, which the instruction-counted model does not have (caches).
+func (v *variantCost) hookLoss() float64 {
+	return v.median(func(r roundCost) float64 {
+		if r.plugin == nil || r.packets == 0 || math.IsNaN(r.none) {
+			return math.NaN()
+		}
+		insns, _ := r.plugin.hooksAllIn()
+		h := float64(insns) / float64(r.packets)
+		return h / (r.none + h)
+	})
+}
 
 func (v *variantCost) perPacket() float64 {
 	return v.median(func(r roundCost) float64 { return r.perPacket })
@@ -96,10 +114,11 @@ func (r *run) workloadCosts() workloadCosts {
 				vc = &variantCost{}
 				out[k][w.Workload][w.Variant] = vc
 			}
-			rc := roundCost{extra: math.NaN(), loss: math.NaN(), packets: w.Packets, perPacket: math.NaN()}
+			rc := roundCost{extra: math.NaN(), loss: math.NaN(), none: math.NaN(), packets: w.Packets, perPacket: math.NaN()}
 			if w.Packets > 0 && w.Seconds > 0 {
 				rc.perPacket = w.Seconds * 1e9 / float64(w.Packets)
 				if n, ok := none[key{w.Workload, w.Round}]; ok {
+					rc.none = n
 					if byBytes[w.Workload] {
 						// Same bytes, packets not a fixed unit: the extra
 						// time of the round, over this window's packets.
